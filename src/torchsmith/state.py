@@ -1,0 +1,54 @@
+"""The trainer's shared, checkpointable state: counters, latest metrics, stop requests."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class TrainState:
+    """Everything callbacks read and write during `Trainer.fit`.
+
+    `step` counts optimizer steps over the whole run; `epoch` is the current epoch
+    (0-based); `position` is the number of batches of that epoch already consumed, so
+    `(epoch, position)` is where a resumed run continues.
+
+    Example:
+        >>> state = TrainState()
+        >>> state.step, state.epoch
+        (0, 0)
+    """
+
+    epoch: int = 0
+    step: int = 0
+    position: int = 0
+    max_epochs: int = 1
+    max_steps: int | None = None
+    steps_per_epoch: int = 0
+    samples_seen: int = 0
+    train_time_s: float = 0.0
+    lr: float = 0.0
+    last_loss: float = float("nan")
+    # latest metrics by name ("train_loss", "val_loss", "val_accuracy", "grad_norm", ...)
+    metrics: dict[str, float] = field(default_factory=dict)
+    # best value of the monitored metric and where it happened
+    best: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+    nan_events: list[dict[str, Any]] = field(default_factory=list)
+    skipped_steps: int = 0
+    stop_requested: bool = False
+    stop_reason: str = ""
+    status: str = "running"
+
+    def request_stop(self, reason: str) -> None:
+        self.stop_requested = True
+        self.stop_reason = reason
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            if hasattr(self, key):
+                setattr(self, key, value)
