@@ -37,6 +37,8 @@ class TrainState:
     history: list[dict[str, float]] = field(default_factory=list)
     nan_events: list[dict[str, Any]] = field(default_factory=list)
     skipped_steps: int = 0
+    # true on the steps where train metrics were just read (every `log_every` steps)
+    metrics_updated: bool = False
     stop_requested: bool = False
     stop_reason: str = ""
     status: str = "running"

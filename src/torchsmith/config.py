@@ -1,0 +1,226 @@
+"""The run's configuration: typed dataclasses are the source of truth.
+
+Values come from defaults, then a recipe, then a YAML file, then explicit flags, then
+`--set section.key=value` overrides. Every problem is reported at once, with a
+close-match suggestion for unknown keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from torchsmith.errors import UsageError
+
+
+@dataclass
+class ModelConfig:
+    name: str = "simplenet"
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    name: str = "mnist-sample"
+    dir: str | None = None
+    val_fraction: float = 0.1
+    augment: str = "none"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    nesterov: bool = False
+    scheduler: str = "none"  # none | cosine | onecycle | linear | step
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    max_epochs: int = 5
+    max_steps: int | None = None
+    batch_size: int = 64
+    eval_batch_size: int = 1000
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    compile: bool = False
+    channels_last: bool = False
+    clip_grad_norm: float | None = None
+    on_nan: str = "stop"  # stop | skip | rollback
+    nan_guard: bool = True
+    log_every: int = 50
+    checkpoint_every: int | None = None  # steps; None = at the end of every epoch
+    keep_last: int = 2
+    early_stopping_patience: int | None = None
+    monitor: str = "val_loss"
+    progress: str = "auto"  # auto | bar | lines | none
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs; saved as `config.yaml` in the run directory.
+
+    Example:
+        >>> config = RunConfig.from_dict({"train": {"max_epochs": 5}, "optim": {"lr": 0.05}})
+        >>> config.train.max_epochs, config.optim.lr
+        (5, 0.05)
+    """
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    loss: str = "cross_entropy"
+    run_dir: str | None = None
+    recipe: str | None = None
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> RunConfig:
+        errors: list[str] = []
+        config = _build(cls, values, source, errors)
+        errors += validate(config)
+        if errors:
+            raise UsageError("invalid configuration:\n  - " + "\n  - ".join(errors))
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _build(cls: type, values: Any, where: str, errors: list[str]) -> Any:
+    if not isinstance(values, dict):
+        errors.append(f"{where} must be a mapping of keys to values, got {values!r}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        path = f"{where}.{key}" if where != "config" else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(names)}"
+            errors.append(f"unknown key '{path}'{hint}")
+        elif dataclasses.is_dataclass(hints[key]):
+            kwargs[key] = _build(hints[key], value, path, errors)
+        else:
+            kwargs[key] = _coerce(value, hints[key], path, errors)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, path: str, errors: list[str]) -> Any:
+    """Check `value` against a field's type (int, float, str, bool, dict, Optional[...])."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None and type(None) in options:
+        return None
+    for option in options:
+        base = typing.get_origin(option) or option
+        if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if base is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if base in (str, bool, dict) and isinstance(value, base):
+            return value
+    wanted = " or ".join(getattr(o, "__name__", str(o)) for o in options)
+    errors.append(f"'{path}' must be {wanted}, got {value!r}")
+    return None
+
+
+CHOICES = {
+    "train.precision": ("fp32", "bf16", "fp16"),
+    "train.on_nan": ("stop", "skip", "rollback"),
+    "train.progress": ("auto", "bar", "lines", "none"),
+    "optim.scheduler": ("none", "cosine", "onecycle", "linear", "step"),
+}
+
+
+def validate(config: RunConfig) -> list[str]:
+    """Value checks beyond types; returns every problem found."""
+    errors = []
+    train, optim = config.train, config.optim
+    positive = {"--epochs (train.max_epochs)": train.max_epochs, "--batch-size (train.batch_size)": train.batch_size,
+                "train.eval_batch_size": train.eval_batch_size, "train.log_every": train.log_every}
+    for name, value in positive.items():
+        if value is not None and value <= 0:
+            errors.append(f"{name} must be a positive integer, got {value}")
+    for name, value in {"--max-steps": train.max_steps, "train.checkpoint_every": train.checkpoint_every}.items():
+        if value is not None and value <= 0:
+            errors.append(f"{name} must be a positive integer, got {value}")
+    if optim.lr is not None and optim.lr <= 0:
+        errors.append(f"--lr (optim.lr) must be positive, got {optim.lr}")
+    if optim.weight_decay is not None and optim.weight_decay < 0:
+        errors.append(f"--weight-decay must be >= 0, got {optim.weight_decay}")
+    if config.data.val_fraction is not None and not 0 <= config.data.val_fraction < 1:
+        errors.append(f"data.val_fraction must be in [0, 1), got {config.data.val_fraction}")
+    if train.clip_grad_norm is not None and train.clip_grad_norm <= 0:
+        errors.append(f"--clip-grad-norm must be positive, got {train.clip_grad_norm}")
+    for key, allowed in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if value is not None and value not in allowed:
+            errors.append(f"{key} must be one of {', '.join(allowed)}, got '{value}'")
+    return errors
+
+
+def parse_set(assignments: list[str]) -> dict[str, Any]:
+    """`["optim.lr=0.05", "model.args.width=64"]` -> nested dict, values parsed as YAML scalars."""
+    result: dict[str, Any] = {}
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--set expects key=value (e.g. --set optim.lr=0.05), got '{item}'")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        node = result
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return result
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge; `override` wins. `args`/`options` dicts merge key by key too."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config safely (no Python tags, no code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"config file {path} does not exist")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise UsageError(f"{path} is not a valid torchsmith config: {error}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise UsageError(f"{path} must hold a mapping at the top level, got {type(values).__name__}")
+    return values
+
+
+def save_yaml(config: RunConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")

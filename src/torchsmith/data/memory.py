@@ -1,0 +1,112 @@
+"""In-memory splits that build whole batches on the training device.
+
+Small datasets live as uint8 (images) or int64 (tokens) tensors on the device; a batch is
+one index gather plus normalisation and batched augmentation there, with no per-sample
+Python and no worker processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from torchsmith.data.augment import augment_images
+
+
+class ImageTensors:
+    """Images (N, C, H, W) uint8 and labels (N,) int64, normalised per channel per batch.
+
+    Example:
+        >>> source = ImageTensors(images, labels, mean=[0.1307], std=[0.3081])  # doctest: +SKIP
+        >>> x, y = source.get_batch(torch.arange(64), generator, train=True)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        mean: Sequence[float],
+        std: Sequence[float],
+        augment: str = "none",
+        padding: int = 4,
+    ) -> None:
+        assert images.dtype == torch.uint8 and images.dim() == 4, "images must be (N, C, H, W) uint8"
+        self.images = images
+        self.labels = labels.long()
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
+        self.augment = augment
+        self.padding = padding
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def get_batch(
+        self, indices: torch.Tensor, generator: torch.Generator | None, train: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        indices = indices.to(self.images.device, non_blocking=True)
+        x = self.images.index_select(0, indices)  # (B, C, H, W) uint8
+        if train and self.augment != "none":
+            x = augment_images(x, self.augment, generator, self.padding)
+        # (x / 255 - mean) / std in one fused pass over the batch.
+        x = (x.float() * (1.0 / 255.0) - self.mean) / self.std
+        return x, self.labels.index_select(0, indices)
+
+    def to(self, device: torch.device) -> ImageTensors:
+        self.images = self.images.to(device)
+        self.labels = self.labels.to(device)
+        self.mean = self.mean.to(device)
+        self.std = self.std.to(device)
+        return self
+
+    def subset(self, indices: torch.Tensor, augment: str | None = None) -> ImageTensors:
+        """A view of some samples (used to carve a validation split) sharing the constants."""
+        out = ImageTensors.__new__(ImageTensors)
+        out.images, out.labels = self.images[indices], self.labels[indices]
+        out.mean, out.std, out.padding = self.mean, self.std, self.padding
+        out.augment = self.augment if augment is None else augment
+        return out
+
+
+class TensorPairs:
+    """A user's `(inputs, targets)` tensors as a MemorySource, used as given."""
+
+    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+        if inputs.shape[0] != targets.shape[0]:
+            raise ValueError(
+                f"inputs and targets must have the same number of samples, got "
+                f"{inputs.shape[0]} inputs and {targets.shape[0]} targets"
+            )
+        self.inputs = inputs
+        self.targets = targets
+
+    def __len__(self) -> int:
+        return self.inputs.shape[0]
+
+    def get_batch(
+        self, indices: torch.Tensor, generator: torch.Generator | None, train: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        indices = indices.to(self.inputs.device, non_blocking=True)
+        return self.inputs.index_select(0, indices), self.targets.index_select(0, indices)
+
+    def to(self, device: torch.device) -> TensorPairs:
+        self.inputs = self.inputs.to(device)
+        self.targets = self.targets.to(device)
+        return self
+
+
+def split_indices(num_samples: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded (train, val) index split; val gets round(num_samples * val_fraction) samples."""
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(num_samples, generator=generator)
+    num_val = int(round(num_samples * val_fraction))
+    return order[num_val:].sort().values, order[:num_val].sort().values
+
+
+def channel_stats(images: torch.Tensor, max_samples: int = 10000) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std in [0, 1] units of uint8 images (N, C, H, W)."""
+    sample = images[:max_samples].float() / 255.0
+    mean = sample.mean(dim=(0, 2, 3))
+    std = sample.std(dim=(0, 2, 3)).clamp_min(1e-6)
+    return [round(v, 6) for v in mean.tolist()], [round(v, 6) for v in std.tolist()]

@@ -1,0 +1,85 @@
+"""Datasets by name (`mnist`, `cifar10`, ...) or by `kind:PATH` (`imagefolder:photos/`)."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torchsmith.config import DataConfig
+from torchsmith.data.bundle import DataBundle
+from torchsmith.errors import UsageError
+
+Loader = Callable[[DataConfig, str | None, int], DataBundle]
+
+
+@dataclass(frozen=True)
+class DataEntry:
+    name: str
+    description: str
+    load: Loader  # (config, path from "kind:PATH" or None, seed) -> DataBundle
+    takes_path: bool = False
+
+
+def _mnist_sample(config: DataConfig, path: str | None, seed: int) -> DataBundle:
+    from torchsmith.data.vision import load_mnist_sample
+
+    return load_mnist_sample(config.val_fraction, seed, config.augment)
+
+
+def _digits(name: str) -> Loader:
+    def load(config: DataConfig, path: str | None, seed: int) -> DataBundle:
+        from torchsmith.data.vision import load_torchvision_digits
+
+        return load_torchvision_digits(name, config.dir, config.val_fraction, seed, config.augment)
+
+    return load
+
+
+def _cifar10(config: DataConfig, path: str | None, seed: int) -> DataBundle:
+    from torchsmith.data.vision import load_cifar10
+
+    return load_cifar10(config.dir, config.val_fraction, seed, config.augment)
+
+
+def _imagefolder(config: DataConfig, path: str | None, seed: int) -> DataBundle:
+    from torchsmith.data.vision import load_imagefolder
+
+    folder = path or config.dir
+    if not folder:
+        raise UsageError("imagefolder needs a path: --data imagefolder:PATH")
+    return load_imagefolder(folder, config.val_fraction, seed, config.augment)
+
+
+DATASETS: dict[str, DataEntry] = {
+    entry.name: entry
+    for entry in [
+        DataEntry("mnist-sample", "16,000 + 2,000 real MNIST digits shipped inside the package (offline)",
+                  _mnist_sample),
+        DataEntry("mnist", "MNIST handwritten digits, 60,000 + 10,000, 1x28x28", _digits("mnist")),
+        DataEntry("fashion-mnist", "Fashion-MNIST clothing images, 60,000 + 10,000, 1x28x28",
+                  _digits("fashion-mnist")),
+        DataEntry("cifar10", "CIFAR-10, 50,000 + 10,000 colour images, 3x32x32 (download or image tree)",
+                  _cifar10),
+        DataEntry("imagefolder", "imagefolder:PATH, one folder per class (with train/ and test/, or split)",
+                  _imagefolder, takes_path=True),
+    ]
+}
+
+
+def load_data(config: DataConfig, seed: int) -> DataBundle:
+    """Load the dataset a DataConfig names; `kind:PATH` names carry their path."""
+    kind, sep, path = config.name.partition(":")
+    entry = DATASETS.get(kind)
+    if entry is None:
+        close = difflib.get_close_matches(kind, DATASETS, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise UsageError(f"unknown dataset '{config.name}'.{hint} Known: {', '.join(DATASETS)}")
+    if sep and not entry.takes_path:
+        raise UsageError(f"dataset '{kind}' takes no path; use --data-dir for its location")
+    bundle = entry.load(config, path or None, seed)
+    for split in ("train", "val", "test"):
+        source = getattr(bundle, split)
+        if source is not None and len(source) == 0:
+            raise UsageError(f"the {split} split of '{config.name}' is empty")
+    return bundle

@@ -1,0 +1,125 @@
+"""Models by name: built-ins sized from the data, or a user's class from a file or module.
+
+A user file is named `path/to/file.py:ClassName` or `package.module:ClassName`; the class
+is built with the constructor arguments given (`--model-args` or the config) and trains
+unchanged. Importing a user's model file runs that file, as Python does: only name
+files you trust.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.util
+import inspect
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from torchsmith.data.bundle import DataInfo
+from torchsmith.errors import UsageError
+
+Builder = Callable[[DataInfo, dict[str, Any]], nn.Module]
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    description: str
+    build: Builder
+
+
+def _simplenet(info: DataInfo, args: dict[str, Any]) -> nn.Module:
+    from torchsmith.models.vision import SimpleNet, flat_features
+
+    return SimpleNet(**{"in_features": flat_features(info.input_shape), "num_classes": info.num_classes, **args})
+
+
+def _convnet(info: DataInfo, args: dict[str, Any]) -> nn.Module:
+    from torchsmith.models.vision import ConvNet
+
+    if len(info.input_shape) != 3:
+        raise UsageError(f"convnet needs image inputs (C, H, W), but the data gives {info.input_shape}")
+    return ConvNet(**{"input_shape": info.input_shape, "num_classes": info.num_classes, **args})
+
+
+MODELS: dict[str, ModelEntry] = {
+    entry.name: entry
+    for entry in [
+        ModelEntry("simplenet", "flatten, Linear(in -> 128), ReLU, Linear(128 -> classes)", _simplenet),
+        ModelEntry("convnet", "3 conv layers (32/64/128) + ReLU + max-pool, then 2 linear layers", _convnet),
+    ]
+}
+
+
+def build_model(name: str, info: DataInfo, args: dict[str, Any] | None = None) -> nn.Module:
+    """A built-in model by name, or `file.py:Class` / `package.module:Class` from the user."""
+    args = dict(args or {})
+    if ":" in name:
+        return _construct(load_user_class(name), args, name)
+    entry = MODELS.get(name)
+    if entry is None:
+        close = difflib.get_close_matches(name, MODELS, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise UsageError(
+            f"unknown model '{name}'.{hint} Built-in models: {', '.join(sorted(MODELS))}; "
+            f"or name your own class as path/to/file.py:ClassName"
+        )
+    try:
+        return entry.build(info, args)
+    except TypeError as error:
+        raise UsageError(f"bad --model-args for {name}: {error}") from None
+
+
+def load_user_class(spec: str) -> type[nn.Module]:
+    """Import `file.py:Class` or `package.module:Class` and return the nn.Module subclass."""
+    target, _, class_name = spec.rpartition(":")
+    module = _import_file(Path(target)) if target.endswith(".py") else _import_module(target)
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        classes = [n for n, v in vars(module).items() if inspect.isclass(v) and issubclass(v, nn.Module)
+                   and v.__module__ == module.__name__]
+        close = difflib.get_close_matches(class_name, classes, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise UsageError(f"{target} has no class '{class_name}'.{hint} nn.Module classes defined "
+                         f"there: {', '.join(classes) or 'none'}")
+    if not (inspect.isclass(cls) and issubclass(cls, nn.Module)):
+        raise UsageError(f"{spec} is not an nn.Module subclass")
+    return cls
+
+
+def _import_file(path: Path):  # noqa: ANN202
+    if not path.is_file():
+        raise UsageError(f"model file {path} does not exist")
+    module_name = f"torchsmith_user_{path.stem}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as error:
+        raise UsageError(f"syntax error in {path}, line {error.lineno}: {error.msg}\n"
+                         f"    {(error.text or '').rstrip()}") from None
+    except Exception as error:
+        raise UsageError(f"importing {path} failed: {type(error).__name__}: {error}") from None
+    return module
+
+
+def _import_module(name: str):  # noqa: ANN202
+    try:
+        return importlib.import_module(name)
+    except ImportError as error:
+        raise UsageError(f"cannot import module '{name}': {error}") from None
+
+
+def _construct(cls: type[nn.Module], args: dict[str, Any], spec: str) -> nn.Module:
+    try:
+        return cls(**args)
+    except TypeError as error:
+        raise UsageError(f"could not build {spec} with arguments {args}: {error}. Pass constructor "
+                         f"arguments with --model-args '{{\"name\": value}}'") from None

@@ -1,0 +1,102 @@
+"""Devices, optimizers and learning-rate schedules from names or from the user's objects."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchsmith.config import OptimConfig
+from torchsmith.errors import UsageError
+
+OPTIMIZERS = ("sgd", "adamw", "adam", "adadelta", "rmsprop", "adagrad")
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" picks cuda, then mps, then cpu; anything else must be available."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device must be auto, cpu, cuda, cuda:N or mps, got '{name}'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    return device
+
+
+def build_optimizer(
+    spec: torch.optim.Optimizer | Callable[..., torch.optim.Optimizer] | str | None,
+    model: nn.Module,
+    config: OptimConfig,
+) -> torch.optim.Optimizer:
+    """An optimizer instance as given, a factory called with the parameters, or a name."""
+    if isinstance(spec, torch.optim.Optimizer):
+        return spec
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise UsageError("the model has no trainable parameters")
+    if callable(spec):
+        return spec(params)
+    return optimizer_by_name(spec or config.name, params, config)
+
+
+def optimizer_by_name(name: str, params: Iterable[nn.Parameter], config: OptimConfig) -> torch.optim.Optimizer:
+    lr, wd = config.lr, config.weight_decay
+    # foreach=True: one kernel per group of tensors instead of one per tensor.
+    makers: dict[str, Callable[[], torch.optim.Optimizer]] = {
+        "sgd": lambda: torch.optim.SGD(params, lr=lr, momentum=config.momentum, nesterov=config.nesterov,
+                                       weight_decay=wd, foreach=True),
+        "adamw": lambda: torch.optim.AdamW(params, lr=lr, weight_decay=wd, foreach=True),
+        "adam": lambda: torch.optim.Adam(params, lr=lr, weight_decay=wd, foreach=True),
+        "adadelta": lambda: torch.optim.Adadelta(params, lr=lr, weight_decay=wd, foreach=True),
+        "rmsprop": lambda: torch.optim.RMSprop(params, lr=lr, weight_decay=wd, momentum=config.momentum,
+                                               foreach=True),
+        "adagrad": lambda: torch.optim.Adagrad(params, lr=lr, weight_decay=wd, foreach=True),
+    }
+    if name not in makers:
+        import difflib
+
+        close = difflib.get_close_matches(name, makers, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise UsageError(f"unknown optimizer '{name}'.{hint} Known: {', '.join(makers)}")
+    return makers[name]()
+
+
+def schedule_factor(name: str, step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """LR multiplier at `step` (0-based) of `total` steps for a named schedule."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if name == "cosine":
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    if name == "linear":
+        return min_ratio + (1 - min_ratio) * (1 - progress)
+    if name == "step":  # x0.1 at 50 % and 75 % of training
+        return 0.1 ** (int(progress >= 0.5) + int(progress >= 0.75))
+    return 1.0
+
+
+def build_schedule(config: OptimConfig, optimizer: torch.optim.Optimizer, total_steps: int) -> Any:
+    """A per-step scheduler for the config's schedule name, or None for a constant LR."""
+    if config.scheduler == "none" and config.warmup_steps == 0:
+        return None
+    if config.scheduler == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=max(total_steps, 2))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: schedule_factor(config.scheduler, step, total_steps, config.warmup_steps, config.min_lr_ratio),
+    )
+
+
+def steps_per_call(scheduler: Any) -> str:
+    """"step" for schedules defined over optimizer steps, "epoch" for the rest."""
+    per_step = (torch.optim.lr_scheduler.OneCycleLR, torch.optim.lr_scheduler.CyclicLR)
+    return "step" if isinstance(scheduler, per_step) else "epoch"

@@ -1,0 +1,158 @@
+"""`torchsmith train` as a function: config -> data -> model -> pre-flight -> fit -> run directory."""
+
+from __future__ import annotations
+
+import platform
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from torchsmith import __version__
+from torchsmith.callbacks import Callback, EarlyStopping, ProgressPrinter
+from torchsmith.config import RunConfig, save_yaml
+from torchsmith.data.bundle import DataBundle
+from torchsmith.data.registry import load_data
+from torchsmith.errors import TorchsmithError, TrainingFailure
+from torchsmith.models.registry import build_model
+from torchsmith.tracking import MetricsLogger, write_json
+from torchsmith.trainer import Trainer
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    summary: dict[str, Any]
+    trainer: Trainer
+
+
+def default_run_dir(config: RunConfig) -> Path:
+    model = re.sub(r"[^A-Za-z0-9_.-]+", "_", config.model.name.rpartition(":")[2] or config.model.name)
+    data = re.sub(r"[^A-Za-z0-9_.-]+", "_", config.data.name.partition(":")[0])
+    return Path("runs") / f"{model}-{data}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def train_run(config: RunConfig, *, quiet: bool = False) -> RunResult:
+    """Train as the config says and write the run directory; returns its summary."""
+    run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(config)
+    bundle = load_data(config.data, config.train.seed)
+    torch.manual_seed(config.train.seed)
+    model = build_model(config.model.name, bundle.info, config.model.args)
+    trainer = Trainer(model, loss=config.loss, optimizer=config.optim.name, task=bundle.info.task,
+                      config=config.train, optim=config.optim)
+    preflight(trainer, bundle)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config.run_dir = str(run_dir)
+    save_yaml(config, run_dir / "config.yaml")
+    write_json(run_dir / "preprocessing.json", info_dict(bundle))
+    trainer.callbacks = make_callbacks(config, run_dir, quiet)
+    summary = base_summary(config, trainer)
+    try:
+        trainer.fit(bundle.train, bundle.val)
+    except TorchsmithError as error:
+        finish(run_dir, trainer, summary, "failed", error=str(error))
+        raise
+    except Exception as error:  # an error inside the user's model or loss during training
+        finish(run_dir, trainer, summary, "failed", error=f"{type(error).__name__}: {error}")
+        raise TrainingFailure(f"training failed at step {trainer.state.step}: {type(error).__name__}: "
+                              f"{error}") from error
+    if bundle.test is not None:
+        summary["test"] = trainer.evaluate(bundle.test)
+    finish(run_dir, trainer, summary, trainer.state.status)
+    return RunResult(run_dir, summary, trainer)
+
+
+def preflight(trainer: Trainer, bundle: DataBundle) -> None:
+    """Check one batch before the first step; stop with a clear message when it cannot train."""
+    from torchsmith import doctor
+
+    batches = trainer._batches(bundle.train, train=False)
+    inputs, targets, _ = next(iter(batches.epoch(0)))
+    trainer.setup(for_training=False)
+    findings = doctor.preflight(trainer.model, trainer._to_device(inputs), trainer._to_device(targets),
+                                task=bundle.info.task, num_classes=bundle.info.num_classes,
+                                loss_fn=trainer.loss_fn)
+    for finding in findings:
+        if finding.level == "warning":
+            print(f"warning: {finding.message}", file=sys.stderr)
+    doctor.raise_for_errors(findings)
+
+
+def make_callbacks(config: RunConfig, run_dir: Path, quiet: bool) -> list[Callback]:
+    callbacks: list[Callback] = [MetricsLogger(run_dir)]
+    if not quiet and config.train.progress != "none":
+        callbacks.append(ProgressPrinter(config.train.progress))
+    if config.train.early_stopping_patience:
+        callbacks.append(EarlyStopping(config.train.monitor, config.train.early_stopping_patience))
+    return callbacks
+
+
+def info_dict(bundle: DataBundle) -> dict[str, Any]:
+    info = bundle.info
+    return {"modality": info.modality, "task": info.task, "num_classes": info.num_classes,
+            "class_names": info.class_names, "input_shape": list(info.input_shape),
+            "preprocessing": info.preprocessing}
+
+
+def base_summary(config: RunConfig, trainer: Trainer) -> dict[str, Any]:
+    return {
+        "status": "running", "model": config.model.name, "data": config.data.name,
+        "device": str(trainer.device),
+        "versions": {"torchsmith": __version__, "torch": torch.__version__,
+                     "python": platform.python_version()},
+    }
+
+
+def finish(run_dir: Path, trainer: Trainer, summary: dict[str, Any], status: str, error: str = "") -> None:
+    """Write summary.json and the final weights; nothing already in the run directory is removed."""
+    state = trainer.state
+    metrics = state.history[-1] if state.history else state.metrics
+    summary.update({
+        "status": status, "epochs": state.epoch, "steps": state.step,
+        "train": {k[6:]: v for k, v in metrics.items() if k.startswith("train_")},
+        "val": {k[4:]: v for k, v in metrics.items() if k.startswith("val_")},
+        "best": best_epoch(state.history, trainer.config.monitor),
+        "train_time_s": round(state.train_time_s, 3),
+        "samples_per_s": round(state.samples_seen / state.train_time_s, 1) if state.train_time_s else 0.0,
+    })
+    if error:
+        summary["error"] = error
+    if state.stop_reason:
+        summary["stop_reason"] = state.stop_reason
+    if state.nan_events:
+        summary["nan_events"] = state.nan_events
+    if status != "failed":
+        save_file({k: v.detach().cpu().contiguous() for k, v in trainer.model.state_dict().items()},
+                  str(run_dir / "model.safetensors"))
+    write_json(run_dir / "summary.json", summary)
+
+
+def best_epoch(history: list[dict[str, float]], monitor: str) -> dict[str, float]:
+    scored = [row for row in history if monitor in row]
+    if not scored:
+        return {}
+    lower = "loss" in monitor or "perplexity" in monitor
+    row = (min if lower else max)(scored, key=lambda r: r[monitor])
+    return {"epoch": row["epoch"], "step": row["step"], monitor: row[monitor]}
+
+
+def result_line(summary: dict[str, Any]) -> str:
+    """The one-line result `train` prints last."""
+    split = "test" if summary.get("test") else "val"
+    metrics = summary.get(split, {})
+    parts = [f"{split}"]
+    if "accuracy" in metrics and "perplexity" not in metrics:
+        parts.append(f"accuracy {metrics['accuracy']:.4f} ")
+    if "loss" in metrics:
+        parts.append(f"loss {metrics['loss']:.4f} ")
+    if "perplexity" in metrics:
+        parts.append(f"perplexity {metrics['perplexity']:.3f} ")
+    tail = f"({summary['epochs']} epochs, {summary['train_time_s']:.1f} s)"
+    if summary["status"] != "completed":
+        tail += f"  [{summary['status']}]"
+    return " ".join(parts) + " " + tail

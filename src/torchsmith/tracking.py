@@ -1,0 +1,97 @@
+"""The run directory's metric files: metrics.csv and TensorBoard events.
+
+Only the writing rank writes (rank 0 under torch.distributed); others keep nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from torchsmith.callbacks import Callback
+
+if TYPE_CHECKING:
+    from torchsmith.trainer import Trainer
+
+STEP_KEYS = ("train_loss", "train_accuracy", "train_perplexity", "lr", "grad_norm", "samples_per_s")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a whole file by temp + rename so readers never see half of it."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+class MetricsLogger(Callback):
+    """Appends a row per log point and per epoch to `metrics.csv`, and the same scalars to `tb/`.
+
+    Rows are kept in memory and the CSV is rewritten atomically at each epoch end, so
+    columns that first appear later (val_*) get a header without breaking readers.
+    """
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True, rows: list[dict[str, Any]] | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.rows: list[dict[str, Any]] = rows or []
+        self.tensorboard = tensorboard
+        self.writer: Any = None
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if self.tensorboard and self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.run_dir / "tb"))
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        state = trainer.state
+        if state.metrics_updated:
+            if state.train_time_s > 0:
+                state.metrics["samples_per_s"] = state.samples_seen / state.train_time_s
+            self._add({k: state.metrics[k] for k in STEP_KEYS if k in state.metrics}, trainer)
+
+    def on_epoch_end(self, trainer: Trainer) -> None:
+        metrics = {k: v for k, v in trainer.state.metrics.items() if k != "epoch_time_s"}
+        self._add(metrics, trainer)
+        self.flush()
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        self.flush()
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    def on_exception(self, trainer: Trainer, error: BaseException) -> None:
+        self.on_fit_end(trainer)
+
+    def _add(self, metrics: dict[str, float], trainer: Trainer) -> None:
+        state = trainer.state
+        self.rows.append({"epoch": state.epoch + 1, "step": state.step, **metrics})
+        if self.writer is not None:
+            for key, value in metrics.items():
+                self.writer.add_scalar(key, value, state.step)
+
+    def flush(self) -> None:
+        columns: list[str] = ["epoch", "step"]
+        for row in self.rows:
+            columns += [k for k in row if k not in columns]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write_text(self.run_dir / "metrics.csv", buffer.getvalue())
+        if self.writer is not None:
+            self.writer.flush()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rows = list(state["rows"])

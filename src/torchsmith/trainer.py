@@ -1,0 +1,319 @@
+"""The Trainer: fit, evaluate and predict for any nn.Module.
+
+`fit` reads top to bottom: every part of a training iteration is visible in `_train_one`.
+The one override point for unusual batches is `train_step(model, batch)`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import difflib
+import math
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchsmith.callbacks import Callback
+from torchsmith.config import OptimConfig, TrainConfig
+from torchsmith.data.loaders import make_batches
+from torchsmith.data.order import derive_seed
+from torchsmith.errors import TrainingFailure, UsageError
+from torchsmith.optim import build_optimizer, build_schedule, resolve_device, steps_per_call
+from torchsmith.state import TrainState
+from torchsmith.tasks import LossFn, MetricAccumulator, Task, resolve_loss, resolve_task
+
+
+class Trainer:
+    """Trains any `nn.Module` whose `forward` takes the batch inputs.
+
+    Example:
+        >>> trainer = Trainer(model, loss=nn.CrossEntropyLoss(),
+        ...                   optimizer=torch.optim.SGD(model.parameters(), lr=0.01),
+        ...                   max_epochs=10, batch_size=64)  # doctest: +SKIP
+        >>> history = trainer.fit((x_train, y_train), (x_val, y_val))  # doctest: +SKIP
+        >>> trainer.evaluate((x_test, y_test))  # {"loss": ..., "accuracy": ...}  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: str | LossFn | nn.Module | None = None,
+        optimizer: torch.optim.Optimizer | Any | str | None = None,
+        *,
+        scheduler: Any = None,
+        task: str | Task = "classification",
+        callbacks: Sequence[Callback] = (),
+        config: TrainConfig | None = None,
+        optim: OptimConfig | None = None,
+        **options: Any,
+    ) -> None:
+        self.config = _with_options(config or TrainConfig(), options)
+        self.optim_config = optim or OptimConfig()
+        self.model = model  # always the unwrapped model: this is what gets saved
+        self.device = resolve_device(self.config.device)
+        self.task = resolve_task(task)
+        self.loss_fn = resolve_loss(loss, self.optim_config.label_smoothing)
+        self._optimizer_spec, self._scheduler_spec = optimizer, scheduler
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: Any = None
+        self.callbacks = list(callbacks)
+        self.state = TrainState()
+        self.forward_model: nn.Module = model  # compiled or DDP-wrapped view used for training
+        self.train_batches: Any = None
+        self.grad_norm = torch.zeros(())
+        self._epoch_clock = (time.perf_counter(), 0.0)
+        self._epoch_totals: dict[str, float] = {}
+
+    # ----------------------------------------------------------------- fit
+    def fit(self, train_data: Any, val_data: Any = None) -> list[dict[str, float]]:
+        """Train; returns the per-epoch history (also on `trainer.state.history`)."""
+        cfg, state = self.config, self.state
+        self.train_batches = self._batches(train_data, train=True)
+        val_batches = self._batches(val_data, train=False) if val_data is not None else None
+        self.setup()
+        self._call("on_fit_start")
+        meter = MetricAccumulator(self.task)
+        try:
+            while not self._finished():
+                self._call("on_epoch_start")
+                self._epoch_clock = (time.perf_counter(), state.train_time_s)
+                for inputs, targets, indices in self.train_batches.epoch(state.epoch, state.position):
+                    self._train_one(inputs, targets, indices, meter)
+                    if self._finished() or state.stop_requested:
+                        break
+                epoch_seconds = self._clock()
+                if state.position < len(self.train_batches) and not self._finished():
+                    break  # stopped mid-epoch (signal, early stop): no partial-epoch evaluation
+                self._end_epoch(meter, val_batches, epoch_seconds)
+                if state.stop_requested:
+                    break
+        except BaseException as error:
+            state.status = "failed" if not isinstance(error, KeyboardInterrupt) else "stopped"
+            self._call("on_exception", error)
+            raise
+        state.status = "stopped" if state.stop_requested else "completed"
+        self._call("on_fit_end")
+        return state.history
+
+    def _train_one(self, inputs: Any, targets: Any, indices: torch.Tensor | None,
+                   meter: MetricAccumulator) -> None:
+        """One optimizer step: forward, loss, backward, finite check, clip, step, schedule."""
+        cfg, state = self.config, self.state
+        self.forward_model.train()
+        inputs, targets = self._to_device(inputs), self._to_device(targets)
+        self._seed_step()  # dropout and other module randomness follow (seed, step)
+        out = self.train_step(self.forward_model, (inputs, targets))
+        loss = out["loss"]
+        loss.backward()
+        self.grad_norm = self._grad_norm(cfg.clip_grad_norm)
+        if cfg.nan_guard and not bool(torch.isfinite(loss.detach()) & torch.isfinite(self.grad_norm)):
+            self._on_nonfinite(inputs, targets, indices, loss)
+            return
+        assert self.optimizer is not None
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scheduler is not None and self._scheduler_interval == "step":
+            self.scheduler.step()
+        if "outputs" in out:
+            meter.update(loss, out["outputs"], targets)
+        state.step += 1
+        state.position += 1
+        state.samples_seen += targets.shape[0]
+        state.metrics_updated = state.step % cfg.log_every == 0
+        if state.metrics_updated:
+            self._log_train(meter)
+        self._call("on_step_end")
+
+    def train_step(self, model: nn.Module, batch: tuple[Any, Any]) -> dict[str, torch.Tensor]:
+        """Forward and loss for one batch; override for unusual batches.
+
+        Must return {"loss": scalar tensor}, and "outputs" for the task's metrics.
+        """
+        inputs, targets = batch
+        with self.autocast():
+            outputs = model(inputs)
+            loss = self.loss_fn(*self.task.loss_view(outputs, targets))
+        return {"loss": loss, "outputs": outputs}
+
+    def _end_epoch(self, meter: MetricAccumulator, val_batches: Any, seconds: float) -> None:
+        state = self.state
+        self._log_train(meter)
+        if val_batches is not None:
+            for key, value in self._evaluate_batches(val_batches).items():
+                state.metrics[f"val_{key}"] = value
+            self._call("on_eval_end")
+        state.metrics["epoch_time_s"] = seconds
+        state.history.append({"epoch": state.epoch + 1, "step": state.step, **state.metrics})
+        self._call("on_epoch_end")
+        if self.scheduler is not None and self._scheduler_interval == "epoch":
+            self.scheduler.step()
+        state.epoch += 1
+        state.position = 0
+        self._epoch_totals = {}
+
+    # ----------------------------------------------------------------- evaluate / predict
+    def evaluate(self, data: Any) -> dict[str, float]:
+        """Loss and the task's metrics over `data` (all samples, each counted once)."""
+        self.setup(for_training=False)
+        return self._evaluate_batches(self._batches(data, train=False))
+
+    def _evaluate_batches(self, batches: Any) -> dict[str, float]:
+        meter = MetricAccumulator(self.task)
+        model = self.forward_model
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            for inputs, targets, _ in batches.epoch(0):
+                inputs, targets = self._to_device(inputs), self._to_device(targets)
+                with self.autocast():
+                    outputs = model(inputs)
+                    loss = self.loss_fn(*self.task.loss_view(outputs, targets))
+                meter.update(loss, outputs, targets)
+        model.train(was_training)
+        return meter.compute()
+
+    def predict(self, inputs: torch.Tensor | Any) -> torch.Tensor:
+        """The model's outputs for `inputs` (a tensor, batched here), gathered on the CPU."""
+        self.setup(for_training=False)
+        outputs = []
+        self.model.eval()
+        with torch.no_grad():
+            for batch in self.iter_inputs(inputs):
+                with self.autocast():
+                    outputs.append(self.forward_model(batch).float().cpu())
+        return torch.cat(outputs)
+
+    def iter_inputs(self, inputs: Any) -> Iterator[torch.Tensor]:
+        if isinstance(inputs, torch.Tensor):
+            for start in range(0, inputs.shape[0], self.config.eval_batch_size):
+                yield self._to_device(inputs[start : start + self.config.eval_batch_size])
+        else:
+            for inputs_batch, _, _ in self._batches(inputs, train=False).epoch(0):
+                yield self._to_device(inputs_batch)
+
+    # ----------------------------------------------------------------- setup and helpers
+    def setup(self, for_training: bool = True) -> None:
+        """Move the model to the device and build optimizer, schedule and compiled view once."""
+        if self.optimizer is None:
+            self.model.to(self.device)
+            if self.config.channels_last:
+                self.model.to(memory_format=torch.channels_last)
+            if self.config.deterministic:
+                torch.use_deterministic_algorithms(True, warn_only=True)
+            self.forward_model = torch.compile(self.model) if self.config.compile else self.model
+        if not for_training or self.optimizer is not None:
+            return
+        self.optimizer = build_optimizer(self._optimizer_spec, self.model, self.optim_config)
+        total = self.total_steps()
+        self.scheduler = self._scheduler_spec or build_schedule(self.optim_config, self.optimizer, total)
+        self._scheduler_interval = "step" if self._scheduler_spec is None else steps_per_call(self.scheduler)
+        self.state.max_epochs, self.state.max_steps = self.config.max_epochs, self.config.max_steps
+        self.state.steps_per_epoch = len(self.train_batches)
+
+    def total_steps(self) -> int:
+        per_epoch = len(self.train_batches)
+        total = per_epoch * self.config.max_epochs
+        return min(total, self.config.max_steps) if self.config.max_steps else total
+
+    def _finished(self) -> bool:
+        state = self.state
+        if self.config.max_steps is not None and state.step >= self.config.max_steps:
+            return True
+        return state.epoch >= self.config.max_epochs
+
+    def _batches(self, data: Any, train: bool) -> Any:
+        cfg = self.config
+        return make_batches(data, batch_size=cfg.batch_size if train else cfg.eval_batch_size,
+                            train=train, seed=cfg.seed, device=self.device)
+
+    def _to_device(self, value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            if value.device != self.device:
+                value = value.to(self.device, non_blocking=True)
+            if self.config.channels_last and value.dim() == 4:
+                value = value.contiguous(memory_format=torch.channels_last)
+            return value
+        if isinstance(value, (tuple, list)):
+            return type(value)(self._to_device(v) for v in value)
+        if isinstance(value, dict):
+            return {k: self._to_device(v) for k, v in value.items()}
+        return value
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.config.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.config.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _seed_step(self) -> None:
+        seed = derive_seed(self.config.seed, 3, self.state.step)
+        torch.manual_seed(seed) if self.device.type != "cuda" else torch.cuda.manual_seed(seed)
+
+    def _grad_norm(self, max_norm: float | None) -> torch.Tensor:
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if not params:
+            raise UsageError("no parameter received a gradient: does the loss depend on the model's output?")
+        if max_norm is not None:
+            return torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+        return torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+
+    def _clock(self) -> float:
+        """Update `state.train_time_s`; returns the seconds spent in the current epoch."""
+        started, before = self._epoch_clock
+        seconds = time.perf_counter() - started
+        self.state.train_time_s = before + seconds
+        return seconds
+
+    def _log_train(self, meter: MetricAccumulator) -> None:
+        """Read the device-side sums (one sync) into `state.metrics` as train_*."""
+        self._clock()
+        count = meter.count
+        values = meter.compute()
+        meter.reset()
+        totals = self._epoch_totals
+        for key, value in values.items():
+            totals[key] = totals.get(key, 0.0) + value * count
+        totals["_count"] = totals.get("_count", 0) + count
+        if totals["_count"]:
+            for key in values:
+                self.state.metrics[f"train_{key}"] = totals[key] / totals["_count"]
+        if "loss" in values:
+            self.state.last_loss = values["loss"]
+        self.state.metrics["lr"] = self.optimizer.param_groups[0]["lr"] if self.optimizer else 0.0
+        self.state.metrics["grad_norm"] = float(self.grad_norm)
+
+    def _on_nonfinite(self, inputs: Any, targets: Any, indices: torch.Tensor | None, loss: torch.Tensor) -> None:
+        """The guard fired: nothing was applied to the weights; record and apply the policy."""
+        assert self.optimizer is not None
+        self.optimizer.zero_grad(set_to_none=True)
+        event = {"step": self.state.step, "epoch": self.state.epoch, "loss": float(loss.detach()),
+                 "grad_norm": float(self.grad_norm),
+                 "sample_indices": indices.tolist() if indices is not None else None}
+        self.state.nan_events.append(event)
+        if self.config.on_nan == "skip" and self.state.skipped_steps < 10:
+            self.state.skipped_steps += 1
+            self.state.position += 1
+            return
+        self.state.status = "failed"
+        raise TrainingFailure(
+            f"non-finite {'loss' if not math.isfinite(event['loss']) else 'gradient'} at step "
+            f"{self.state.step} (epoch {self.state.epoch + 1}); the weights were not updated"
+        )
+
+    def _call(self, hook: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, *args)
+
+
+def _with_options(config: TrainConfig, options: dict[str, Any]) -> TrainConfig:
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    unknown = [k for k in options if k not in names]
+    if unknown:
+        hints = [f"'{k}'" + (f" (did you mean '{m[0]}'?)" if (m := difflib.get_close_matches(k, names, 1))
+                             else "") for k in unknown]
+        raise TypeError(f"Trainer got unknown option(s) {', '.join(hints)}; options are: {', '.join(names)}")
+    return dataclasses.replace(config, **options)
