@@ -94,17 +94,10 @@ class ModelSummary:
     def to_text(self, short: bool = False) -> str:
         """Aligned table; `short` keeps the totals and the top-level children only."""
         if short:
-            header = [
-                "Layer",
-                "Type",
-                "Output shape",
-                "Params (with children)",
-                "FLOPs",
-            ]
+            header = ["Layer", "Type", "Output shape", "Params (subtree)", "FLOPs"]
             body = [
                 [r.name or self.model_name, r.type, r.output_shape]
-                + [f"{self._subtree_params(r):,}"]
-                + [_si(r.flops)]
+                + [f"{self._subtree_params(r):,}", _si(r.flops)]
                 for r in self.rows
                 if r.depth == 1 or len(self.rows) == 1
             ]
@@ -118,31 +111,30 @@ class ModelSummary:
         return _table(header, body) + "\n" + self._totals_text()
 
     def _subtree_params(self, row: LayerRow) -> int:
-        if not row.name:
-            return self.total_params
         prefix = row.name + "."
-        return sum(
-            r.params
-            for r in self.rows
-            if r.name == row.name or r.name.startswith(prefix)
-        )
+        inside = [
+            r for r in self.rows if r.name == row.name or r.name.startswith(prefix)
+        ]
+        return self.total_params if not row.name else sum(r.params for r in inside)
 
     def _totals_text(self) -> str:
         m = self.memory
         frozen = self.total_params - self.trainable_params
-        return "\n".join(
-            [
-                f"Input shapes: {', '.join(str(s) for s in self.input_shapes)}",
-                f"Total params: {self.total_params:,}  trainable: "
-                f"{self.trainable_params:,}  frozen: {frozen:,}",
-                f"Forward FLOPs for this input: {_si(self.total_flops)}",
-                f"Estimated training memory at batch size {m.batch_size} (Adam): "
-                f"{_bytes(m.total_bytes)} = weights {_bytes(m.weights_bytes)}"
-                f" + gradients {_bytes(m.gradients_bytes)}"
-                f" + optimizer {_bytes(m.optimizer_bytes)}"
-                f" + activations {_bytes(m.activations_bytes)}",
-            ]
+        shapes = ", ".join(str(s) for s in self.input_shapes)
+        params = f"{self.total_params:,}  trainable: {self.trainable_params:,}"
+        memory = (
+            f"{_bytes(m.total_bytes)} = weights {_bytes(m.weights_bytes)}"
+            f" + gradients {_bytes(m.gradients_bytes)}"
+            f" + optimizer {_bytes(m.optimizer_bytes)}"
+            f" + activations {_bytes(m.activations_bytes)}"
         )
+        lines = [
+            f"Input shapes: {shapes}",
+            f"Total params: {params}  frozen: {frozen:,}",
+            f"Forward FLOPs for this input: {_si(self.total_flops)}",
+            f"Estimated training memory at batch size {m.batch_size} (Adam): {memory}",
+        ]
+        return "\n".join(lines)
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -182,26 +174,7 @@ def summary(
         raise UsageError(f"batch_size must be a positive integer, got {batch_size!r}.")
     modules = dict(model.named_modules())
     recorder = _Recorder()
-    modes = {m: m.training for m in model.modules()}
-    handles = [
-        h
-        for name, module in modules.items()
-        for h in (
-            module.register_forward_pre_hook(recorder.pre_hook(name)),
-            module.register_forward_hook(recorder.post_hook(name)),
-        )
-    ]
-    try:
-        model.eval()
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            recorder.counter = counter
-            _forward(model, inputs)
-        total_flops = counter.get_total_flops()
-    finally:
-        for handle in handles:
-            handle.remove()
-        for module, training in modes.items():
-            module.training = training
+    total_flops = _run(model, modules, inputs, recorder)
     scale = (batch_size or example_batch) / example_batch
     return ModelSummary(
         model_name=type(model).__name__,
@@ -263,20 +236,11 @@ class _Recorder:
 
 
 def _as_inputs(model: nn.Module, example_input: Tensor | tuple) -> list[Tensor]:
-    if isinstance(example_input, Tensor):
-        inputs = [example_input]
-    elif (
-        isinstance(example_input, tuple)
-        and example_input
-        and all(isinstance(d, int) for d in example_input)
-    ):
-        inputs = [torch.zeros(1, *example_input)]
-    elif (
-        isinstance(example_input, tuple)
-        and example_input
-        and all(isinstance(t, Tensor) for t in example_input)
-    ):
-        inputs = list(example_input)
+    items = example_input if isinstance(example_input, tuple) else (example_input,)
+    if items and all(isinstance(t, Tensor) for t in items):
+        inputs = list(items)
+    elif items and all(isinstance(d, int) for d in items):
+        inputs = [torch.zeros(1, *items)]  # a per-sample shape: a batch of one
     else:
         raise UsageError(
             "example_input must be a tensor with the batch dimension first, a tuple "
@@ -286,6 +250,35 @@ def _as_inputs(model: nn.Module, example_input: Tensor | tuple) -> list[Tensor]:
     if first is not None:
         inputs = [t.to(first.device) for t in inputs]
     return inputs
+
+
+def _run(
+    model: nn.Module,
+    modules: dict[str, nn.Module],
+    inputs: list[Tensor],
+    recorder: _Recorder,
+) -> int:
+    """One hooked forward pass in eval mode under FlopCounterMode; returns its FLOPs."""
+    modes = {m: m.training for m in model.modules()}
+    handles = [
+        h
+        for name, module in modules.items()
+        for h in (
+            module.register_forward_pre_hook(recorder.pre_hook(name)),
+            module.register_forward_hook(recorder.post_hook(name)),
+        )
+    ]
+    try:
+        model.eval()
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            recorder.counter = counter
+            _forward(model, inputs)
+        return counter.get_total_flops()
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, training in modes.items():  # per module: keep frozen BatchNorms
+            module.training = training
 
 
 def _forward(model: nn.Module, inputs: list[Tensor]) -> None:
@@ -307,12 +300,8 @@ def _rows(modules: dict[str, nn.Module], recorder: _Recorder) -> list[LayerRow]:
         own = [p for p in module.parameters(recurse=False) if id(p) not in seen]
         seen.update(id(p) for p in own)
         flags = {p.requires_grad for p in own}
-        trainable = (
-            ""
-            if not own
-            else "partial"
-            if len(flags) > 1
-            else ("yes" if flags.pop() else "no")
+        trainable = {(): "", (True,): "yes", (False,): "no"}.get(
+            tuple(flags), "partial"
         )
         shapes = recorder.shapes[name]
         shape = shapes[0] if len(set(shapes)) == 1 else " | ".join(shapes) or "-"
