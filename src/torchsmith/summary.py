@@ -190,7 +190,7 @@ def summary(
 
 
 class _Recorder:
-    """Forward hooks: calls, output shapes, distinct output storage and FLOPs per module.
+    """Forward hooks: calls, output shapes, distinct output storage, FLOPs per module.
 
     A module's FLOPs are the growth of FlopCounterMode's running total between its
     pre- and post-hook, so every call counts (also for a module reused under one
@@ -244,7 +244,8 @@ def _as_inputs(model: nn.Module, example_input: Tensor | tuple) -> list[Tensor]:
     else:
         raise UsageError(
             "example_input must be a tensor with the batch dimension first, a tuple "
-            f"of tensors, or a per-sample shape like (3, 32, 32); got {example_input!r}."
+            "of tensors, or a per-sample shape like (3, 32, 32); "
+            f"got {example_input!r}."
         )
     first = next(model.parameters(), None)
     if first is not None:
