@@ -1,0 +1,620 @@
+"""Self-contained HTML report of one run, and a page comparing several runs.
+
+Files read from a run directory R (a run needs `summary.json` and `config.yaml`;
+everything else is optional and its section shows a short note when missing):
+
+- `summary.json`: `{"status", "model", "data", "epochs", "steps", "train": {...},
+  "val": {...}, "test": {"loss", "accuracy"}, "best": {...}, "train_time_s",
+  "samples_per_s", "device", "versions": {...}}`.
+- `config.yaml`: the resolved config (nested mappings), shown as written.
+- `metrics.csv`: header `epoch,step,<metric>,...`, one row per logged point; a cell
+  is empty when that metric was not logged there. `<split>_<name>` columns
+  (`train_loss`, `val_accuracy`, ...) are plotted per name; `lr` and `grad_norm`
+  get a plot of their own.
+- `model_summary.txt`: text shown as written. `doctor.json`: `{"events": [{...}]}`.
+- `predictions.safetensors` (test split): `targets` int64 (N,), `probabilities`
+  float32 (N, C); optionally `examples` (K, ...) holding the inputs of the K most
+  confidently wrong samples (images (K, C, H, W) uint8 or float, spectrograms
+  (K, 1, M, T)) and `example_indices` int64 (K,) into the N samples.
+- `predictions.json`: `{"class_names": [...], "modality": "image"|"text"|"audio",
+  "example_texts": [...], "example_names": [...]}` (texts and file names of the K
+  examples, for text and audio).
+
+Written: `R/report.html` (plots as base64 PNG data URIs, inline CSS, no scripts, no
+network links) and every plot as `R/plots/<name>.png`. Both files above are
+written by `save_predictions`.
+
+Example:
+    >>> write_report("runs/convnet-mnist")
+    PosixPath('runs/convnet-mnist/report.html')
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from html import escape
+from pathlib import Path
+from typing import Any
+
+import matplotlib.image
+import torch
+import yaml
+from matplotlib.figure import Figure  # Agg canvas, without pyplot's global state
+from safetensors.torch import load_file, save_file
+
+from torchsmith.errors import UsageError
+
+__all__ = [
+    "confusion_matrix",
+    "most_confident_mistakes",
+    "per_class_metrics",
+    "save_predictions",
+    "write_comparison",
+    "write_report",
+]
+
+MODALITIES = ("image", "text", "audio")
+_MAX_MATRIX_CLASSES = 100  # above this the HTML confusion table is unreadable
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1150px;margin:2rem auto;
+color:#222;padding:0 1rem}table{border-collapse:collapse;margin:.5rem 0}
+th,td{border:1px solid #ccc;padding:.2rem .5rem;text-align:right}
+th:first-child,td:first-child{text-align:left}pre{background:#f5f5f5;padding:.8rem;
+overflow:auto}.note{color:#777;font-style:italic}img.plot{max-width:100%}
+.grid{display:flex;flex-wrap:wrap;gap:.8rem}figure.mistake{margin:0;width:150px;
+font-size:.8rem}figure.mistake img{width:140px;image-rendering:pixelated}"""
+
+
+@dataclass
+class _Predictions:
+    targets: torch.Tensor  # (N,) int64
+    probabilities: torch.Tensor  # (N, C) float32
+    class_names: list[str]
+    modality: str = "image"
+    examples: torch.Tensor | None = None  # (K, ...)
+    indices: torch.Tensor | None = None  # (K,) int64
+    texts: list[str] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+
+
+def save_predictions(
+    run_dir: str | Path,
+    targets: torch.Tensor,
+    probabilities: torch.Tensor,
+    class_names: list[str],
+    modality: str,
+    examples: torch.Tensor | None = None,
+    example_indices: torch.Tensor | None = None,
+    example_texts: list[str] | None = None,
+    example_names: list[str] | None = None,
+) -> Path:
+    """Write `predictions.safetensors` and `predictions.json` for the report.
+
+    Example:
+        >>> wrong = most_confident_mistakes(targets, probabilities)
+        >>> save_predictions("runs/a", targets, probabilities, names, "image",
+        ...                  examples=test_images[wrong], example_indices=wrong)
+    """
+    run = Path(run_dir)
+    preds = _Predictions(
+        targets.detach().cpu().long().reshape(-1),
+        probabilities.detach().cpu().float(),
+        [str(name) for name in class_names],
+        modality,
+        None if examples is None else examples.detach().cpu().contiguous(),
+        None if example_indices is None else example_indices.detach().cpu().long(),
+        [str(text) for text in example_texts or []],
+        [str(name) for name in example_names or []],
+    )
+    _check(preds, "save_predictions")
+    tensors = {"targets": preds.targets, "probabilities": preds.probabilities}
+    if preds.examples is not None:
+        tensors["examples"] = preds.examples
+    if preds.indices is not None:
+        tensors["example_indices"] = preds.indices
+    run.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {k: v.contiguous() for k, v in tensors.items()}, run / "predictions.safetensors"
+    )
+    meta = {"class_names": preds.class_names, "modality": modality}
+    meta |= {"example_texts": preds.texts, "example_names": preds.names}
+    (run / "predictions.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    return run / "predictions.safetensors"
+
+
+def most_confident_mistakes(
+    targets: torch.Tensor, probabilities: torch.Tensor, k: int = 16
+) -> torch.Tensor:
+    """Indices (int64) of the at most `k` wrong predictions with the highest confidence.
+
+    Example:
+        >>> probabilities = torch.tensor([[0.2, 0.8], [0.1, 0.9], [0.4, 0.6]])
+        >>> most_confident_mistakes(torch.tensor([0, 1, 0]), probabilities)
+        tensor([0, 2])
+    """
+    confidence, predicted = probabilities.max(dim=1)
+    wrong = torch.nonzero(predicted != targets).flatten()
+    order = torch.sort(confidence[wrong], descending=True, stable=True).indices
+    return wrong[order[:k]].long()
+
+
+def confusion_matrix(
+    targets: torch.Tensor, predicted: torch.Tensor, num_classes: int
+) -> torch.Tensor:
+    """(C, C) int64 counts: row = true class, column = predicted class.
+
+    Example:
+        >>> confusion_matrix(torch.tensor([0, 1, 1]), torch.tensor([0, 0, 1]), 2)
+        tensor([[1, 0],
+                [1, 1]])
+    """
+    # One bincount over (true, predicted) pairs: exact counts, no metric objects.
+    pairs = targets.long() * num_classes + predicted.long()
+    counts = torch.bincount(pairs, minlength=num_classes * num_classes)
+    return counts.reshape(num_classes, num_classes)
+
+
+def per_class_metrics(confusion: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Precision, recall, F1 (0 where undefined) and support per class.
+
+    Example:
+        >>> per_class_metrics(torch.tensor([[1, 0], [1, 1]]))["recall"]
+        tensor([1.0000, 0.5000], dtype=torch.float64)
+    """
+    hits = confusion.diag().double()
+    support = confusion.sum(dim=1)
+    precision = hits / confusion.sum(dim=0).clamp(min=1)
+    recall = hits / support.clamp(min=1)
+    f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+    return {"precision": precision, "recall": recall, "f1": f1, "support": support}
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write `run_dir/report.html` (one self-contained file) and `run_dir/plots/*.png`.
+
+    Example:
+        >>> write_report("runs/a")
+        PosixPath('runs/a/report.html')
+    """
+    run = _require_run(Path(run_dir))
+    summary = _read_json(run / "summary.json")
+    rows = _read_metrics(run / "metrics.csv")
+    groups: dict[str, list[str]] = {}  # "loss": ["train_loss", "val_loss"], ...
+    for column in _union(k for row in rows for k in row):
+        split, _, name = column.partition("_")
+        if split in ("train", "val", "test") and name:
+            groups.setdefault(name, []).append(column)
+    order = sorted(groups, key=lambda g: (g != "loss", g != "accuracy", g))
+    optim = {c: [c] for c in ("lr", "grad_norm") if any(c in row for row in rows)}
+    sections = [
+        _overview(run, summary),
+        _section("config", "Config", _pre(run / "config.yaml")),
+        _environment(summary),
+        _plot_section(
+            run, "curves", "Training curves", rows, {g: groups[g] for g in order}
+        ),
+        _plot_section(
+            run, "optimization", "Learning rate and gradient norm", rows, optim
+        ),
+        *_prediction_sections(_read_predictions(run)),
+        _section("model-summary", "Model summary", _pre(run / "model_summary.txt")),
+        _doctor(run / "doctor.json"),
+    ]
+    output = run / "report.html"
+    output.write_text(_page(f"Report: {run.name}", sections), encoding="utf-8")
+    return output
+
+
+def write_comparison(run_dirs: list[Path], output: Path) -> Path:
+    """Write an HTML page comparing final metrics, config differences and curves.
+
+    Example:
+        >>> write_comparison([Path("runs/a"), Path("runs/b")], Path("compare.html"))
+        PosixPath('compare.html')
+    """
+    if len(run_dirs) < 2:
+        raise UsageError(
+            f"compare needs two or more run directories, got {len(run_dirs)}."
+        )
+    runs = [_require_run(Path(d)) for d in run_dirs]
+    labels = [r.name for r in runs]
+    labels = labels if len(set(labels)) == len(labels) else [str(r) for r in runs]
+    curves = [_read_metrics(r / "metrics.csv") for r in runs]
+    panels = {
+        metric: [
+            (n, *_series(rows, metric, "epoch")[1:]) for n, rows in zip(labels, curves)
+        ]
+        for metric in ("val_loss", "val_accuracy")
+        if any(metric in row for rows in curves for row in rows)
+    }
+    plot = _img(_figure(panels, "epoch"), "validation curves") if panels else ""
+    sections = [
+        _section("metrics", "Final metrics", _final_metrics(runs, labels)),
+        _section(
+            "config",
+            "Config differences",
+            _config_differences(runs, labels),
+            "The configs are identical.",
+        ),
+        _section("curves", "Validation curves", plot, "No val_loss or val_accuracy."),
+    ]
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(
+        _page("Comparison: " + ", ".join(labels), sections), encoding="utf-8"
+    )
+    return output
+
+
+def _final_metrics(runs: list[Path], labels: list[str]) -> str:
+    results = [_flatten(_read_json(r / "summary.json")) for r in runs]
+    keys = _union(k for res in results for k in res if not k.startswith("versions."))
+    rows = [
+        [n] + [_fmt(res.get(k, "")) for k in keys] for n, res in zip(labels, results)
+    ]
+    return _table(["run", *keys], rows, "final-metrics")
+
+
+def _config_differences(runs: list[Path], labels: list[str]) -> str:
+    """Table of the flattened config keys whose values differ (missing counts)."""
+    configs = [_flatten(yaml.safe_load(_text(r / "config.yaml")) or {}) for r in runs]
+    keys = [
+        k
+        for k in _union(k for c in configs for k in c)
+        if len({json.dumps(c.get(k, "-"), default=str) for c in configs}) > 1
+    ]
+    exact = [
+        [json.dumps(c[k], default=str) if k in c else "-" for c in configs]
+        for k in keys
+    ]
+    rows = [[k] + [v.strip('"') for v in values] for k, values in zip(keys, exact)]
+    return _table(["key", *labels], rows, "config-diff") if rows else ""
+
+
+# ---- reading ----------------------------------------------------------------------
+
+
+def _require_run(run: Path) -> Path:
+    missing = [n for n in ("summary.json", "config.yaml") if not (run / n).is_file()]
+    if not run.is_dir() or missing:
+        why = "it does not exist" if not run.is_dir() else "no " + " or ".join(missing)
+        raise UsageError(
+            f"{run} is not a run directory: {why}. "
+            "Pass a folder written by `torchsmith train` (its --run-dir)."
+        )
+    return run
+
+
+def _text(path: Path) -> str:
+    return path.read_text(encoding="utf-8") if path.is_file() else ""
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except json.JSONDecodeError as error:
+        raise UsageError(
+            f"{path} is not valid JSON ({error}); fix or delete it."
+        ) from error
+
+
+def _read_metrics(path: Path) -> list[dict[str, float]]:
+    """Rows of metrics.csv as {column: value}, leaving out empty cells."""
+    if not path.is_file():
+        return []
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        try:
+            return [{k: float(v) for k, v in r.items() if k and v} for r in reader]
+        except ValueError as error:
+            raise UsageError(f"{path} line {reader.line_num}: {error}.") from error
+
+
+def _read_predictions(run: Path) -> _Predictions | None:
+    path = run / "predictions.safetensors"
+    if not path.is_file():
+        return None
+    tensors, meta = load_file(path), _read_json(run / "predictions.json")
+    if "targets" not in tensors or "probabilities" not in tensors:
+        raise UsageError(
+            f"{path} lacks 'targets' or 'probabilities': {sorted(tensors)}."
+        )
+    probabilities = tensors["probabilities"].float()
+    names = meta.get("class_names") or range(probabilities.shape[-1])
+    preds = _Predictions(
+        tensors["targets"].long(), probabilities, [str(n) for n in names],
+        meta.get("modality", "image"), tensors.get("examples"),
+        tensors.get("example_indices"), list(meta.get("example_texts") or []),
+        list(meta.get("example_names") or []),
+    )  # fmt: skip
+    _check(preds, str(path))
+    return preds
+
+
+def _check(p: _Predictions, where: str) -> None:
+    """Raise one UsageError listing every inconsistency in `p`."""
+    n, probs, problems = len(p.targets), p.probabilities, []
+    if probs.dim() != 2 or len(probs) != n:
+        problems.append(f"probabilities must be (N={n}, C), got {tuple(probs.shape)}")
+    elif (probs < 0).any() or not torch.allclose(
+        probs.sum(1), torch.ones(n), atol=1e-3
+    ):
+        problems.append(
+            "probability rows must be >= 0 and sum to 1 (softmax the logits)"
+        )
+    else:
+        if len(p.class_names) != probs.shape[1]:
+            problems.append(
+                f"{len(p.class_names)} class names for {probs.shape[1]} classes"
+            )
+        if n and (p.targets.min() < 0 or p.targets.max() >= probs.shape[1]):
+            problems.append(f"targets must lie in [0, {probs.shape[1]})")
+    if p.modality not in MODALITIES:
+        problems.append(f"modality must be one of {MODALITIES}, got {p.modality!r}")
+    k = None if p.indices is None else len(p.indices)
+    if p.examples is not None and len(p.examples) != k:
+        problems.append("examples need example_indices of the same length")
+    if k and (p.indices.min() < 0 or p.indices.max() >= n):
+        problems.append(f"example_indices must lie in [0, {n})")
+    for name, items in (("example_texts", p.texts), ("example_names", p.names)):
+        if items and len(items) != k:
+            problems.append(f"{name} has {len(items)} entries for {k} example_indices")
+    if problems:
+        raise UsageError(f"{where}: " + "; ".join(problems) + ".")
+
+
+# ---- sections ---------------------------------------------------------------------
+
+
+def _overview(run: Path, summary: dict[str, Any]) -> str:
+    facts = [
+        f"{k} {_fmt(summary[k])}" for k in ("model", "data", "status") if k in summary
+    ]
+    facts += [f"test {k} {_fmt(v)}" for k, v in (summary.get("test") or {}).items()]
+    return _section("overview", "Overview", f"<p>{escape(', '.join(facts))}</p>")
+
+
+def _environment(summary: dict[str, Any]) -> str:
+    flat = _flatten(summary)
+    results = [
+        [k, _fmt(v)]
+        for k, v in flat.items()
+        if k.split(".")[0] not in ("versions", "device")
+    ]
+    environment = [["device", _fmt(summary.get("device", "unknown"))]]
+    environment += [[k, _fmt(v)] for k, v in (summary.get("versions") or {}).items()]
+    body = _table(["result", "value"], results) + _table(
+        ["environment", ""], environment
+    )
+    return _section("environment", "Results and environment", body)
+
+
+def _prediction_sections(p: _Predictions | None) -> list[str]:
+    if p is None:
+        note = "No predictions.safetensors in this run (written after testing)."
+        return [
+            _section("predictions", "Test predictions", "", note),
+            _section("mistakes", "Most confident mistakes", "", note),
+        ]
+    predicted = p.probabilities.argmax(dim=1)
+    cm = confusion_matrix(p.targets, predicted, len(p.class_names))
+    accuracy = float(cm.diag().sum()) / max(len(p.targets), 1)
+    html = (
+        f"<p>accuracy {accuracy:.4f} on {len(p.targets)} test samples</p>"
+        f"<h3>Confusion matrix</h3>{_confusion_table(cm, p.class_names)}"
+        f"<h3>Per-class metrics</h3>{_per_class_table(cm, p.class_names)}"
+    )
+    return [_section("predictions", "Test predictions", html), _mistakes(p, predicted)]
+
+
+def _confusion_table(cm: torch.Tensor, names: list[str]) -> str:
+    """Rows are true classes, columns predicted ones; cells hold counts."""
+    if len(names) > _MAX_MATRIX_CLASSES:
+        return _note(f"{len(names)} classes are too many for a readable matrix.")
+    share = cm / cm.sum(dim=1, keepdim=True).clamp(min=1)  # shading: row fraction
+    rows = [
+        f"<tr><th>{escape(name)}</th>"
+        + "".join(
+            f'<td style="background:rgba(40,110,190,{float(f):.2f})">{int(c)}</td>'
+            for c, f in zip(counts, fractions)
+        )
+        + "</tr>"
+        for name, counts, fractions in zip(names, cm, share)
+    ]
+    head = "".join(f"<th>{escape(n)}</th>" for n in names)
+    return (
+        f'<table id="confusion-matrix"><tr><th>true \\ predicted</th>{head}</tr>'
+        f"{''.join(rows)}</table>"
+    )
+
+
+def _per_class_table(cm: torch.Tensor, names: list[str]) -> str:
+    stats = per_class_metrics(cm)
+    rows = [
+        [name]
+        + [f"{float(stats[m][i]):.4f}" for m in ("precision", "recall", "f1")]
+        + [str(int(stats["support"][i]))]
+        for i, name in enumerate(names)
+    ]
+    header = ["class", "precision", "recall", "f1", "support"]
+    return _table(header, rows, "per-class")
+
+
+def _mistakes(p: _Predictions, predicted: torch.Tensor) -> str:
+    indices = p.indices
+    if indices is None:  # no inputs saved: still list which samples went wrong
+        indices = most_confident_mistakes(p.targets, p.probabilities)
+    items = []
+    for pos, index in enumerate(indices.tolist()):
+        content = (
+            ""
+            if p.examples is None
+            else _img(_example_png(p.examples[pos], p.modality), f"#{index}", "example")
+        )
+        content += f"<blockquote>{escape(p.texts[pos])}</blockquote>" if p.texts else ""
+        content += f"<code>{escape(p.names[pos])}</code>" if p.names else ""
+        true, guess = int(p.targets[index]), int(predicted[index])
+        confidence = float(p.probabilities[index, guess])
+        caption = (
+            f"#{index}: true {escape(p.class_names[true])}, predicted "
+            f"{escape(p.class_names[guess])} ({confidence:.2f})"
+        )
+        items.append(
+            f'<figure class="mistake">{content}'
+            f"<figcaption>{caption}</figcaption></figure>"
+        )
+    grid = f'<div class="grid">{"".join(items)}</div>' if items else ""
+    return _section(
+        "mistakes", "Most confident mistakes", grid, "No wrong predictions."
+    )
+
+
+def _doctor(path: Path) -> str:
+    events = _read_json(path).get("events") or []
+    keys = _union(k for event in events for k in event)
+    rows = [[_fmt(event.get(k, "")) for k in keys] for event in events]
+    table = _table(keys, rows, "doctor-events") if events else ""
+    return _section("doctor", "Doctor events", table, "No doctor events recorded.")
+
+
+# ---- plots and HTML ---------------------------------------------------------------
+
+Series = tuple[str, list[float], list[float]]  # label, x values, y values
+
+
+def _plot_section(
+    run: Path,
+    name: str,
+    title: str,
+    rows: list[dict[str, float]],
+    panels: dict[str, list[str]],
+) -> str:
+    """One panel per `panels` entry (title -> columns); saved as plots/<name>.png."""
+    if not panels:
+        return _section(name, title, "", f"No {title.lower()} in metrics.csv.")
+    x_key = _x_key(rows, [c for columns in panels.values() for c in columns])
+    png = _figure(
+        {t: [_series(rows, c, x_key) for c in cs] for t, cs in panels.items()}, x_key
+    )
+    (run / "plots").mkdir(exist_ok=True)
+    (run / "plots" / f"{name}.png").write_bytes(png)
+    return _section(name, title, _img(png, title))
+
+
+def _series(rows: list[dict[str, float]], column: str, x_key: str) -> Series:
+    points = [
+        (row.get(x_key, i), row[column]) for i, row in enumerate(rows) if column in row
+    ]
+    return column, [x for x, _ in points], [y for _, y in points]
+
+
+def _x_key(rows: list[dict[str, float]], columns: list[str]) -> str:
+    """Plot against epoch when each metric has one value per epoch, else step."""
+    for column in columns:
+        epochs = [row.get("epoch") for row in rows if column in row]
+        if None in epochs or len(set(epochs)) < len(epochs):
+            return "step"
+    return "epoch"
+
+
+def _figure(panels: dict[str, list[Series]], x_label: str) -> bytes:
+    """PNG of one row of line plots; Figure() renders with Agg, no pyplot state."""
+    figure = Figure(figsize=(4.6 * len(panels), 3.4), layout="constrained")
+    for axes, (title, series) in zip(
+        figure.subplots(1, len(panels), squeeze=False)[0], panels.items()
+    ):
+        for label, xs, ys in series:
+            axes.plot(xs, ys, marker="." if len(xs) < 50 else None, label=label)
+        axes.set(title=title, xlabel=x_label)
+        axes.grid(alpha=0.3)
+        axes.legend()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
+
+
+def _example_png(example: torch.Tensor, modality: str) -> bytes:
+    """PNG of one input: (C, H, W) image, or (1, M, T) spectrogram, low bins down."""
+    x = example.detach().cpu().float()
+    x = (
+        x.permute(1, 2, 0)
+        if x.dim() == 3 and x.shape[0] == 3
+        else x.reshape(-1, x.shape[-1])
+    )
+    # uint8 pixels keep their brightness; normalised floats are stretched to [0, 1]
+    x = (
+        x / 255
+        if example.dtype == torch.uint8
+        else (x - x.min()) / (x.max() - x.min()).clamp(min=1e-12)
+    )
+    buffer, audio = io.BytesIO(), modality == "audio"
+    cmap, origin = ("magma", "lower") if audio else ("gray", "upper")
+    matplotlib.image.imsave(
+        buffer, x.clamp(0, 1).numpy(), format="png", cmap=cmap, origin=origin
+    )
+    return buffer.getvalue()
+
+
+def _img(png: bytes, alt: str, css_class: str = "plot") -> str:
+    data = base64.b64encode(png).decode("ascii")
+    uri = f"data:image/png;base64,{data}"
+    return f'<img class="{css_class}" alt="{escape(alt)}" src="{uri}">'
+
+
+def _section(section_id: str, title: str, body: str, note: str = "") -> str:
+    """A titled section; an empty body shows `note` instead (a missing input)."""
+    content = body or _note(note)
+    return f'<section id="{section_id}"><h2>{escape(title)}</h2>{content}</section>\n'
+
+
+def _note(text: str) -> str:
+    return f'<p class="note">{escape(text)}</p>'
+
+
+def _pre(path: Path) -> str:
+    return f"<pre>{escape(_text(path))}</pre>" if path.is_file() else ""
+
+
+def _table(header: list[str], rows: list[list[str]], table_id: str = "") -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in rows
+    )
+    attribute = f' id="{table_id}"' if table_id else ""
+    return (
+        f"<table{attribute}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    )
+
+
+def _page(title: str, sections: list[str]) -> str:
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>\n"
+        f"<h1>{escape(title)}</h1>\n{''.join(sections)}</body></html>\n"
+    )
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """{"optim": {"lr": 0.1}} -> {"optim.lr": 0.1}"""
+    if not isinstance(data, dict):
+        return {}
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        flat |= (
+            _flatten(value, name + ".") if isinstance(value, dict) else {name: value}
+        )
+    return flat
+
+
+def _union(keys: Any) -> list[str]:
+    return list(dict.fromkeys(keys))
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return value if isinstance(value, str) else json.dumps(value, default=str)
