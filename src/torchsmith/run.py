@@ -14,12 +14,14 @@ import torch
 from safetensors.torch import save_file
 
 from torchsmith import __version__
-from torchsmith.callbacks import Callback, EarlyStopping, ProgressPrinter
+from torchsmith.callbacks import Callback, EarlyStopping
 from torchsmith.config import RunConfig, save_yaml
 from torchsmith.data.bundle import DataBundle
 from torchsmith.data.registry import load_data
 from torchsmith.errors import TorchsmithError, TrainingFailure
 from torchsmith.models.registry import build_model
+from torchsmith.report import most_confident_mistakes, save_predictions, write_report
+from torchsmith.summary import summary as model_summary
 from torchsmith.tracking import MetricsLogger, write_json
 from torchsmith.trainer import Trainer
 
@@ -43,14 +45,16 @@ def train_run(config: RunConfig, *, quiet: bool = False) -> RunResult:
     bundle = load_data(config.data, config.train.seed)
     torch.manual_seed(config.train.seed)
     model = build_model(config.model.name, bundle.info, config.model.args)
+    if quiet:
+        config.train.progress = "none"
     trainer = Trainer(model, loss=config.loss, optimizer=config.optim.name, task=bundle.info.task,
-                      config=config.train, optim=config.optim)
+                      config=config.train, optim=config.optim, callbacks=make_callbacks(config, run_dir))
     preflight(trainer, bundle)
     run_dir.mkdir(parents=True, exist_ok=True)
     config.run_dir = str(run_dir)
     save_yaml(config, run_dir / "config.yaml")
     write_json(run_dir / "preprocessing.json", info_dict(bundle))
-    trainer.callbacks = make_callbacks(config, run_dir, quiet)
+    write_model_summary(trainer, bundle, run_dir, quiet)
     summary = base_summary(config, trainer)
     try:
         trainer.fit(bundle.train, bundle.val)
@@ -62,9 +66,26 @@ def train_run(config: RunConfig, *, quiet: bool = False) -> RunResult:
         raise TrainingFailure(f"training failed at step {trainer.state.step}: {type(error).__name__}: "
                               f"{error}") from error
     if bundle.test is not None:
-        summary["test"] = trainer.evaluate(bundle.test)
+        summary["test"] = test_and_save_predictions(trainer, bundle, run_dir)
     finish(run_dir, trainer, summary, trainer.state.status)
+    write_report(run_dir)
     return RunResult(run_dir, summary, trainer)
+
+
+def test_and_save_predictions(trainer: Trainer, bundle: DataBundle, run_dir: Path) -> dict[str, float]:
+    """Evaluate the test split once; keep its class probabilities for the report."""
+    collected: list[tuple[torch.Tensor, torch.Tensor]] = []
+    metrics = trainer.evaluate(bundle.test, collect=collected)
+    if bundle.info.task != "classification" or not collected or collected[0][0].dim() != 2:
+        return metrics
+    targets = torch.cat([t for _, t in collected])
+    probabilities = torch.cat([o for o, _ in collected]).softmax(dim=1)
+    indices = most_confident_mistakes(targets, probabilities, k=16)
+    describe = getattr(bundle.test, "examples", None)
+    extra = describe(indices) if describe is not None and len(indices) else {}
+    save_predictions(run_dir, targets, probabilities, bundle.info.class_names, bundle.info.modality,
+                     example_indices=indices if extra else None, **extra)
+    return metrics
 
 
 def preflight(trainer: Trainer, bundle: DataBundle) -> None:
@@ -83,10 +104,17 @@ def preflight(trainer: Trainer, bundle: DataBundle) -> None:
     doctor.raise_for_errors(findings)
 
 
-def make_callbacks(config: RunConfig, run_dir: Path, quiet: bool) -> list[Callback]:
+def write_model_summary(trainer: Trainer, bundle: DataBundle, run_dir: Path, quiet: bool) -> None:
+    """The layer table: saved in full to the run directory, printed in short form."""
+    inputs, _, _ = next(iter(trainer._batches(bundle.train, train=False).epoch(0)))
+    table = model_summary(trainer.model, trainer._to_device(inputs[:2]), batch_size=trainer.config.batch_size)
+    (run_dir / "model_summary.txt").write_text(table.to_text() + "\n", encoding="utf-8")
+    if not quiet:
+        print(table.to_text(short=True), file=sys.stderr)
+
+
+def make_callbacks(config: RunConfig, run_dir: Path) -> list[Callback]:
     callbacks: list[Callback] = [MetricsLogger(run_dir)]
-    if not quiet and config.train.progress != "none":
-        callbacks.append(ProgressPrinter(config.train.progress))
     if config.train.early_stopping_patience:
         callbacks.append(EarlyStopping(config.train.monitor, config.train.early_stopping_patience))
     return callbacks

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchsmith.callbacks import Callback
+from torchsmith.callbacks import Callback, ProgressPrinter
 from torchsmith.config import OptimConfig, TrainConfig
 from torchsmith.data.loaders import make_batches
 from torchsmith.data.order import derive_seed
@@ -61,6 +61,8 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
         self.callbacks = list(callbacks)
+        if self.config.progress != "none" and not any(isinstance(c, ProgressPrinter) for c in callbacks):
+            self.callbacks.append(ProgressPrinter(self.config.progress))
         self.state = TrainState()
         self.forward_model: nn.Module = model  # compiled or DDP-wrapped view used for training
         self.train_batches: Any = None
@@ -156,12 +158,16 @@ class Trainer:
         self._epoch_totals = {}
 
     # ----------------------------------------------------------------- evaluate / predict
-    def evaluate(self, data: Any) -> dict[str, float]:
-        """Loss and the task's metrics over `data` (all samples, each counted once)."""
-        self.setup(for_training=False)
-        return self._evaluate_batches(self._batches(data, train=False))
+    def evaluate(self, data: Any, collect: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+                 ) -> dict[str, float]:
+        """Loss and the task's metrics over `data` (all samples, each counted once).
 
-    def _evaluate_batches(self, batches: Any) -> dict[str, float]:
+        With `collect`, each batch's `(outputs, targets)` is appended to it (on the CPU).
+        """
+        self.setup(for_training=False)
+        return self._evaluate_batches(self._batches(data, train=False), collect)
+
+    def _evaluate_batches(self, batches: Any, collect: list[Any] | None = None) -> dict[str, float]:
         meter = MetricAccumulator(self.task)
         model = self.forward_model
         was_training = model.training
@@ -173,6 +179,8 @@ class Trainer:
                     outputs = model(inputs)
                     loss = self.loss_fn(*self.task.loss_view(outputs, targets))
                 meter.update(loss, outputs, targets)
+                if collect is not None:
+                    collect.append((outputs.float().cpu(), targets.cpu()))
         model.train(was_training)
         return meter.compute()
 

@@ -60,6 +60,10 @@ class ImageTensors:
         self.std = self.std.to(device)
         return self
 
+    def examples(self, indices: torch.Tensor) -> dict[str, object]:
+        """What the report shows for some samples: the uint8 images (K, C, H, W)."""
+        return {"examples": self.images[indices.to(self.images.device)].cpu()}
+
     def subset(self, indices: torch.Tensor, augment: str | None = None) -> ImageTensors:
         """A view of some samples (used to carve a validation split) sharing the constants."""
         out = ImageTensors.__new__(ImageTensors)

@@ -1,0 +1,163 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_mlp
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from torchsmith import Trainer
+from torchsmith.callbacks import Callback, EarlyStopping
+from torchsmith.config import OptimConfig
+from torchsmith.errors import TrainingFailure
+
+
+def make(model: nn.Module | None = None, **options) -> Trainer:
+    options.setdefault("progress", "none")
+    return Trainer(model or tiny_mlp(), loss="cross_entropy", optimizer="adamw", optim=OptimConfig(lr=0.03),
+                   **options)
+
+
+def test_fit_learns_and_reports_history(blobs) -> None:
+    x, y = blobs
+    trainer = make(max_epochs=5, batch_size=32)
+    history = trainer.fit((x, y), (x[:64], y[:64]))
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4, 5]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert trainer.evaluate((x, y))["accuracy"] > 0.95
+    assert trainer.state.step == 5 * 8
+
+
+def test_seeded_runs_are_identical(blobs) -> None:
+    x, y = blobs
+
+    def run() -> list[float]:
+        trainer = make(tiny_mlp(), max_epochs=2, batch_size=16, log_every=1, seed=3)
+        losses: list[float] = []
+
+        class Record(Callback):
+            def on_step_end(self, trainer: Trainer) -> None:
+                losses.append(trainer.state.last_loss)
+
+        trainer.callbacks.append(Record())
+        trainer.fit((x, y))
+        return losses
+
+    first, second = run(), run()
+    assert len(first) == 32 and first == second
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", nn.CrossEntropyLoss(), lambda o, t: nn.functional.cross_entropy(o, t)])
+def test_loss_as_name_module_or_callable(blobs, loss) -> None:
+    x, y = blobs
+    trainer = Trainer(tiny_mlp(), loss=loss, optimizer="sgd", max_epochs=1, progress="none")
+    trainer.fit((x, y))
+    assert trainer.state.step == 4
+
+
+def test_optimizer_as_instance_factory_or_name(blobs) -> None:
+    x, y = blobs
+    model = tiny_mlp()
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    for spec in (sgd, lambda params: torch.optim.Adam(params, lr=1e-2), "rmsprop"):
+        trainer = Trainer(model, optimizer=spec, max_epochs=1, progress="none")
+        trainer.fit((x, y))
+        assert trainer.optimizer is not None
+    assert Trainer(model, optimizer=sgd, progress="none").optimizer is None  # built at fit time
+
+
+def test_max_steps_stops_mid_epoch(blobs) -> None:
+    x, y = blobs
+    trainer = make(max_epochs=10, max_steps=5, batch_size=32)
+    trainer.fit((x, y))
+    assert trainer.state.step == 5
+
+
+def test_epoch_scheduler_steps_per_epoch_and_onecycle_per_step(blobs) -> None:
+    x, y = blobs
+    model = tiny_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    trainer = Trainer(model, optimizer=optimizer, max_epochs=3, batch_size=64, progress="none",
+                      scheduler=torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5))
+    trainer.fit((x, y))
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.125)
+    model = tiny_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    onecycle = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1.0, total_steps=8)
+    trainer = Trainer(model, optimizer=optimizer, scheduler=onecycle, max_epochs=2, batch_size=64, progress="none")
+    trainer.fit((x, y))
+    assert onecycle.last_epoch == 8
+
+
+def test_evaluate_counts_every_sample_once(blobs) -> None:
+    x, y = blobs
+    trainer = make(eval_batch_size=7)
+    model = trainer.model
+    with torch.no_grad():
+        expected = (model(x[:101]).argmax(1) == y[:101]).float().mean().item()
+        expected_loss = nn.functional.cross_entropy(model(x[:101]), y[:101]).item()
+    result = trainer.evaluate((x[:101], y[:101]))
+    assert result["accuracy"] == pytest.approx(expected, abs=1e-7)
+    assert result["loss"] == pytest.approx(expected_loss, rel=1e-5)
+
+
+def test_dataset_and_dataloader_inputs(blobs) -> None:
+    x, y = blobs
+    trainer = make(max_epochs=2, batch_size=32)
+    trainer.fit(TensorDataset(x, y), DataLoader(TensorDataset(x, y), batch_size=50))
+    assert trainer.state.step == 16 and "val_accuracy" in trainer.state.history[-1]
+    assert trainer.predict(x[:10]).shape == (10, 4)
+
+
+def test_unknown_option_is_a_clear_type_error() -> None:
+    with pytest.raises(TypeError, match=r"'max_epoch' \(did you mean 'max_epochs'\?\)"):
+        Trainer(tiny_mlp(), max_epoch=3)
+
+
+def test_nan_guard_stops_before_the_weights_change(blobs) -> None:
+    x, y = blobs
+    x = x.clone()
+    x[70] = float("nan")  # lands in some batch of epoch 0
+    trainer = make(max_epochs=1, batch_size=32)
+    snapshots: list[dict[str, torch.Tensor]] = []
+
+    class Snapshot(Callback):
+        def on_fit_start(self, trainer: Trainer) -> None:
+            self.on_step_end(trainer)
+
+        def on_step_end(self, trainer: Trainer) -> None:
+            snapshots.append({k: v.clone() for k, v in trainer.model.state_dict().items()})
+
+    trainer.callbacks.append(Snapshot())
+    with pytest.raises(TrainingFailure, match="non-finite"):
+        trainer.fit((x, y))
+    event = trainer.state.nan_events[0]
+    assert 70 in event["sample_indices"]
+    after = trainer.model.state_dict()
+    assert len(snapshots) == event["step"] + 1  # the state before the failing step
+    assert all(torch.equal(after[k], snapshots[-1][k]) for k in after)
+
+
+def test_early_stopping_requests_stop(blobs) -> None:
+    x, y = blobs
+    model = tiny_mlp()
+    trainer = Trainer(model, optimizer=lambda p: torch.optim.SGD(p, lr=0.0), max_epochs=20,
+                      callbacks=[EarlyStopping("val_loss", patience=2)], progress="none")
+    trainer.fit((x, y), (x, y))
+    assert trainer.state.epoch == 3 and trainer.state.status == "stopped"
+
+
+def test_hooks_run_in_order(blobs) -> None:
+    x, y = blobs
+    calls: list[str] = []
+
+    class Recorder(Callback):
+        def __getattribute__(self, name: str):
+            if name.startswith("on_"):
+                calls.append(name)
+            return object.__getattribute__(self, name)
+
+    trainer = make(max_epochs=1, batch_size=128, callbacks=[Recorder()])
+    trainer.fit((x, y), (x, y))
+    assert calls == ["on_fit_start", "on_epoch_start", "on_step_end", "on_step_end", "on_eval_end",
+                     "on_epoch_end", "on_fit_end"]
