@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
@@ -205,7 +206,10 @@ def decode_images(files: list[Path]) -> torch.Tensor:
     def work(path: Path) -> torch.Tensor:
         return _decode_one(path, mode, decode_image, read_file)
 
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+    with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        # torchvision 0.29 marks its decoders deprecated in favour of torchcodec, which needs
+        # FFmpeg libraries; the decoders still work and need nothing beyond torchvision.
+        warnings.simplefilter("ignore", DeprecationWarning)
         decoded = list(pool.map(work, files, chunksize=256))
     shapes = {tuple(t.shape) for t in decoded}
     if len(shapes) > 1:

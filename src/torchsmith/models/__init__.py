@@ -1,0 +1,3 @@
+from torchsmith.models.blocks import ConvLayer
+
+__all__ = ["ConvLayer"]

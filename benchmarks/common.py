@@ -1,0 +1,31 @@
+"""Shared helpers for the benchmarks: data paths, interleaved repeats, medians."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data"
+
+
+def interleaved(runners: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Run each runner once per round, rounds `repeats` times; seconds per run, per runner.
+
+    Interleaving spreads machine noise (other processes, thermal state) over all runners.
+    """
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for round_index in range(repeats):
+        for name, runner in runners.items():
+            start = time.perf_counter()
+            runner()
+            times[name].append(time.perf_counter() - start)
+        summary = "  ".join(f"{n} {t[-1]:.2f}s" for n, t in times.items())
+        print(f"round {round_index + 1}/{repeats}: {summary}", flush=True)
+    return times
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)

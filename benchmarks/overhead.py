@@ -1,0 +1,117 @@
+"""Per-step cost of torchsmith's Trainer against a hand-written loop (and Lightning, if installed).
+
+The job: SimpleNet (784 -> 128 -> 10) on real MNIST, batch 64, SGD lr 0.01, the data as
+normalised float tensors in memory, two epochs. All three reshuffle every epoch and build
+each batch with one index gather. The hand-written loop is the PyTorch tutorial's loop
+(`zero_grad`, forward, loss, `backward`, `step`, `running_loss += loss.item()`).
+The Trainer runs with its defaults, the NaN guard included (`--no-guard` turns it off).
+
+    python benchmarks/overhead.py --data-dir ../shared/data/mnist --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from common import DEFAULT_DATA, interleaved, median
+from torch import nn
+
+from torchsmith import Trainer
+from torchsmith.models.vision import SimpleNet
+
+
+def load_mnist(data_dir: str) -> tuple[torch.Tensor, torch.Tensor]:
+    from torchvision.datasets import MNIST
+
+    train = MNIST(data_dir, train=True, download=False)
+    x = (train.data.float().unsqueeze(1) / 255.0 - 0.1307) / 0.3081  # (60000, 1, 28, 28)
+    return x, train.targets.long()
+
+
+def hand_written(x: torch.Tensor, y: torch.Tensor, epochs: int) -> float:
+    torch.manual_seed(0)
+    model = SimpleNet(784, 10)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    criterion = nn.CrossEntropyLoss()
+    generator = torch.Generator().manual_seed(0)
+    running_loss = 0.0
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=generator)
+        for start in range(0, len(x), 64):
+            index = order[start : start + 64]
+            inputs, targets = x[index], y[index]
+            optimizer.zero_grad(set_to_none=True)
+            loss = criterion(model(inputs), targets)
+            loss.backward()
+            optimizer.step()
+            running_loss += loss.item()
+    return running_loss
+
+
+def with_trainer(x: torch.Tensor, y: torch.Tensor, epochs: int, guard: bool) -> float:
+    torch.manual_seed(0)
+    model = SimpleNet(784, 10)
+    trainer = Trainer(model, loss=nn.CrossEntropyLoss(), optimizer=torch.optim.SGD(model.parameters(), lr=0.01),
+                      max_epochs=epochs, batch_size=64, progress="none", nan_guard=guard, device="cpu")
+    trainer.fit((x, y))
+    return trainer.state.last_loss
+
+
+def with_lightning(x: torch.Tensor, y: torch.Tensor, epochs: int) -> float:
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class Module(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = SimpleNet(784, 10)
+
+        def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+            inputs, targets = batch
+            return nn.functional.cross_entropy(self.model(inputs), targets)
+
+        def configure_optimizers(self):  # noqa: ANN201
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    torch.manual_seed(0)
+    loader = DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True)
+    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(Module(), loader)
+    return 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default=str(DEFAULT_DATA / "mnist"))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--no-lightning", action="store_true")
+    args = parser.parse_args()
+    x, y = load_mnist(args.data_dir)
+    runners = {
+        "hand-written": lambda: hand_written(x, y, args.epochs),
+        "trainer": lambda: with_trainer(x, y, args.epochs, guard=True),
+        "trainer-no-guard": lambda: with_trainer(x, y, args.epochs, guard=False),
+    }
+    if not args.no_lightning:
+        try:
+            import lightning  # noqa: F401
+
+            runners["lightning"] = lambda: with_lightning(x, y, args.epochs)
+        except ImportError:
+            print("lightning is not installed (pip install lightning): skipping it")
+    times = interleaved(runners, args.repeats)
+    base = median(times["hand-written"])
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.epochs} epochs, "
+          f"median of {args.repeats} interleaved repeats")
+    for name, values in times.items():
+        print(f"{name:18s} median {median(values):7.2f} s   ratio {median(values) / base:.3f}")
+    guard = median(times["trainer"]) / median(times["trainer-no-guard"])
+    print(f"guard cost: trainer / trainer-no-guard = {guard:.3f}")
+    print(f"overhead ratio (trainer / hand-written) = {median(times['trainer']) / base:.3f}")
+
+
+if __name__ == "__main__":
+    main()
