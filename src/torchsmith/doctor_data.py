@@ -60,21 +60,21 @@ def tensor_stats(tensor: torch.Tensor) -> dict[str, Any]:
 
 
 def format_stats(stats: dict[str, Any]) -> str:
-    """One line for a `tensor_stats` dict, e.g. "shape (8, 4) min -1 max 2 mean 0.5 nan 0 inf 0"."""
-    shape = "(" + ", ".join(str(d) for d in stats["shape"]) + ")"
+    """One line for a `tensor_stats` dict: "shape (8, 4) float32  min -1  max 2  ..."."""
 
     def number(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.4g}"
 
     return (
-        f"shape {shape} {stats['dtype']}  min {number(stats['min'])}  max {number(stats['max'])}"
-        f"  mean {number(stats['mean'])}  nan {stats['nan']}  inf {stats['inf']}"
+        f"shape {tuple(stats['shape'])} {stats['dtype']}  min {number(stats['min'])}  "
+        f"max {number(stats['max'])}  mean {number(stats['mean'])}  "
+        f"nan {stats['nan']}  inf {stats['inf']}"
     )
 
 
 def nonfinite_rows(tensor: torch.Tensor) -> list[int]:
     """Positions along dim 0 whose values hold any NaN or Inf (none for integer tensors)."""
-    if not tensor.is_floating_point() or tensor.ndim == 0:
+    if not tensor.is_floating_point() or tensor.ndim == 0 or tensor.numel() == 0:
         return []
     bad = ~torch.isfinite(tensor.detach().reshape(tensor.shape[0], -1)).all(dim=1)
     return bad.nonzero().flatten().tolist()
@@ -87,6 +87,8 @@ def out_of_range_rows(
 
     Labels equal to `ignore_index` (e.g. -100, padding for cross entropy) are accepted.
     """
+    if targets.numel() == 0:
+        return []
     labels = targets.detach().reshape(targets.shape[0], -1)
     bad = (labels < 0) | (labels >= num_classes)
     if ignore_index is not None:
@@ -95,17 +97,14 @@ def out_of_range_rows(
 
 
 def _row_hashes(flat: torch.Tensor) -> torch.Tensor:
-    """A 64-bit hash of each row's bytes (int64 arithmetic wraps, which is what a hash wants)."""
+    """A 64-bit hash of each row's bytes (int64 products wrap around, as a hash wants)."""
     generator = torch.Generator().manual_seed(0)
     hashes = []
     for start in range(0, flat.shape[0], _HASH_CHUNK_ROWS):
-        chunk = (
-            flat[start : start + _HASH_CHUNK_ROWS].cpu().contiguous().view(torch.uint8)
-        )
-        pad = (-chunk.shape[1]) % 8
-        chunk = torch.cat(
-            [chunk, chunk.new_zeros(chunk.shape[0], pad)], dim=1
-        )  # fresh, aligned
+        rows = flat[start : start + _HASH_CHUNK_ROWS].cpu().contiguous()
+        chunk = rows.view(torch.uint8)  # (rows, bytes)
+        pad = chunk.new_zeros(chunk.shape[0], (-chunk.shape[1]) % 8)
+        chunk = torch.cat([chunk, pad], dim=1)  # a fresh, 8-byte aligned copy
         words = chunk.view(torch.int64)  # (rows, bytes / 8)
         if start == 0:
             coefficients = torch.randint(
