@@ -118,6 +118,33 @@ def test_tutorial_convnet_merged_batch_is_explained() -> None:
     assert_no_hooks(model)
 
 
+def test_functional_pooling_still_counts_features_per_sample() -> None:
+    class FunctionalPoolNet(TutorialConvNet):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+            x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+            x = F.max_pool2d(F.relu(self.conv3(x)), 2)  # no module sees (B, 128, 4, 4)
+            return self.fc2(F.relu(self.fc1(x.view(-1, 128 * 8 * 8))))
+
+    torch.manual_seed(0)
+    x, y = images(8, 32)
+    findings = preflight(FunctionalPoolNet(), x, y, num_classes=10, loss_fn=CE)
+    message = findings[0].message
+    assert (
+        "expects 8192 input features but received 2048 features per sample" in message
+    )
+    assert "`conv3` returned (8, 128, 8, 8)" in message
+    assert "`nn.Linear(2048, 128)`" in message
+    x, y = images(6, 32)
+    message = preflight(FunctionalPoolNet(), x, y, num_classes=10, loss_fn=CE)[
+        0
+    ].message
+    assert (
+        "each sample has 2048 features" in message
+        and "`nn.Linear(2048, 128)`" in message
+    )
+
+
 def test_tutorial_convnet_fits_64x64_images() -> None:
     torch.manual_seed(0)
     model = TutorialConvNet()

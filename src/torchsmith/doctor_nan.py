@@ -76,9 +76,8 @@ class _NonFiniteTracer:
         self.backward_event: dict[str, Any] | None = None
         self.types = {name: type(m).__name__ for name, m in model.named_modules()}
         self.stack: list[tuple[bool, dict[str, Any] | None, str]] = []
-        self.callers: dict[
-            str, str
-        ] = {}  # module -> the module whose forward called it
+        # module name -> name of the module whose forward called it
+        self.callers: dict[str, str] = {}
         self.last_finished: str | None = None
         self.grad_output: dict[str, tuple[bool, dict[str, Any] | None]] = {}
         self.first_bad_output: str | None = None

@@ -126,13 +126,27 @@ def _fix_text(per_sample: int | None, dims: str, linear: nn.Module | None) -> st
     )
 
 
+def _features(prev: Call | None, batch: int, total: int) -> tuple[int | None, str]:
+    """Features per sample behind `total` values for `batch` samples, written with
+    `prev`'s dims ("128*4*4") when `prev`'s output holds exactly those values."""
+    per_sample, dims = _per_sample(prev, batch)
+    if per_sample is not None and per_sample * batch == total:
+        return per_sample, dims
+    if total % batch == 0:  # functional ops (F.max_pool2d) ran after `prev`
+        return total // batch, str(total // batch)
+    return None, ""
+
+
 def _explain_merge(
     model: nn.Module, tracer: ShapeTracer, call: Call, batch: int
 ) -> str:
     """`call` got a different number of rows than the batch: the code before it reshaped."""
     prev = tracer.last_output_before(call)
-    per_sample, dims = _per_sample(prev, batch)
     rows, width = call.input_shape[0], math.prod(call.input_shape[1:])
+    # a merge starves the layer of features; a split (rows > batch) is a layout problem
+    per_sample, dims = (
+        _features(prev, batch, rows * width) if rows < batch else (None, "")
+    )
     label = module_label(model, call.name)
     where = module_label(model, call.caller.name if call.caller else "")
     if isinstance(call.module, nn.Linear) and per_sample is not None:
@@ -244,8 +258,10 @@ def explain_crash(
         f"`{module_label(model, failing.name)}.forward`{kind} failed{after}: {text}."
     )
     match = _VIEW_ERROR.search(str(error))
-    per_sample, dims = _per_sample(prev, batch)
-    if match is None or per_sample is None:
+    per_sample, dims = (
+        _features(prev, batch, int(match.group(2))) if match else (None, "")
+    )
+    if per_sample is None:
         return message + f" Its input had shape {fmt(failing.input_shape)}."
     width = int(match.group(1).split(",")[-1])
     linears = [
