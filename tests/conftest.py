@@ -71,6 +71,6 @@ def write_image_tree(root: Path, classes: int = 3, per_class: int = 12, size: in
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
             image = torch.randint(0, 40, (3, size, size), dtype=torch.uint8, generator=generator)
-            image[label] = 220
+            image[label % 3, : 2 + label] = 220  # colour and a band whose height encodes the class
             write_png(image, str(folder / f"{i:03d}.png"))
     return root
