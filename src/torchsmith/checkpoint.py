@@ -443,7 +443,15 @@ def _recover_interrupted(checkpoints_dir: Path) -> None:
         elif is_new and not _verifies(entry):
             remove_tree(entry)  # killed while writing: the old folder is still aside
         else:
-            os.rename(entry, final)
+            _rename_or_warn(entry, final)
+
+
+def _rename_or_warn(source: Path, target: Path) -> None:
+    try:
+        os.rename(source, target)
+    except OSError as error:  # e.g. a read-only copy of a run: report, keep looking
+        message = f"could not move {source.name} back to {target}: {error}"
+        warnings.warn(message, CheckpointWarning, stacklevel=4)
 
 
 def _verifies(path: Path) -> bool:

@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import posixpath
@@ -264,9 +265,10 @@ def _fetch(url: str, temp: Path, timeout: float) -> str:
 
 
 def remove_tree(path: str | os.PathLike[str]) -> None:
-    """Delete a folder or file, ignoring what is already gone (used for cleanup)."""
+    """Delete a folder or file if possible; cleanup must never hide the error being handled."""
     path = Path(path)
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
