@@ -132,7 +132,8 @@ def test_nan_guard_stops_before_the_weights_change(blobs) -> None:
     with pytest.raises(TrainingFailure, match="non-finite"):
         trainer.fit((x, y))
     event = trainer.state.nan_events[0]
-    assert 70 in event["sample_indices"]
+    assert event["samples"] == [70] and 70 in event["batch_indices"]
+    assert event["cause"] == "non-finite input data"
     after = trainer.model.state_dict()
     assert len(snapshots) == event["step"] + 1  # the state before the failing step
     assert all(torch.equal(after[k], snapshots[-1][k]) for k in after)

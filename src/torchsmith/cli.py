@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
 
@@ -51,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override any config key, e.g. --set optim.lr=0.05 (repeatable)")
     train.add_argument("--compile", action="store_true", default=None, help="train through torch.compile")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in --run-dir from its newest complete checkpoint")
     train.add_argument("--quiet", action="store_true", help="no progress output, only the result line")
     train.add_argument("--debug", action="store_true", help="show tracebacks")
     listing = sub.add_parser("list", help="list built-in models, datasets or recipes")
@@ -76,7 +79,11 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         _put(flags, "model.args", model_args)
     if args.compile:
         _put(flags, "train.compile", True)
-    file_values = load_yaml(args.config) if args.config else {}
+    config_file = args.config
+    if config_file is None and getattr(args, "resume", False) and args.run_dir:
+        saved = Path(args.run_dir) / "config.yaml"
+        config_file = str(saved) if saved.is_file() else None  # resume with the run's own config
+    file_values = load_yaml(config_file) if config_file else {}
     recipe = flags.get("recipe") or file_values.get("recipe")
     if recipe:
         values = merge(values, recipe_config(recipe))
@@ -95,7 +102,7 @@ def command_train(args: argparse.Namespace) -> int:
     from torchsmith.run import result_line, train_run
 
     config = config_from_args(args)
-    result = train_run(config, quiet=args.quiet)
+    result = train_run(config, quiet=args.quiet, resume=args.resume)
     print(f"run directory: {result.run_dir}", file=sys.stderr)
     print(result_line(result.summary))
     return 0

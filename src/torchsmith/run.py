@@ -18,10 +18,11 @@ from torchsmith.callbacks import Callback, EarlyStopping
 from torchsmith.config import RunConfig, save_yaml
 from torchsmith.data.bundle import DataBundle
 from torchsmith.data.registry import load_data
-from torchsmith.errors import TorchsmithError, TrainingFailure
+from torchsmith.errors import Interrupted, TorchsmithError, TrainingFailure, UsageError
 from torchsmith.models.registry import build_model
 from torchsmith.report import most_confident_mistakes, save_predictions, write_report
 from torchsmith.summary import summary as model_summary
+from torchsmith.resume import Checkpointer, StopOnSignal
 from torchsmith.tracking import MetricsLogger, write_json
 from torchsmith.trainer import Trainer
 
@@ -39,25 +40,33 @@ def default_run_dir(config: RunConfig) -> Path:
     return Path("runs") / f"{model}-{data}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def train_run(config: RunConfig, *, quiet: bool = False) -> RunResult:
-    """Train as the config says and write the run directory; returns its summary."""
+def train_run(config: RunConfig, *, quiet: bool = False, resume: bool = False) -> RunResult:
+    """Train as the config says and write the run directory; returns its summary.
+
+    With `resume`, continue from the newest complete checkpoint in the run directory.
+    """
     run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(config)
+    if resume and not (run_dir / "checkpoints").is_dir():
+        raise UsageError(f"--resume: {run_dir} has no checkpoints/ folder; name the run with --run-dir")
     bundle = load_data(config.data, config.train.seed)
     torch.manual_seed(config.train.seed)
     model = build_model(config.model.name, bundle.info, config.model.args)
     if quiet:
         config.train.progress = "none"
+    callbacks = make_callbacks(config, run_dir)
     trainer = Trainer(model, loss=config.loss, optimizer=config.optim.name, task=bundle.info.task,
-                      config=config.train, optim=config.optim, callbacks=make_callbacks(config, run_dir))
-    preflight(trainer, bundle)
+                      config=config.train, optim=config.optim, callbacks=callbacks)
+    findings = preflight(trainer, bundle)
     run_dir.mkdir(parents=True, exist_ok=True)
     config.run_dir = str(run_dir)
     save_yaml(config, run_dir / "config.yaml")
     write_json(run_dir / "preprocessing.json", info_dict(bundle))
     write_model_summary(trainer, bundle, run_dir, quiet)
     summary = base_summary(config, trainer)
+    if findings:
+        summary["preflight"] = [f.to_dict() for f in findings]
     try:
-        trainer.fit(bundle.train, bundle.val)
+        trainer.fit(bundle.train, bundle.val, resume=resume)
     except TorchsmithError as error:
         finish(run_dir, trainer, summary, "failed", error=str(error))
         raise
@@ -65,6 +74,10 @@ def train_run(config: RunConfig, *, quiet: bool = False) -> RunResult:
         finish(run_dir, trainer, summary, "failed", error=f"{type(error).__name__}: {error}")
         raise TrainingFailure(f"training failed at step {trainer.state.step}: {type(error).__name__}: "
                               f"{error}") from error
+    stopper = next(c for c in callbacks if isinstance(c, StopOnSignal))
+    if stopper.received:
+        finish(run_dir, trainer, summary, "stopped")
+        raise Interrupted(stopper.received, stopper.exit_code)
     if bundle.test is not None:
         summary["test"] = test_and_save_predictions(trainer, bundle, run_dir)
     finish(run_dir, trainer, summary, trainer.state.status)
@@ -88,7 +101,7 @@ def test_and_save_predictions(trainer: Trainer, bundle: DataBundle, run_dir: Pat
     return metrics
 
 
-def preflight(trainer: Trainer, bundle: DataBundle) -> None:
+def preflight(trainer: Trainer, bundle: DataBundle) -> list[Any]:
     """Check one batch before the first step; stop with a clear message when it cannot train."""
     from torchsmith import doctor
 
@@ -102,6 +115,7 @@ def preflight(trainer: Trainer, bundle: DataBundle) -> None:
         if finding.level == "warning":
             print(f"warning: {finding.message}", file=sys.stderr)
     doctor.raise_for_errors(findings)
+    return findings
 
 
 def write_model_summary(trainer: Trainer, bundle: DataBundle, run_dir: Path, quiet: bool) -> None:
@@ -114,7 +128,12 @@ def write_model_summary(trainer: Trainer, bundle: DataBundle, run_dir: Path, qui
 
 
 def make_callbacks(config: RunConfig, run_dir: Path) -> list[Callback]:
-    callbacks: list[Callback] = [MetricsLogger(run_dir)]
+    train = config.train
+    callbacks: list[Callback] = [
+        MetricsLogger(run_dir),
+        Checkpointer(run_dir, config.to_dict(), train.checkpoint_every, train.keep_last, train.monitor),
+        StopOnSignal(),
+    ]
     if config.train.early_stopping_patience:
         callbacks.append(EarlyStopping(config.train.monitor, config.train.early_stopping_patience))
     return callbacks
@@ -154,6 +173,9 @@ def finish(run_dir: Path, trainer: Trainer, summary: dict[str, Any], status: str
         summary["stop_reason"] = state.stop_reason
     if state.nan_events:
         summary["nan_events"] = state.nan_events
+        summary["skipped_steps"], summary["rollbacks"] = state.skipped_steps, state.rollbacks
+    if state.nan_events or summary.get("preflight"):
+        write_json(run_dir / "doctor.json", {"events": state.nan_events, "preflight": summary.get("preflight", [])})
     if status != "failed":
         save_file({k: v.detach().cpu().contiguous() for k, v in trainer.model.state_dict().items()},
                   str(run_dir / "model.safetensors"))

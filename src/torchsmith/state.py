@@ -37,6 +37,9 @@ class TrainState:
     history: list[dict[str, float]] = field(default_factory=list)
     nan_events: list[dict[str, Any]] = field(default_factory=list)
     skipped_steps: int = 0
+    rollbacks: int = 0
+    # [epoch, position] of batches a rollback found non-finite; they are skipped on replay
+    poisoned: list[list[int]] = field(default_factory=list)
     # true on the steps where train metrics were just read (every `log_every` steps)
     metrics_updated: bool = False
     stop_requested: bool = False

@@ -130,6 +130,19 @@ class MetricAccumulator:
             self.totals[key] = self.totals.get(key, 0) + value
         self.count += n
 
+    def state_dict(self) -> dict[str, Any]:
+        """The unfinished interval's sums, so a resumed run logs exactly the same values."""
+        loss_sum = self.loss_sum.detach().cpu() if isinstance(self.loss_sum, torch.Tensor) else self.loss_sum
+        return {"loss_sum": loss_sum, "count": self.count,
+                "totals": {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in self.totals.items()}}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
+        def to(value: Any) -> Any:
+            return value.to(device) if isinstance(value, torch.Tensor) else value
+
+        self.loss_sum, self.count = to(state["loss_sum"]), state["count"]
+        self.totals = {k: to(v) for k, v in state["totals"].items()}
+
     def compute(self) -> dict[str, float]:
         if self.count == 0:
             return {}

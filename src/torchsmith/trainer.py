@@ -27,6 +27,13 @@ from torchsmith.state import TrainState
 from torchsmith.tasks import LossFn, MetricAccumulator, Task, resolve_loss, resolve_task
 
 
+RECENT = 16  # losses kept on the device for the doctor's history
+
+
+class RolledBack(Exception):
+    """Internal: the NaN policy restored an earlier checkpoint; the epoch loop restarts."""
+
+
 class Trainer:
     """Trains any `nn.Module` whose `forward` takes the batch inputs.
 
@@ -70,41 +77,53 @@ class Trainer:
         self._found_inf = torch.zeros(1)
         self._unit_scale = torch.ones(1)
         self._epoch_clock = (time.perf_counter(), 0.0)
-        self._epoch_totals: dict[str, float] = {}
+        self.meter = MetricAccumulator(self.task)
+        self.epoch_totals: dict[str, float] = {}  # host sums of the finished log intervals
+        self._recent_losses: list[torch.Tensor | None] = [None] * RECENT
 
     # ----------------------------------------------------------------- fit
-    def fit(self, train_data: Any, val_data: Any = None) -> list[dict[str, float]]:
-        """Train; returns the per-epoch history (also on `trainer.state.history`)."""
-        cfg, state = self.config, self.state
+    def fit(self, train_data: Any, val_data: Any = None, *, resume: bool = False) -> list[dict[str, float]]:
+        """Train; returns the per-epoch history (also on `trainer.state.history`).
+
+        `resume=True` continues from the newest complete checkpoint of the `Checkpointer`
+        callback, exactly where it stopped.
+        """
+        state = self.state
         self.train_batches = self._batches(train_data, train=True)
         val_batches = self._batches(val_data, train=False) if val_data is not None else None
         self.setup()
+        if resume:
+            self.resume_from_checkpoint()
         self._call("on_fit_start")
-        meter = MetricAccumulator(self.task)
         try:
             while not self._finished():
                 self._call("on_epoch_start")
                 self._epoch_clock = (time.perf_counter(), state.train_time_s)
-                for inputs, targets, indices in self.train_batches.epoch(state.epoch, state.position):
-                    self._train_one(inputs, targets, indices, meter)
-                    if self._finished() or state.stop_requested:
-                        break
+                try:
+                    for inputs, targets, indices in self.train_batches.epoch(state.epoch, state.position):
+                        if state.poisoned and [state.epoch, state.position] in state.poisoned:
+                            state.position += 1  # a batch a rollback found non-finite
+                            continue
+                        self._train_one(inputs, targets, indices)
+                        if self._finished() or state.stop_requested:
+                            break
+                except RolledBack:
+                    continue  # the counters moved back: iterate again from the restored position
                 epoch_seconds = self._clock()
                 if state.position < len(self.train_batches) and not self._finished():
                     break  # stopped mid-epoch (signal, early stop): no partial-epoch evaluation
-                self._end_epoch(meter, val_batches, epoch_seconds)
+                self._end_epoch(val_batches, epoch_seconds)
                 if state.stop_requested:
                     break
         except BaseException as error:
-            state.status = "failed" if not isinstance(error, KeyboardInterrupt) else "stopped"
+            state.status = "stopped" if isinstance(error, KeyboardInterrupt) else "failed"
             self._call("on_exception", error)
             raise
         state.status = "stopped" if state.stop_requested else "completed"
         self._call("on_fit_end")
         return state.history
 
-    def _train_one(self, inputs: Any, targets: Any, indices: torch.Tensor | None,
-                   meter: MetricAccumulator) -> None:
+    def _train_one(self, inputs: Any, targets: Any, indices: torch.Tensor | None) -> None:
         """One optimizer step: forward, loss, backward, finite check, clip, step, schedule."""
         cfg, state = self.config, self.state
         self.forward_model.train()
@@ -116,7 +135,7 @@ class Trainer:
         if cfg.clip_grad_norm is not None or state.step % cfg.log_every == cfg.log_every - 1:
             self.grad_norm = self._grad_norm(cfg.clip_grad_norm)
         if cfg.nan_guard and not self._all_finite(loss):
-            self._on_nonfinite(inputs, targets, indices, loss)
+            self._on_nonfinite(inputs, targets, indices)
             return
         assert self.optimizer is not None
         self.optimizer.step()
@@ -124,13 +143,14 @@ class Trainer:
         if self.scheduler is not None and self._scheduler_interval == "step":
             self.scheduler.step()
         if "outputs" in out:
-            meter.update(loss, out["outputs"], targets)
+            self.meter.update(loss, out["outputs"], targets)
+        self._recent_losses[state.step % RECENT] = loss.detach()  # for the doctor's history
         state.step += 1
         state.position += 1
         state.samples_seen += targets.shape[0]
         state.metrics_updated = state.step % cfg.log_every == 0
         if state.metrics_updated:
-            self._log_train(meter)
+            self._log_train()
         self._call("on_step_end")
 
     def train_step(self, model: nn.Module, batch: tuple[Any, Any]) -> dict[str, torch.Tensor]:
@@ -144,21 +164,21 @@ class Trainer:
             loss = self.loss_fn(*self.task.loss_view(outputs, targets))
         return {"loss": loss, "outputs": outputs}
 
-    def _end_epoch(self, meter: MetricAccumulator, val_batches: Any, seconds: float) -> None:
+    def _end_epoch(self, val_batches: Any, seconds: float) -> None:
         state = self.state
-        self._log_train(meter)
+        self._log_train()
         if val_batches is not None:
             for key, value in self._evaluate_batches(val_batches).items():
                 state.metrics[f"val_{key}"] = value
             self._call("on_eval_end")
         state.metrics["epoch_time_s"] = seconds
         state.history.append({"epoch": state.epoch + 1, "step": state.step, **state.metrics})
-        self._call("on_epoch_end")
         if self.scheduler is not None and self._scheduler_interval == "epoch":
-            self.scheduler.step()
+            self.scheduler.step()  # before callbacks, so a checkpoint saved there holds the next LR
+        self._call("on_epoch_end")
         state.epoch += 1
         state.position = 0
-        self._epoch_totals = {}
+        self.epoch_totals = {}
 
     # ----------------------------------------------------------------- evaluate / predict
     def evaluate(self, data: Any, collect: list[tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -299,13 +319,14 @@ class Trainer:
         self.state.train_time_s = before + seconds
         return seconds
 
-    def _log_train(self, meter: MetricAccumulator) -> None:
+    def _log_train(self) -> None:
         """Read the device-side sums (one sync) into `state.metrics` as train_*."""
         self._clock()
+        meter = self.meter
         count = meter.count
         values = meter.compute()
         meter.reset()
-        totals = self._epoch_totals
+        totals = self.epoch_totals
         for key, value in values.items():
             totals[key] = totals.get(key, 0.0) + value * count
         totals["_count"] = totals.get("_count", 0) + count
@@ -317,23 +338,38 @@ class Trainer:
         self.state.metrics["lr"] = self.optimizer.param_groups[0]["lr"] if self.optimizer else 0.0
         self.state.metrics["grad_norm"] = float(self.grad_norm)
 
-    def _on_nonfinite(self, inputs: Any, targets: Any, indices: torch.Tensor | None, loss: torch.Tensor) -> None:
-        """The guard fired: nothing was applied to the weights; record and apply the policy."""
+    def _on_nonfinite(self, inputs: Any, targets: Any, indices: torch.Tensor | None) -> None:
+        """The guard fired: nothing was applied to the weights. Find the cause, then apply
+        the `on_nan` policy: stop, skip the batch, or roll back to the last checkpoint."""
+        from torchsmith.guard import apply_nan_policy, investigate
+
         assert self.optimizer is not None
         self.optimizer.zero_grad(set_to_none=True)
-        event = {"step": self.state.step, "epoch": self.state.epoch, "loss": float(loss.detach()),
-                 "grad_norm": float(self.grad_norm),
-                 "sample_indices": indices.tolist() if indices is not None else None}
-        self.state.nan_events.append(event)
-        if self.config.on_nan == "skip" and self.state.skipped_steps < 10:
-            self.state.skipped_steps += 1
-            self.state.position += 1
-            return
-        self.state.status = "failed"
-        raise TrainingFailure(
-            f"non-finite {'loss' if not math.isfinite(event['loss']) else 'gradient'} at step "
-            f"{self.state.step} (epoch {self.state.epoch + 1}); the weights were not updated"
-        )
+        report = investigate(self, inputs, targets, indices, self._loss_history())
+        batch = indices.tolist() if indices is not None else None
+        self.state.nan_events.append({"policy": self.config.on_nan, **report.to_dict(), "batch_indices": batch})
+        apply_nan_policy(self, report)  # raises TrainingFailure or RolledBack, or returns to skip
+
+    def _loss_history(self) -> list[dict[str, float]]:
+        steps = range(max(0, self.state.step - RECENT), self.state.step)
+        history = []
+        for step in steps:
+            loss = self._recent_losses[step % RECENT]
+            if loss is not None:
+                history.append({"step": step, "loss": float(loss)})
+        for row in self.state.history[-3:]:
+            if "grad_norm" in row:
+                history.insert(0, {"step": row["step"], "grad_norm": row["grad_norm"], "lr": row.get("lr", 0.0)})
+        return history
+
+    def resume_from_checkpoint(self) -> None:
+        """Restore the newest complete checkpoint of the Checkpointer callback."""
+        from torchsmith.resume import Checkpointer, restore
+
+        checkpointer = next((c for c in self.callbacks if isinstance(c, Checkpointer)), None)
+        if checkpointer is None:
+            raise UsageError("resume needs a Checkpointer callback (a run directory) to find checkpoints in")
+        restore(self, checkpointer.latest())
 
     def _call(self, hook: str, *args: Any) -> None:
         for callback in self.callbacks:

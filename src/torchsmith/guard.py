@@ -1,0 +1,80 @@
+"""What happens after the NaN guard fires: find the cause, then stop, skip or roll back.
+
+The guard itself lives in the loop (`Trainer._all_finite`): one fused finite check of the
+loss and every gradient before the optimizer step, so a bad step never reaches the
+weights. This module replays that step with the doctor and applies the `on_nan` policy.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from torchsmith.doctor import NanReport, localize_nonfinite
+from torchsmith.errors import TrainingFailure
+
+if TYPE_CHECKING:
+    from torchsmith.trainer import Trainer
+
+MAX_SKIPS = 10
+MAX_ROLLBACKS = 3
+ROLLBACK_LR_FACTOR = 0.5
+
+
+def investigate(trainer: Trainer, inputs: Any, targets: Any, indices: torch.Tensor | None,
+                history: list[dict[str, float]]) -> NanReport:
+    """Replay the failing step (same weights, batch and random seed) with hooks on every module."""
+    state = trainer.state
+
+    def loss_fn(outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return trainer.loss_fn(*trainer.task.loss_view(outputs, target))
+
+    trainer._seed_step()  # the failing step's dropout masks
+    lr = trainer.optimizer.param_groups[0]["lr"] if trainer.optimizer else None
+    return localize_nonfinite(trainer.model, loss_fn, inputs, targets, step=state.step, epoch=state.epoch + 1,
+                              sample_indices=indices, history=history, precision=trainer.config.precision, lr=lr)
+
+
+def apply_nan_policy(trainer: Trainer, report: NanReport) -> None:
+    """stop: raise; skip: drop the batch and go on; rollback: restore the last checkpoint."""
+    state, policy = trainer.state, trainer.config.on_nan
+    if policy == "skip" and state.skipped_steps < MAX_SKIPS:
+        state.skipped_steps += 1
+        print(f"warning: skipped step {state.step} (epoch {state.epoch + 1}, batch {state.position}): "
+              f"{report.cause}; {state.skipped_steps} skipped so far", file=sys.stderr)
+        state.position += 1
+        return
+    if policy == "rollback" and state.rollbacks < MAX_ROLLBACKS:
+        roll_back(trainer, report)
+        return
+    state.status = "failed"
+    limit = {"skip": f" after {MAX_SKIPS} skipped steps", "rollback": f" after {MAX_ROLLBACKS} rollbacks"}
+    raise TrainingFailure(
+        f"{report.to_text()}\nTraining stopped{limit.get(policy, '')} before this step changed the weights; "
+        f"the last good state is saved. Policies: --on-nan stop|skip|rollback."
+    )
+
+
+def roll_back(trainer: Trainer, report: NanReport) -> None:
+    """Restore the newest checkpoint, lower the learning rate, and skip the failing batch."""
+    from torchsmith.resume import Checkpointer, restore
+    from torchsmith.trainer import RolledBack
+
+    state = trainer.state
+    checkpointer = next((c for c in trainer.callbacks if isinstance(c, Checkpointer)), None)
+    if checkpointer is None:
+        raise TrainingFailure(f"{report.to_text()}\n--on-nan rollback needs checkpoints (a run directory)")
+    failed_at = [state.epoch, state.position]
+    events, rollbacks, poisoned = list(state.nan_events), state.rollbacks + 1, [*state.poisoned, failed_at]
+    restore(trainer, checkpointer.latest())
+    state.nan_events, state.rollbacks, state.poisoned = events, rollbacks, poisoned
+    for group in trainer.optimizer.param_groups if trainer.optimizer else []:
+        group["lr"] *= ROLLBACK_LR_FACTOR
+    if trainer.scheduler is not None and hasattr(trainer.scheduler, "base_lrs"):
+        trainer.scheduler.base_lrs = [lr * ROLLBACK_LR_FACTOR for lr in trainer.scheduler.base_lrs]
+    print(f"warning: {report.cause} at step {report.step}; rolled back to step {state.step}, "
+          f"learning rate x{ROLLBACK_LR_FACTOR}, skipping batch {failed_at[1]} of epoch {failed_at[0] + 1} "
+          f"(rollback {rollbacks}/{MAX_ROLLBACKS})", file=sys.stderr)
+    raise RolledBack()

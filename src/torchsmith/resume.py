@@ -1,0 +1,163 @@
+"""Saving and restoring the whole training state, and stopping cleanly on signals.
+
+A checkpoint holds the unwrapped model's weights and everything else a run needs to go
+on exactly as if never stopped: optimizer, scheduler, counters `(epoch, position, step)`,
+the device-side metric sums of the unfinished log interval, callback states and RNG
+states. Batch order, augmentation and dropout are derived from counters, so restoring
+the counters restores them.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import warnings
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from torchsmith.callbacks import Callback
+from torchsmith.checkpoint import (
+    Checkpoint,
+    capture_rng_state,
+    checkpoint_name,
+    find_resumable,
+    restore_rng_state,
+    save_checkpoint,
+)
+
+if TYPE_CHECKING:
+    from torchsmith.trainer import Trainer
+
+
+def training_state(trainer: Trainer) -> dict[str, Any]:
+    """Everything but the weights, in types that load with `weights_only=True`."""
+    state = trainer.state.state_dict()
+    pending = trainer.meter.state_dict()
+    totals = dict(trainer.epoch_totals)
+    if state["position"] >= state["steps_per_epoch"] > 0:  # saved at an epoch's end
+        state["epoch"], state["position"] = state["epoch"] + 1, 0
+        totals = {}
+    return {
+        "trainer": state,
+        "meter": pending,
+        "epoch_totals": totals,
+        "optimizer": trainer.optimizer.state_dict() if trainer.optimizer else {},
+        "scheduler": trainer.scheduler.state_dict() if trainer.scheduler is not None else {},
+        "callbacks": {_key(i, c): c.state_dict() for i, c in enumerate(trainer.callbacks)},
+        "rng": capture_rng_state(),
+    }
+
+
+def restore(trainer: Trainer, checkpoint: Checkpoint) -> None:
+    """Load a checkpoint into a set-up trainer (model, optimizer, ... on their devices)."""
+    trainer.model.load_state_dict(checkpoint.model_state)
+    saved = checkpoint.training_state
+    trainer.state.load_state_dict(saved["trainer"])
+    trainer.meter.load_state_dict(saved["meter"], trainer.device)
+    trainer.epoch_totals = dict(saved["epoch_totals"])
+    if trainer.optimizer is not None and saved["optimizer"]:
+        trainer.optimizer.load_state_dict(saved["optimizer"])
+    if trainer.scheduler is not None and saved["scheduler"]:
+        trainer.scheduler.load_state_dict(saved["scheduler"])
+    for index, callback in enumerate(trainer.callbacks):
+        if _key(index, callback) in saved["callbacks"]:
+            callback.load_state_dict(saved["callbacks"][_key(index, callback)])
+    restore_rng_state(saved["rng"])
+
+
+def _key(index: int, callback: Callback) -> str:
+    return f"{index}:{type(callback).__name__}"
+
+
+class Checkpointer(Callback):
+    """Writes `checkpoints/step-NNNNNN` every N steps or at each epoch's end, and `last`
+    when training ends, stops or fails; `best` when the monitored metric improves."""
+
+    def __init__(self, run_dir: Path, config: dict[str, Any], every_steps: int | None = None,
+                 keep_last: int = 2, monitor: str = "val_loss") -> None:
+        self.folder = Path(run_dir) / "checkpoints"
+        self.config, self.every_steps, self.keep_last = config, every_steps, keep_last
+        self.monitor = monitor
+        self.best: float | None = None
+
+    def save(self, trainer: Trainer, name: str) -> Path:
+        state = trainer.state
+        model_state = {k: v.detach() for k, v in trainer.model.state_dict().items()}
+        return save_checkpoint(self.folder, name, model_state=model_state, training_state=training_state(trainer),
+                               config=self.config, meta={"step": state.step, "epoch": state.epoch},
+                               keep_last=self.keep_last if name.startswith("step-") else None)
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        if self.every_steps and trainer.state.step % self.every_steps == 0:
+            self.save(trainer, checkpoint_name(trainer.state.step))
+
+    def on_epoch_end(self, trainer: Trainer) -> None:
+        if not self.every_steps:
+            self.save(trainer, checkpoint_name(trainer.state.step))
+        value = trainer.state.metrics.get(self.monitor)
+        if value is not None:
+            lower = "loss" in self.monitor or "perplexity" in self.monitor
+            if self.best is None or (value < self.best if lower else value > self.best):
+                self.best = value
+                self.save(trainer, "best")
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        self.save(trainer, "last")
+
+    def on_exception(self, trainer: Trainer, error: BaseException) -> None:
+        # The NaN guard stops before the weights change, so they are still the last good ones.
+        # An immediate exit (second Ctrl-C) must not write anything.
+        if isinstance(error, (SystemExit, KeyboardInterrupt)):
+            return
+        if trainer.optimizer is not None and all(torch.isfinite(p).all() for p in trainer.model.parameters()):
+            self.save(trainer, "last")
+
+    def latest(self) -> Checkpoint:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            return find_resumable(self.folder)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = state["best"]
+
+
+class StopOnSignal(Callback):
+    """SIGTERM/SIGINT only set a flag; the trainer stops at the next step boundary, and the
+    Checkpointer saves there. A second SIGINT exits at once, touching no checkpoint."""
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self.previous: dict[int, Any] = {}
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self.previous[signum] = signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.received == "SIGINT" and signum == signal.SIGINT:
+            sys.stderr.write("second interrupt: exiting now; the last complete checkpoint is kept\n")
+            raise SystemExit(130)
+        self.received = signal.Signals(signum).name
+        self.trainer.state.request_stop(f"received {self.received}")
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        self._restore()
+
+    def on_exception(self, trainer: Trainer, error: BaseException) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        self.previous = {}
+
+    @property
+    def exit_code(self) -> int:
+        return {"SIGTERM": 143, "SIGINT": 130}.get(self.received or "", 0)
