@@ -55,7 +55,12 @@ def restore(trainer: Trainer, checkpoint: Checkpoint) -> None:
     """Load a checkpoint into a set-up trainer (model, optimizer, ... on their devices)."""
     trainer.model.load_state_dict(checkpoint.model_state)
     saved = checkpoint.training_state
-    trainer.state.load_state_dict(saved["trainer"])
+    state = trainer.state
+    state.load_state_dict(saved["trainer"])
+    # How the earlier process ended is not part of the state to go on from; the limits come
+    # from the current config, so a resumed run may be extended.
+    state.stop_requested, state.stop_reason, state.status = False, "", "running"
+    state.max_epochs, state.max_steps = trainer.config.max_epochs, trainer.config.max_steps
     trainer.meter.load_state_dict(saved["meter"], trainer.device)
     trainer.epoch_totals = dict(saved["epoch_totals"])
     if trainer.optimizer is not None and saved["optimizer"]:
