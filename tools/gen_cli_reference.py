@@ -416,7 +416,7 @@ def api_reference() -> str:
         for name in names:
             obj = getattr(module, name, None)
             if obj is None:
-                raise SystemExit(f"{module_name} has no '{name}': update API in {Path(__file__).name}")
+                raise LookupError(f"{module_name} has no {name!r}: update API in {Path(__file__).name}")
             if inspect.isclass(obj):
                 lines += _class_section(name, obj)
             else:
