@@ -9,7 +9,7 @@ from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
 
-from torchsmith import __version__
+from torchsmith import __version__, views
 from torchsmith.config import RunConfig, load_yaml, merge, parse_set
 from torchsmith.errors import TorchsmithError, UsageError
 
@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--debug", action="store_true", help="show tracebacks")
     listing = sub.add_parser("list", help="list built-in models, datasets or recipes")
     listing.add_argument("what", choices=["models", "data", "recipes"])
+    views.add_parsers(sub)
     return parser
 
 
@@ -127,7 +128,14 @@ def command_list(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": command_train, "list": command_list}
+COMMANDS = {
+    "train": command_train,
+    "list": command_list,
+    "summary": views.command_summary,
+    "report": views.command_report,
+    "compare": views.command_compare,
+    "doctor": views.command_doctor,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
