@@ -63,6 +63,8 @@ class TrainConfig:
     clip_grad_norm: float | None = None
     on_nan: str = "stop"  # stop | skip | rollback
     nan_guard: bool = True
+    nan_max_skips: int = 10  # on_nan=skip gives up after this many skipped steps
+    nan_max_rollbacks: int = 3  # on_nan=rollback gives up after this many rollbacks
     log_every: int = 50
     checkpoint_every: int | None = None  # steps; None = at the end of every epoch
     keep_last: int = 2

@@ -101,7 +101,7 @@ class Trainer:
                 self._epoch_clock = (time.perf_counter(), state.train_time_s)
                 try:
                     for inputs, targets, indices in self.train_batches.epoch(state.epoch, state.position):
-                        if state.poisoned and [state.epoch, state.position] in state.poisoned:
+                        if state.poisoned and self._known_bad(indices):
                             state.position += 1  # a batch a rollback found non-finite
                             continue
                         self._train_one(inputs, targets, indices)
@@ -349,6 +349,15 @@ class Trainer:
         batch = indices.tolist() if indices is not None else None
         self.state.nan_events.append({"policy": self.config.on_nan, **report.to_dict(), "batch_indices": batch})
         apply_nan_policy(self, report)  # raises TrainingFailure or RolledBack, or returns to skip
+
+    def _known_bad(self, indices: torch.Tensor | None) -> bool:
+        """A batch an earlier rollback found non-finite, or holding a sample it excluded."""
+        state = self.state
+        if [state.epoch, state.position] in state.poisoned:
+            return True
+        if state.excluded_samples and indices is not None:
+            return bool(torch.isin(indices.cpu(), torch.tensor(state.excluded_samples)).any())
+        return False
 
     def _loss_history(self) -> list[dict[str, float]]:
         steps = range(max(0, self.state.step - RECENT), self.state.step)
