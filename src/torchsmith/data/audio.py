@@ -142,12 +142,12 @@ class LogMel:
 
     Example:
         >>> LogMel(n_mels=40).frames
-        101
+        51
     """
 
     sample_rate: int = 8000
     n_fft: int = 256
-    hop_length: int = 80
+    hop_length: int = 160  # 20 ms: as accurate as 10 ms on FSDD, at half the compute
     n_mels: int = 40
     f_min: float = 20.0
     f_max: float = 4000.0
@@ -222,7 +222,7 @@ def log_mel(waveforms: torch.Tensor, settings: LogMel) -> torch.Tensor:
 
     Example:
         >>> log_mel(torch.zeros(2, 8000), LogMel()).shape
-        torch.Size([2, 40, 101])
+        torch.Size([2, 40, 51])
     """
     window = torch.hann_window(settings.n_fft, device=waveforms.device)
     spec = torch.stft(
@@ -254,7 +254,7 @@ def logmel_features(
 
     Example:
         >>> logmel_features(sorted(Path("recordings").glob("*.wav")), LogMel()).shape
-        torch.Size([3000, 40, 101])
+        torch.Size([3000, 40, 51])
     """
     from safetensors.torch import load_file, save_file
 
@@ -316,10 +316,10 @@ class AudioAugment:
     """
 
     shift: float = 0.1
-    tempo: float = 0.0
-    warp: float = 0.0
+    tempo: float = 0.1
+    warp: float = 0.1
     time_masks: int = 2
-    time_mask_width: int = 10
+    time_mask_width: int = 5
     freq_masks: int = 2
     freq_mask_width: int = 6
 
@@ -494,7 +494,7 @@ def load_fsdd(
 
     Example:
         >>> load_fsdd("../shared/data/fsdd", "speaker:theo").info.input_shape
-        (1, 40, 101)
+        (1, 40, 51)
     """
     root = Path(data_dir)
     folder = root / "recordings" if (root / "recordings").is_dir() else root
@@ -670,7 +670,7 @@ def preprocess_files(
 
     Example:
         >>> preprocess_files(["one.wav"], bundle.info.preprocessing).shape
-        torch.Size([1, 1, 40, 101])
+        torch.Size([1, 1, 40, 51])
     """
     settings = LogMel.from_dict(preprocessing)
     waves = torch.stack([_fixed_waveform(Path(path), settings) for path in paths])

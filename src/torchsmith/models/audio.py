@@ -28,7 +28,7 @@ class AudioCNN(nn.Module):
 
     Example:
         >>> model = AudioCNN(num_classes=10)
-        >>> model(torch.randn(8, 1, 40, 101)).shape
+        >>> model(torch.randn(8, 1, 40, 51)).shape
         torch.Size([8, 10])
     """
 
@@ -36,7 +36,7 @@ class AudioCNN(nn.Module):
         self,
         num_classes: int,
         in_channels: int = 1,
-        width: int = 32,
+        width: int = 24,
         dropout: float = 0.1,
         stages: int = 3,
     ) -> None:
