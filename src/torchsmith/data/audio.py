@@ -612,6 +612,24 @@ def _tree_records(root: Path) -> tuple[list[dict[str, Any]], list[bool]]:
     return records, test
 
 
+def _split(
+    test: list[bool], val_fraction: float, seed: int
+) -> tuple[torch.Tensor, ...]:
+    """(train, val, test) indices; val is a seeded carve of the non-test recordings."""
+    is_test = torch.tensor(test, dtype=torch.bool)
+    pool = (~is_test).nonzero().flatten()
+    pool = pool[
+        torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))
+    ]
+    num_val = round(len(pool) * val_fraction)
+    train, val = pool[num_val:].sort().values, pool[:num_val].sort().values
+    if len(train) == 0:
+        raise UsageError(
+            "no training recordings are left after the test and validation splits."
+        )
+    return train, val, is_test.nonzero().flatten()
+
+
 def _bundle(
     records: list[dict[str, Any]],
     test: list[bool],
@@ -627,19 +645,9 @@ def _bundle(
         [r["path"] for r in records], settings, options.cache_dir
     )
     labels = torch.tensor([names.index(record["label"]) for record in records])
-    is_test = torch.tensor(test, dtype=torch.bool)
-    pool = (~is_test).nonzero().flatten()
-    pool = pool[
-        torch.randperm(len(pool), generator=torch.Generator().manual_seed(options.seed))
-    ]
-    num_val = round(len(pool) * options.val_fraction)
-    train, val = pool[num_val:].sort().values, pool[:num_val].sort().values
-    if len(train) == 0:
-        raise UsageError(
-            "no training recordings are left after the test and validation splits."
-        )
+    train, val, test_indices = _split(test, options.val_fraction, options.seed)
     stats: Any = "recording"
-    if options.normalize == "dataset":
+    if options.normalize == "dataset":  # one mean and std over the training features
         stats = (
             float(features[train].float().mean()),
             float(features[train].float().std()),
@@ -657,10 +665,12 @@ def _bundle(
         "audio", len(names), (1, settings.n_mels, settings.frames), names,
         preprocessing={"kind": "logmel", **asdict(settings), "normalize": normalize},
     )  # fmt: skip
-    test_source = source(is_test.nonzero().flatten(), None)
-    return DataBundle(
-        source(train, options.augment), source(val, None), test_source, info
+    splits = (
+        source(train, options.augment),
+        source(val, None),
+        source(test_indices, None),
     )
+    return DataBundle(*splits, info)
 
 
 def preprocess_files(
