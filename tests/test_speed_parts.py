@@ -371,6 +371,24 @@ def test_speednet_structure_follows_airbench():
         SpeedNet(whiten_width=30)
 
 
+def test_speednet_reset_parameters_redraws_in_place():
+    model = SpeedNet(widths=(8, 16, 16))
+    init_whitening(model, torch.randn(16, 3, 16, 16))
+    with torch.no_grad():
+        model.whiten.bias.fill_(1.0)
+        model.blocks[2].norms[1].running_mean.fill_(3.0)
+    model.whiten.bias.requires_grad_(False)
+    head = model.head.weight
+    torch.manual_seed(1)
+    model.reset_parameters()
+    torch.manual_seed(1)
+    fresh = SpeedNet(widths=(8, 16, 16))  # the same draws as a new model with the same seed
+    assert model.head.weight is head and torch.equal(head, fresh.head.weight)
+    assert model.whiten.bias.requires_grad and model.whiten.bias.abs().sum() == 0
+    assert model.blocks[2].norms[1].running_mean.abs().sum() == 0
+    assert torch.equal(model.blocks[1].convs[0].weight, fresh.blocks[1].convs[0].weight)
+
+
 def test_whiten_bias_freeze_after_epochs():
     model, freeze = SpeedNet(), WhitenBiasFreeze(epochs=3)
     freeze.apply(model, 2)

@@ -116,6 +116,17 @@ class SpeedNet(nn.Module):
         self.head_scale = head_scale
         self.min_size = whiten_kernel - 1 + 2 ** len(widths)
 
+    def reset_parameters(self) -> None:
+        """Draw fresh weights in place, as at construction (call `init_whitening` after).
+
+        Lets one compiled model serve several seeds: its compiled code is kept.
+        """
+        for module in self.modules():
+            if module is not self and hasattr(module, "reset_parameters"):
+                module.reset_parameters()  # BN also resets its running statistics
+        nn.init.zeros_(self.whiten.bias)
+        self.whiten.bias.requires_grad_(True)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] < self.min_size or x.shape[-2] < self.min_size:
             raise ValueError(
@@ -126,9 +137,7 @@ class SpeedNet(nn.Module):
         x = F.gelu(self.whiten(x))  # (B, 2 C k^2, H - k + 1, W - k + 1)
         for block in self.blocks:
             x = block(x)  # spatial size halves per block
-        x = torch.amax(
-            x, dim=(2, 3)
-        )  # (B, widths[-1]): global max pool, any input size
+        x = torch.amax(x, dim=(2, 3))  # (B, widths[-1]): global max pool, any input size
         # Float logits even under autocast, so the loss and TTA averages run in fp32.
         return (self.head(x) * self.head_scale).float()
 
