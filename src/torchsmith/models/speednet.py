@@ -137,7 +137,10 @@ class SpeedNet(nn.Module):
         x = F.gelu(self.whiten(x))  # (B, 2 C k^2, H - k + 1, W - k + 1)
         for block in self.blocks:
             x = block(x)  # spatial size halves per block
-        x = torch.amax(x, dim=(2, 3))  # (B, widths[-1]): global max pool, any input size
+        # (B, widths[-1]): global max pool, any input size. Not torch.amax: its backward
+        # compares x with the max, which under compile + bf16 autocast can match nothing
+        # and divide by a zero count (NaN); max pooling's backward routes by index.
+        x = F.adaptive_max_pool2d(x, 1).flatten(1)
         # Float logits even under autocast, so the loss and TTA averages run in fp32.
         return (self.head(x) * self.head_scale).float()
 
