@@ -69,18 +69,10 @@ def load_split(root: Path, split: str, device: torch.device, limit: int | None):
     """(images uint8 (N, 3, H, W) on device, labels int64 (N,) on device, class names, where decoded)."""
     class_dirs = sorted(p for p in (root / split).iterdir() if p.is_dir())
     if not class_dirs:
-        raise SystemExit(
-            f"no class folders under {root / split}: expected {split}/<class>/*.jpg"
-        )
-    files = [
-        (f, label)
-        for label, d in enumerate(class_dirs)
-        for f in sorted(d.glob("*.jpg"))
-    ]
+        raise SystemExit(f"no class folders under {root / split}: expected {split}/<class>/*.jpg")
+    files = [(f, label) for label, d in enumerate(class_dirs) for f in sorted(d.glob("*.jpg"))]
     if limit is not None and limit < len(files):
-        keep = torch.randperm(len(files), generator=torch.Generator().manual_seed(0))[
-            :limit
-        ]
+        keep = torch.randperm(len(files), generator=torch.Generator().manual_seed(0))[:limit]
         files = [files[i] for i in sorted(keep.tolist())]
     data = [read_file(str(f)) for f, _ in files]
     labels = torch.tensor([label for _, label in files], device=device)
@@ -93,9 +85,7 @@ def _decode(data: list[torch.Tensor], device: torch.device) -> tuple[torch.Tenso
     chunks = [data[i : i + 8192] for i in range(0, len(data), 8192)]
     if device.type == "cuda":
         try:
-            images = [
-                decode_jpeg(c, mode=ImageReadMode.RGB, device=device) for c in chunks
-            ]
+            images = [decode_jpeg(c, mode=ImageReadMode.RGB, device=device) for c in chunks]
             return torch.stack([im for chunk in images for im in chunk]), "cuda"
         except RuntimeError as error:
             print(f"GPU JPEG decoding failed ({error}); decoding on the CPU")
@@ -149,9 +139,7 @@ def make_optimization(model, recipe: Recipe, total_steps: int, summed_loss: bool
         loss_reduction="sum" if summed_loss else "mean",
     )
     warmup = int(recipe.warmup_fraction * total_steps)
-    scheduler = warmup_linear_decay(
-        optimizer, total_steps, warmup, recipe.lr_start, recipe.lr_end
-    )
+    scheduler = warmup_linear_decay(optimizer, total_steps, warmup, recipe.lr_start, recipe.lr_end)
     ema = EMACallback(
         recipe.ema_decay,
         recipe.ema_every,
@@ -182,9 +170,7 @@ def train_run(model, net, data, recipe: Recipe, seed: int, args, timer: Timer):
     init_whitening(model, train_x[: recipe.whiten_images])
     # airbench's alternating flip: a random half is flipped once, then every odd epoch flips all.
     train_x = random_flip(train_x, generator.manual_seed(seed))
-    optimizer, scheduler, ema, loss_fn = make_optimization(
-        model, recipe, total_steps, summed_loss
-    )
+    optimizer, scheduler, ema, loss_fn = make_optimization(model, recipe, total_steps, summed_loss)
     step = 0
     for epoch in range(math.ceil(total_steps / steps_per_epoch)):
         freeze.apply(model, epoch)
@@ -209,16 +195,12 @@ def train_run(model, net, data, recipe: Recipe, seed: int, args, timer: Timer):
             if step >= total_steps:
                 break
     ema.copy_to(model)  # lookahead: end on the averaged weights
-    accuracy = evaluate(
-        net, model, test_raw, test_labels, (mean, std, dtype), recipe.tta
-    )
+    accuracy = evaluate(net, model, test_raw, test_labels, (mean, std, dtype), recipe.tta)
     seconds = timer.stop()
     return {
         "seed": seed,
         "accuracy": accuracy.item(),
-        "accuracy_no_tta": evaluate(
-            net, model, test_raw, test_labels, (mean, std, dtype), "none"
-        ).item(),
+        "accuracy_no_tta": evaluate(net, model, test_raw, test_labels, (mean, std, dtype), "none").item(),
         "time_s": seconds,
         "steps": step,
         "final_train_loss": loss.item() / (len(indices) if summed_loss else 1),
@@ -229,9 +211,7 @@ def evaluate(net, model, images, labels, preprocessing, tta: str) -> torch.Tenso
     """Accuracy (a 0-d tensor, not synchronised) with test-time augmentation `tta`."""
     mean, std, dtype = preprocessing
     model.eval()
-    x = _normalise(images, mean, std, dtype).contiguous(
-        memory_format=torch.channels_last
-    )
+    x = _normalise(images, mean, std, dtype).contiguous(memory_format=torch.channels_last)
     with (
         torch.no_grad(),
         torch.autocast(x.device.type, dtype, enabled=dtype != torch.float32),
@@ -240,9 +220,7 @@ def evaluate(net, model, images, labels, preprocessing, tta: str) -> torch.Tenso
     return (logits.argmax(1) == labels).float().mean()
 
 
-def _normalise(
-    images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, dtype
-) -> torch.Tensor:
+def _normalise(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, dtype) -> torch.Tensor:
     return ((images.float() / 255 - mean) / std).to(dtype)
 
 
@@ -251,32 +229,22 @@ def _normalise(
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--data-dir", type=Path, default=Path("../shared/data/cifar10-jpeg")
-    )
+    parser.add_argument("--data-dir", type=Path, default=Path("../shared/data/cifar10-jpeg"))
     parser.add_argument("--out", type=Path, default=Path("runs/bench-cifar10-gpu"))
-    parser.add_argument(
-        "--device", default="cuda" if torch.cuda.is_available() else "cpu"
-    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--warmup-runs", type=int, default=1)
     parser.add_argument("--epochs", type=float, default=Recipe.epochs)
     parser.add_argument("--batch-size", type=int, default=Recipe.batch_size)
-    parser.add_argument(
-        "--tta", default=Recipe.tta, choices=("none", "flip", "flip-translate")
-    )
+    parser.add_argument("--tta", default=Recipe.tta, choices=("none", "flip", "flip-translate"))
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--limit-train", type=int, default=None)
     parser.add_argument("--limit-test", type=int, default=None)
-    parser.add_argument(
-        "--precision", choices=tuple(PRECISIONS), help="bf16 on GPU, fp32 on CPU"
-    )
+    parser.add_argument("--precision", choices=tuple(PRECISIONS), help="bf16 on GPU, fp32 on CPU")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--compile-mode", default="default")
     args = parser.parse_args(argv)
-    args.precision = args.precision or (
-        "bf16" if args.device.startswith("cuda") else "fp32"
-    )
+    args.precision = args.precision or ("bf16" if args.device.startswith("cuda") else "fp32")
     if args.seeds < 1 or args.batch_size < 1 or args.epochs <= 0:
         parser.error("--seeds, --batch-size and --epochs must be positive")
     return args
@@ -296,16 +264,10 @@ def main(argv: list[str] | None = None) -> dict:
         torch.backends.cudnn.benchmark = True
     recipe = Recipe(epochs=args.epochs, batch_size=args.batch_size, tta=args.tta)
     t0 = time.perf_counter()
-    train_raw, train_labels, classes, decoded_on = load_split(
-        args.data_dir, "train", device, args.limit_train
-    )
-    test_raw, test_labels, _, _ = load_split(
-        args.data_dir, "test", device, args.limit_test
-    )
+    train_raw, train_labels, classes, decoded_on = load_split(args.data_dir, "train", device, args.limit_train)
+    test_raw, test_labels, _, _ = load_split(args.data_dir, "test", device, args.limit_test)
     if len(train_raw) < recipe.batch_size:
-        raise SystemExit(
-            f"--batch-size {recipe.batch_size} exceeds the {len(train_raw)} training images"
-        )
+        raise SystemExit(f"--batch-size {recipe.batch_size} exceeds the {len(train_raw)} training images")
     load_s = time.perf_counter() - t0
     # Normalisation constants from the training images themselves (these JPEGs differ slightly from CIFAR's).
     pixels = train_raw.float().div_(255)
@@ -315,24 +277,14 @@ def main(argv: list[str] | None = None) -> dict:
     )
     del pixels
     data = (train_raw, train_labels, test_raw, test_labels, mean, std)
-    log(
-        f"loaded {len(train_raw)} train / {len(test_raw)} test images, decoded on {decoded_on}, {load_s:.1f} s"
-    )
+    log(f"loaded {len(train_raw)} train / {len(test_raw)} test images, decoded on {decoded_on}, {load_s:.1f} s")
 
-    model = SpeedNet(num_classes=len(classes)).to(
-        device, memory_format=torch.channels_last
-    )
-    net = (
-        torch.compile(model, mode=args.compile_mode, dynamic=False)
-        if args.compile
-        else model
-    )
+    model = SpeedNet(num_classes=len(classes)).to(device, memory_format=torch.channels_last)
+    net = torch.compile(model, mode=args.compile_mode, dynamic=False) if args.compile else model
     timer = Timer(device)
     for i in range(args.warmup_runs):  # compiles, tunes cudnn; not reported
         warm = train_run(model, net, data, recipe, 10_000 + i, args, timer)
-        log(
-            f"warm-up run: accuracy {warm['accuracy']:.4f}  time {warm['time_s']:.2f} s"
-        )
+        log(f"warm-up run: accuracy {warm['accuracy']:.4f}  time {warm['time_s']:.2f} s")
     runs = []
     for seed in range(args.seeds):
         result = train_run(model, net, data, recipe, seed, args, timer)

@@ -77,9 +77,7 @@ class EMACallback(Callback):
         return rho
 
     @torch.no_grad()
-    def maybe_update(
-        self, model: nn.Module, step: int, total_steps: int | None = None
-    ) -> bool:
+    def maybe_update(self, model: nn.Module, step: int, total_steps: int | None = None) -> bool:
         """Update the average if `step` is an update step; returns whether it did."""
         if step < self.start_step or step % self.update_every:
             return False
@@ -91,17 +89,13 @@ class EMACallback(Callback):
         """shadow = rho * shadow + (1 - rho) * weights (a copy on the first call)."""
         tensors = _averaged_tensors(model)
         if self.shadow is None:
-            self.shadow = {
-                name: t.detach().float().clone() for name, t in tensors.items()
-            }
+            self.shadow = {name: t.detach().float().clone() for name, t in tensors.items()}
         else:
             self._move_shadow_to(tensors)
             shadow, weights = self._pairs(tensors)
             same = [i for i, w in enumerate(weights) if w.dtype == torch.float32]
             if same:  # one fused kernel per dtype group, no host sync
-                torch._foreach_lerp_(
-                    [shadow[i] for i in same], [weights[i] for i in same], 1 - rho
-                )
+                torch._foreach_lerp_([shadow[i] for i in same], [weights[i] for i in same], 1 - rho)
             for i, w in enumerate(weights):
                 if w.dtype != torch.float32:  # half/bf16 models: average in fp32
                     shadow[i].lerp_(w.float(), 1 - rho)
@@ -157,41 +151,25 @@ class EMACallback(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         """Tensors (the shadow) and counters: a resumed run continues the same average."""
-        shadow = (
-            None
-            if self.shadow is None
-            else {k: v.clone() for k, v in self.shadow.items()}
-        )
+        shadow = None if self.shadow is None else {k: v.clone() for k, v in self.shadow.items()}
         return {"shadow": shadow, "num_updates": self.num_updates}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         shadow = state.get("shadow")
-        self.shadow = (
-            None
-            if shadow is None
-            else {k: v.float().clone() for k, v in shadow.items()}
-        )
+        self.shadow = None if shadow is None else {k: v.float().clone() for k, v in shadow.items()}
         self.num_updates = int(state.get("num_updates", 0))
 
     # --- helpers ----------------------------------------------------------------------------
 
     def _total(self, trainer: Trainer) -> int | None:
         state = trainer.state
-        return (
-            self.total_steps
-            or state.max_steps
-            or (state.steps_per_epoch * state.max_epochs)
-        )
+        return self.total_steps or state.max_steps or (state.steps_per_epoch * state.max_epochs)
 
-    def _pairs(
-        self, tensors: dict[str, torch.Tensor]
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def _pairs(self, tensors: dict[str, torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         assert self.shadow is not None
         if self.shadow.keys() != tensors.keys():
             missing = sorted(set(tensors) ^ set(self.shadow))[:5]
-            raise ValueError(
-                f"EMA shadow and model disagree on these entries: {missing}."
-            )
+            raise ValueError(f"EMA shadow and model disagree on these entries: {missing}.")
         names = list(tensors)
         return [self.shadow[n] for n in names], [tensors[n] for n in names]
 
@@ -206,8 +184,4 @@ class EMACallback(Callback):
 def _averaged_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     # Floating-point parameters and buffers by state_dict name; integer buffers
     # (num_batches_tracked) are counters, not weights, and are left alone.
-    return {
-        name: t
-        for name, t in model.state_dict(keep_vars=True).items()
-        if t.is_floating_point()
-    }
+    return {name: t for name, t in model.state_dict(keep_vars=True).items() if t.is_floating_point()}

@@ -15,7 +15,7 @@ everything together in a hand-written loop.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -42,9 +42,7 @@ __all__ = [
 TTA_MODES = ("none", "flip", "flip-translate")
 
 
-def translate_batch(
-    x: torch.Tensor, max_shift: int, generator: torch.Generator | None
-) -> torch.Tensor:
+def translate_batch(x: torch.Tensor, max_shift: int, generator: torch.Generator | None) -> torch.Tensor:
     """Shift each image (B, C, H, W) by its own (dy, dx) in [-max_shift, max_shift], reflecting at edges.
 
     Equal to cropping an H x W window at a random offset out of the batch reflect-padded
@@ -63,23 +61,14 @@ def translate_batch(
     batch, channels, height, width = x.shape
     if max_shift >= min(height, width):
         raise ValueError(
-            f"max_shift must be smaller than the image ({height}x{width}) for reflect padding, "
-            f"got {max_shift}."
+            f"max_shift must be smaller than the image ({height}x{width}) for reflect padding, got {max_shift}."
         )
     device = _gen_device(x, generator)
     span = 2 * max_shift + 1
-    dy = torch.randint(0, span, (batch,), generator=generator, device=device).to(
-        x.device
-    )
-    dx = torch.randint(0, span, (batch,), generator=generator, device=device).to(
-        x.device
-    )
-    rows = _reflect(
-        dy.view(-1, 1) - max_shift + torch.arange(height, device=x.device), height
-    )
-    cols = _reflect(
-        dx.view(-1, 1) - max_shift + torch.arange(width, device=x.device), width
-    )
+    dy = torch.randint(0, span, (batch,), generator=generator, device=device).to(x.device)
+    dx = torch.randint(0, span, (batch,), generator=generator, device=device).to(x.device)
+    rows = _reflect(dy.view(-1, 1) - max_shift + torch.arange(height, device=x.device), height)
+    cols = _reflect(dx.view(-1, 1) - max_shift + torch.arange(width, device=x.device), width)
     rows = rows.view(batch, 1, height, 1).expand(batch, channels, height, width)
     out = x.gather(2, rows)  # (B, C, H, W): row i of sample b is source row rows[b, i]
     cols = cols.view(batch, 1, 1, width).expand(batch, channels, height, width)
@@ -93,9 +82,7 @@ def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def tta_predict(
-    model: nn.Module, x: torch.Tensor, mode: str = "flip-translate"
-) -> torch.Tensor:
+def tta_predict(model: nn.Module, x: torch.Tensor, mode: str = "flip-translate") -> torch.Tensor:
     """Logits (B, K) averaged over test-time views of x (B, C, H, W), as airbench94 does.
 
     "none": the model's logits; "flip": mean of x and its mirror image; "flip-translate":
@@ -209,9 +196,7 @@ def speed_sgd(
         ['norm', 'other']
     """
     if loss_reduction not in ("mean", "sum"):
-        raise ValueError(
-            f"loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}."
-        )
+        raise ValueError(f"loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}.")
     if batch_size < 1 or lr <= 0 or not 0 <= momentum < 1:
         raise ValueError(
             f"need batch_size >= 1, lr > 0 and 0 <= momentum < 1, "
@@ -220,31 +205,23 @@ def speed_sgd(
     kilostep_scale = 1024 * (1 + 1 / (1 - momentum))
     step_lr = lr / kilostep_scale * (batch_size if loss_reduction == "mean" else 1)
     decay_per_step = weight_decay * batch_size / kilostep_scale
-    norm_params = _norm_parameters(model)
-    groups = [
-        {
-            "name": "norm",
-            "params": [p for p in model.parameters() if id(p) in norm_params],
-        },
-        {
-            "name": "other",
-            "params": [p for p in model.parameters() if id(p) not in norm_params],
-        },
-    ]
-    for group, scale in zip(groups, (bias_scaler, 1.0)):
-        group["params"] = [p for p in group["params"] if p.requires_grad]
-        group["lr"] = step_lr * scale
-        decays = group["name"] == "other" or decay_norm
-        group["weight_decay"] = decay_per_step / group["lr"] if decays else 0.0
-    groups = [g for g in groups if g["params"]]
+    norm_ids = _norm_parameter_ids(model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups: list[dict[str, Any]] = []
+    for name, scale in (("norm", bias_scaler), ("other", 1.0)):
+        params = [p for p in trainable if (id(p) in norm_ids) == (name == "norm")]
+        if not params:
+            continue
+        decays = name == "other" or decay_norm
+        group_lr = step_lr * scale
+        weight_decay_sgd = decay_per_step / group_lr if decays else 0.0
+        groups.append({"name": name, "params": params, "lr": group_lr, "weight_decay": weight_decay_sgd})
     if not groups:
-        raise ValueError(
-            "speed_sgd found no trainable parameters (all have requires_grad False)."
-        )
+        raise ValueError("speed_sgd found no trainable parameters (all have requires_grad False).")
     return torch.optim.SGD(groups, lr=step_lr, momentum=momentum, nesterov=True)
 
 
-def _norm_parameters(model: nn.Module) -> set[int]:
+def _norm_parameter_ids(model: nn.Module) -> set[int]:
     return {
         id(p)
         for module in model.modules()
@@ -268,7 +245,10 @@ class WhitenBiasFreeze(Callback):
 
     def apply(self, model: nn.Module, epoch: int) -> None:
         """Set requires_grad of the whitening bias for `epoch` (0-based)."""
-        model.whiten.bias.requires_grad_(epoch < self.epochs)
+        whiten = model.get_submodule("whiten")
+        if not isinstance(whiten, nn.Conv2d) or whiten.bias is None:
+            raise TypeError("WhitenBiasFreeze needs a model with a `whiten` Conv2d that has a bias (SpeedNet).")
+        whiten.bias.requires_grad_(epoch < self.epochs)
 
     def on_epoch_start(self, trainer: Trainer) -> None:
         self.apply(trainer.model, trainer.state.epoch)

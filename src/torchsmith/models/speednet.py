@@ -26,9 +26,7 @@ class _Conv(nn.Conv2d):
     """3x3 'same' conv without bias, identity-initialised on its first `in_channels` outputs."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__(
-            in_channels, out_channels, kernel_size=3, padding="same", bias=False
-        )
+        super().__init__(in_channels, out_channels, kernel_size=3, padding="same", bias=False)
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
@@ -49,27 +47,18 @@ class _BatchNorm(nn.BatchNorm2d):
 class _Block(nn.Module):
     """conv -> max-pool 2 -> BN -> GELU, then (depth - 1) x (conv -> BN -> GELU)."""
 
-    def __init__(
-        self, in_channels: int, out_channels: int, depth: int, bn_momentum: float
-    ) -> None:
+    def __init__(self, in_channels: int, out_channels: int, depth: int, bn_momentum: float) -> None:
         super().__init__()
-        self.convs = nn.ModuleList(
-            _Conv(in_channels if i == 0 else out_channels, out_channels)
-            for i in range(depth)
-        )
-        self.norms = nn.ModuleList(
-            _BatchNorm(out_channels, bn_momentum) for _ in range(depth)
-        )
+        self.convs = nn.ModuleList(_Conv(in_channels if i == 0 else out_channels, out_channels) for i in range(depth))
+        self.norms = nn.ModuleList(_BatchNorm(out_channels, bn_momentum) for _ in range(depth))
         self.pool = nn.MaxPool2d(2)
         self.activation = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
+        for i, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
             x = conv(x)
             if i == 0:
-                x = self.pool(
-                    x
-                )  # pooling before BN is cheaper: BN runs on 1/4 of the pixels
+                x = self.pool(x)  # pooling before BN is cheaper: BN runs on 1/4 of the pixels
             x = self.activation(norm(x))
         return x
 
@@ -102,15 +91,12 @@ class SpeedNet(nn.Module):
         whiten_width = full_width if whiten_width is None else whiten_width
         _check_arguments(num_classes, widths, depth, whiten_width, full_width)
         # Frozen weights (set by init_whitening), learnable bias; padding 0 as in airbench.
-        self.whiten = nn.Conv2d(
-            in_channels, whiten_width, whiten_kernel, padding=0, bias=True
-        )
+        self.whiten = nn.Conv2d(in_channels, whiten_width, whiten_kernel, padding=0, bias=True)
         self.whiten.weight.requires_grad_(False)
-        nn.init.zeros_(self.whiten.bias)
+        self._whiten_bias().data.zero_()
         channels = [whiten_width, *widths]
         self.blocks = nn.ModuleList(
-            _Block(channels[i], channels[i + 1], depth, bn_momentum)
-            for i in range(len(widths))
+            _Block(channels[i], channels[i + 1], depth, bn_momentum) for i in range(len(widths))
         )
         self.head = nn.Linear(channels[-1], num_classes, bias=False)
         self.head_scale = head_scale
@@ -122,10 +108,16 @@ class SpeedNet(nn.Module):
         Lets one compiled model serve several seeds: its compiled code is kept.
         """
         for module in self.modules():
-            if module is not self and hasattr(module, "reset_parameters"):
-                module.reset_parameters()  # BN also resets its running statistics
-        nn.init.zeros_(self.whiten.bias)
-        self.whiten.bias.requires_grad_(True)
+            reset = getattr(module, "reset_parameters", None)
+            if module is not self and callable(reset):
+                reset()  # BN also resets its running statistics
+        bias = self._whiten_bias()
+        bias.data.zero_()
+        bias.requires_grad_(True)
+
+    def _whiten_bias(self) -> torch.Tensor:
+        assert self.whiten.bias is not None  # built with bias=True
+        return self.whiten.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] < self.min_size or x.shape[-2] < self.min_size:
@@ -155,9 +147,7 @@ def _check_arguments(
     if num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes}.")
     if depth < 1 or not widths or any(w < 1 for w in widths):
-        raise ValueError(
-            f"depth >= 1 and positive widths are needed, got {depth=}, {widths=}."
-        )
+        raise ValueError(f"depth >= 1 and positive widths are needed, got {depth=}, {widths=}.")
     if whiten_width % 2 or not 2 <= whiten_width <= full_width:
         raise ValueError(
             f"whiten_width must be even and between 2 and 2 * in_channels * whiten_kernel**2 = "
@@ -189,21 +179,16 @@ def init_whitening(
     """
     conv = target.whiten if isinstance(target, SpeedNet) else target
     if not isinstance(conv, nn.Conv2d):
-        raise TypeError(
-            f"init_whitening needs a SpeedNet or an nn.Conv2d, got {type(target).__name__}."
-        )
+        raise TypeError(f"init_whitening needs a SpeedNet or an nn.Conv2d, got {type(target).__name__}.")
     if images.ndim != 4 or images.shape[1] != conv.in_channels:
         raise ValueError(
-            f"images must be (N, {conv.in_channels}, H, W) to match the whitening conv, "
-            f"got {tuple(images.shape)}."
+            f"images must be (N, {conv.in_channels}, H, W) to match the whitening conv, got {tuple(images.shape)}."
         )
     covariance = _patch_second_moment(images, conv.kernel_size, mean, std)
     eigenvalues, eigenvectors = torch.linalg.eigh(covariance)  # ascending
     keep = conv.out_channels // 2
     eigenvalues = eigenvalues.flip(0)[:keep]  # largest first
-    filters = eigenvectors.flip(1)[:, :keep].T / torch.sqrt(
-        eigenvalues + eps
-    ).unsqueeze(1)
+    filters = eigenvectors.flip(1)[:, :keep].T / torch.sqrt(eigenvalues + eps).unsqueeze(1)
     filters = filters.reshape(keep, *conv.weight.shape[1:])  # (keep, C, k, k)
     conv.weight.copy_(torch.cat([filters, -filters]).to(conv.weight))
     return eigenvalues.float()
@@ -224,9 +209,7 @@ def _patch_second_moment(
         x = part.float() / 255 if part.dtype == torch.uint8 else part.float()
         if mean is not None and std is not None:
             shape = (1, -1, 1, 1)
-            x = (x - torch.tensor(mean, device=x.device).view(shape)) / torch.tensor(
-                std, device=x.device
-            ).view(shape)
+            x = (x - torch.tensor(mean, device=x.device).view(shape)) / torch.tensor(std, device=x.device).view(shape)
         # (n, C*k*k, L) with features ordered (c, kh, kw), as in a conv weight's flattening
         patches = F.unfold(x, kernel_size).transpose(1, 2).reshape(-1, dim).double()
         total += patches.T @ patches
