@@ -11,6 +11,12 @@ reported run is timed with CUDA events from normalisation to the TTA accuracy.
         --limit-test 500 --batch-size 256 --seeds 1 --warmup-runs 0     # smoke test
 
 Writes `results.json` and `log.txt` under `--out`; prints one line per seed, the mean last.
+
+Measured on one H100 (torch 2.11, ../shared/data's JPEG copy of CIFAR-10, 3 seeds each,
+one machine): bf16 90.67 % in 2.65 s, fp16 90.59 % in 2.71 s, fp32 90.65 % in 3.69 s;
+airbench94's own loop on the same decoded tensors 90.67 % in 2.35 s. So the recipe
+matches airbench; the gap to its 94 % is the quality-75 JPEG data. `--compile` (default
+mode) measured 90.63 % in 3.43 s, slower than eager: not investigated yet.
 """
 
 from __future__ import annotations
