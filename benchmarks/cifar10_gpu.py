@@ -213,6 +213,39 @@ def train_run(model, net, data, recipe: Recipe, seed: int, args, timer: Timer):
     }
 
 
+def trainer_run(model, net, data, recipe: Recipe, seed: int, args, timer: Timer):
+    """The same network, recipe and data through torchsmith's Trainer (the `cifar10-fast` recipe's parts)."""
+    from torchsmith import Trainer
+    from torchsmith.config import OptimConfig
+    from torchsmith.data.memory import ImageTensors
+
+    train_raw, train_labels, test_raw, test_labels, mean, std = data
+    mean_list, std_list = mean.flatten().tolist(), std.flatten().tolist()
+    torch.manual_seed(seed)
+    model.reset_parameters()
+    steps_per_epoch = math.ceil(len(train_raw) / recipe.batch_size)
+    total_steps = math.ceil(len(train_raw) // recipe.batch_size * recipe.epochs)
+    total_steps = min(total_steps, args.max_steps) if args.max_steps else total_steps
+    optim = OptimConfig(name="airbench-sgd", lr=recipe.lr, momentum=recipe.momentum,
+                        weight_decay=recipe.weight_decay, label_smoothing=recipe.label_smoothing,
+                        scheduler="linear", warmup_fraction=recipe.warmup_fraction,
+                        warmup_start_ratio=recipe.lr_start, min_lr_ratio=recipe.lr_end)
+    callbacks = [EMACallback(recipe.ema_decay, recipe.ema_every, warmup_power=recipe.ema_power, lookahead=True),
+                 WhitenBiasFreeze(recipe.whiten_bias_epochs)]
+    timer.start()
+    init_whitening(model, train_raw[: recipe.whiten_images], mean=mean_list, std=std_list)
+    trainer = Trainer(model, loss="cross_entropy", optimizer="airbench-sgd", optim=optim, callbacks=callbacks,
+                      max_epochs=math.ceil(total_steps / steps_per_epoch), max_steps=total_steps,
+                      batch_size=recipe.batch_size, eval_batch_size=2000, precision=args.precision,
+                      channels_last=True, progress="none", seed=seed, tta=recipe.tta, log_every=100,
+                      nan_guard=args.loop == "trainer", device=str(train_raw.device))
+    trainer.fit(ImageTensors(train_raw, train_labels, mean_list, std_list, augment="flip-translate", padding=2))
+    result = trainer.evaluate(ImageTensors(test_raw, test_labels, mean_list, std_list))
+    seconds = timer.stop()
+    return {"seed": seed, "accuracy": result["accuracy"], "accuracy_no_tta": float("nan"), "time_s": seconds,
+            "steps": trainer.state.step, "final_train_loss": trainer.state.last_loss}
+
+
 def evaluate(net, model, images, labels, preprocessing, tta: str) -> torch.Tensor:
     """Accuracy (a 0-d tensor, not synchronised) with test-time augmentation `tta`."""
     mean, std, dtype = preprocessing
@@ -248,6 +281,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--limit-test", type=int, default=None)
     parser.add_argument("--precision", choices=tuple(PRECISIONS), help="bf16 on GPU, fp32 on CPU")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--loop", default="hand", choices=("hand", "trainer", "trainer-no-guard"),
+                        help="the hand-written loop, or torchsmith's Trainer with the same parts")
     parser.add_argument("--compile-mode", default="default")
     args = parser.parse_args(argv)
     args.precision = args.precision or ("bf16" if args.device.startswith("cuda") else "fp32")
@@ -288,12 +323,13 @@ def main(argv: list[str] | None = None) -> dict:
     model = SpeedNet(num_classes=len(classes)).to(device, memory_format=torch.channels_last)
     net = torch.compile(model, mode=args.compile_mode, dynamic=False) if args.compile else model
     timer = Timer(device)
+    run = train_run if args.loop == "hand" else trainer_run
     for i in range(args.warmup_runs):  # compiles, tunes cudnn; not reported
-        warm = train_run(model, net, data, recipe, 10_000 + i, args, timer)
+        warm = run(model, net, data, recipe, 10_000 + i, args, timer)
         log(f"warm-up run: accuracy {warm['accuracy']:.4f}  time {warm['time_s']:.2f} s")
     runs = []
     for seed in range(args.seeds):
-        result = train_run(model, net, data, recipe, seed, args, timer)
+        result = run(model, net, data, recipe, seed, args, timer)
         runs.append(result)
         log(
             f"seed {seed}: accuracy {result['accuracy']:.4f} (no TTA {result['accuracy_no_tta']:.4f})  "
@@ -324,7 +360,7 @@ def main(argv: list[str] | None = None) -> dict:
     log(
         f"mean over {len(runs)} seeds: accuracy {summary['mean_accuracy']:.4f} "
         f"(std {summary['std_accuracy']:.4f})  time {summary['mean_time_s']:.2f} s  on {device_name}"
-        f"  {args.precision}{'  compiled' if args.compile else ''}"
+        f"  {args.precision}{'  compiled' if args.compile else ''}  loop {args.loop}"
     )
     log_file.close()
     return summary

@@ -19,7 +19,9 @@ TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--data": ("data.name", str, "dataset name, or kind:PATH (e.g. imagefolder:photos/)"),
     "--data-dir": ("data.dir", str, "folder holding a local copy of the dataset"),
     "--val-fraction": ("data.val_fraction", float, "fraction of training data held out for validation"),
-    "--augment": ("data.augment", str, "batched augmentation: none, flip, crop, crop-flip"),
+    "--augment": ("data.augment", str, "batched augmentation: none, flip, crop, crop-flip, translate, "
+                  "flip-translate (images); any other value than none turns speech augmentation on"),
+    "--split": ("data.split", str, "how to split the data, e.g. speaker:NAME to hold one speaker out"),
     "--epochs": ("train.max_epochs", int, "number of epochs"),
     "--max-steps": ("train.max_steps", int, "stop after this many optimizer steps"),
     "--batch-size": ("train.batch_size", int, "samples per optimizer step (global batch)"),

@@ -199,13 +199,20 @@ class Trainer:
             for inputs, targets, _ in batches.epoch(0):
                 inputs, targets = self._to_device(inputs), self._to_device(targets)
                 with self.autocast():
-                    outputs = model(inputs)
+                    outputs = self._eval_forward(model, inputs)
                     loss = self.loss_fn(*self.task.loss_view(outputs, targets))
                 meter.update(loss, outputs, targets)
                 if collect is not None:
                     collect.append((outputs.float().cpu(), targets.cpu()))
         model.train(was_training)
         return meter.compute()
+
+    def _eval_forward(self, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+        if self.config.tta == "none":
+            return model(inputs)
+        from torchsmith.speed_parts import tta_predict
+
+        return tta_predict(model, inputs, self.config.tta)  # averaged logits over flipped/shifted views
 
     def predict(self, inputs: torch.Tensor | Any) -> torch.Tensor:
         """The model's outputs for `inputs` (a tensor, batched here), gathered on the CPU."""
@@ -240,7 +247,7 @@ class Trainer:
             self.forward_model = torch.compile(self.model) if self.config.compile else self.model
         if not for_training or self.optimizer is not None:
             return
-        self.optimizer = build_optimizer(self._optimizer_spec, self.model, self.optim_config)
+        self.optimizer = build_optimizer(self._optimizer_spec, self.model, self.optim_config, self.config.batch_size)
         total = self.total_steps()
         self.scheduler = self._scheduler_spec or build_schedule(self.optim_config, self.optimizer, total)
         self._scheduler_interval = "step" if self._scheduler_spec is None else steps_per_call(self.scheduler)

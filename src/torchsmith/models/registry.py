@@ -57,6 +57,21 @@ def _convbn(info: DataInfo, args: dict[str, Any]) -> nn.Module:
     return ConvBNNet(**{"input_shape": info.input_shape, "num_classes": info.num_classes, **extra, **args})
 
 
+def _audiocnn(info: DataInfo, args: dict[str, Any]) -> nn.Module:
+    from torchsmith.models.audio import AudioCNN
+
+    return AudioCNN(**{"num_classes": info.num_classes, "in_channels": info.input_shape[0], **args})
+
+
+def _speednet(info: DataInfo, args: dict[str, Any]) -> nn.Module:
+    from torchsmith.models.speednet import SpeedNet
+
+    for key in ("widths",):
+        if key in args:
+            args[key] = tuple(args[key])
+    return SpeedNet(**{"num_classes": info.num_classes, "in_channels": info.input_shape[0], **args})
+
+
 MODELS: dict[str, ModelEntry] = {
     entry.name: entry
     for entry in [
@@ -64,6 +79,8 @@ MODELS: dict[str, ModelEntry] = {
         ModelEntry("convnet", "3 conv layers (32/64/128) + ReLU + max-pool, then 2 linear layers", _convnet),
         ModelEntry("convbn", "small fast conv net: conv-BN-ReLU + max-pool blocks (16/32), one linear layer",
                    _convbn),
+        ModelEntry("audiocnn", "conv-BN-ReLU stages over log-mel spectrograms, global average pooling", _audiocnn),
+        ModelEntry("speednet", "airbench-style fast CIFAR net: whitening conv, conv-BN-GELU blocks", _speednet),
     ]
 }
 
