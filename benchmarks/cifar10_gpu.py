@@ -238,6 +238,7 @@ def trainer_run(model, net, data, recipe: Recipe, seed: int, args, timer: Timer)
                       max_epochs=math.ceil(total_steps / steps_per_epoch), max_steps=total_steps,
                       batch_size=recipe.batch_size, eval_batch_size=2000, precision=args.precision,
                       channels_last=True, progress="none", seed=seed, tta=recipe.tta, log_every=100,
+                      nan_check_every=args.nan_check_every,
                       nan_guard=args.loop == "trainer", device=str(train_raw.device))
     trainer.fit(ImageTensors(train_raw, train_labels, mean_list, std_list, augment="flip-translate", padding=2))
     result = trainer.evaluate(ImageTensors(test_raw, test_labels, mean_list, std_list))
@@ -281,6 +282,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--limit-test", type=int, default=None)
     parser.add_argument("--precision", choices=tuple(PRECISIONS), help="bf16 on GPU, fp32 on CPU")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--nan-check-every", type=int, default=1, help="trainer loop: read the guard every N steps")
     parser.add_argument("--loop", default="hand", choices=("hand", "trainer", "trainer-no-guard"),
                         help="the hand-written loop, or torchsmith's Trainer with the same parts")
     parser.add_argument("--compile-mode", default="default")

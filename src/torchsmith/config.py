@@ -67,6 +67,11 @@ class TrainConfig:
     clip_grad_norm: float | None = None
     on_nan: str = "stop"  # stop | skip | rollback
     nan_guard: bool = True
+    # Read the guard's verdict every N steps. 1 (default): stop within the failing step, and
+    # replay it for the doctor. N > 1 with a fused optimizer on CUDA: the failing step is
+    # skipped on the device (weights untouched) and reported at the next check, with no
+    # host sync per step.
+    nan_check_every: int = 1
     nan_max_skips: int = 10  # on_nan=skip gives up after this many skipped steps
     nan_max_rollbacks: int = 3  # on_nan=rollback gives up after this many rollbacks
     log_every: int = 50
