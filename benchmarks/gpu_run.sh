@@ -19,5 +19,5 @@ bench --seeds 2 --loop hand --epochs 30 --warmup-runs 0 --out "$OUT/hand30" 2>&1
 start=$(date +%s.%N)
 python3 -m torchsmith train --recipe cifar10-fast --data-dir /tmp/cifar10-jpeg --precision bf16 \
     --run-dir "$OUT/cli-run" --quiet 2>&1 | tail -3 | tee "$OUT/cli.log"
-echo "whole command $(echo "$(date +%s.%N) - $start" | bc) s" | tee -a "$OUT/cli.log"
+python3 -c "import sys, time; print(f'whole command {time.time() - float(sys.argv[1]):.1f} s')" "$start" | tee -a "$OUT/cli.log"
 python3 -m pytest tests -m gpu -q -p no:cacheprovider 2>&1 | tail -5 | tee "$OUT/gpu-tests.log"

@@ -162,3 +162,21 @@ def test_rollback_finishes_and_skips_the_poisoned_batches(blobs, tmp_path: Path)
     assert trainer.state.excluded_samples == [9]
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.02 * 0.5**trainer.state.rollbacks)
     assert trainer.evaluate((x, y))["accuracy"] >= clean.evaluate((x, y))["accuracy"] - 0.03
+
+
+def test_sync_free_guard_skips_the_step_on_the_device(blobs) -> None:
+    """With a fused optimizer and nan_check_every > 1 the flagged step never reaches the weights
+    and the run stops at the next check, naming the step."""
+    x, y = poisoned(blobs, [40])
+    snapshots = Snapshots()
+    trainer = Trainer(tiny_mlp(), optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, fused=True),
+                      max_epochs=2, batch_size=32, progress="none", nan_check_every=4, callbacks=[snapshots])
+    with pytest.raises(TrainingFailure, match="skipped that step on the device"):
+        trainer.fit((x, y))
+    bad = trainer.state.nan_events[0]["step"]
+    order = trainer.train_batches.order.permutation(0)
+    assert bad == int((order == 40).nonzero()) // 32  # the batch holding sample 40
+    assert trainer.state.step % 4 == 0 and trainer.state.step > bad
+    # the flagged step changed nothing: the weights after it equal those before it
+    assert all(torch.equal(snapshots.weights[bad + 1][k], snapshots.weights[bad][k]) for k in snapshots.weights[bad])
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
