@@ -164,3 +164,17 @@ def test_char_gpt_learns_a_periodic_text() -> None:
         loss.backward()
         optimizer.step()
     assert loss.item() < 0.5  # from ln 13 = 2.56
+
+
+def test_gpt_under_bf16_autocast_matches_float32_and_stays_causal() -> None:
+    # On the CPU, attention runs in float32 inside bf16 autocast (see CausalSelfAttention).
+    model = char_models()[0].eval()
+    ids = torch.randint(0, VOCAB, (2, 32), generator=torch.Generator().manual_seed(6))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(ids)
+        changed = ids.clone()
+        changed[:, 20] = (changed[:, 20] + 1) % VOCAB
+        changed_logits = model(changed)
+    assert logits.dtype == torch.bfloat16
+    torch.testing.assert_close(logits.float(), model(ids), atol=0.05, rtol=0.05)
+    torch.testing.assert_close(changed_logits[:, :20], logits[:, :20], atol=0, rtol=0)
