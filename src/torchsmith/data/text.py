@@ -361,45 +361,51 @@ def read_table(
             f"{path}: no such file; give a TSV or CSV file with a header line"
         )
     delimiter = delimiter or ("," if path.suffix.lower() == ".csv" else "\t")
-    # TSV files (GLUE among them) do not quote; a stray '"' is part of the text.
-    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    texts, raw_labels, lines, skipped = [], [], [], []
     try:
-        with path.open(newline="", encoding="utf-8") as file:
-            reader = csv.reader(file, delimiter=delimiter, quoting=quoting)
-            header = next(reader, None)
-            if not header:
-                raise UsageError(
-                    f"{path} is empty; expected a header line such as 'sentence{delimiter}label'"
-                )
-            text_index = _find_column(path, header, text_column, TEXT_COLUMNS, "text")
-            label_index = _find_column(
-                path, header, label_column, LABEL_COLUMNS, "label"
-            )
-            for row in reader:
-                if row and len(row) <= max(text_index, label_index):
-                    raise UsageError(
-                        f"{path}, line {reader.line_num}: {len(row)} fields, expected {len(header)} "
-                        f"separated by {delimiter!r} as in the header"
-                    )
-                if not row or not row[text_index].strip():
-                    skipped.append(reader.line_num)
-                    continue
-                texts.append(row[text_index].strip())
-                raw_labels.append(row[label_index].strip())
-                lines.append(reader.line_num)
+        rows, skipped = _read_rows(path, delimiter, text_column, label_column)
     except UnicodeDecodeError:
         raise UsageError(f"{path} is not UTF-8 text; re-save it as UTF-8") from None
     if skipped:
         shown = ", ".join(map(str, skipped[:5])) + (", ..." if len(skipped) > 5 else "")
-        warnings.warn(
-            f"{path}: skipped {len(skipped)} rows with empty text (lines {shown})",
-            stacklevel=2,
-        )
-    if not texts:
+        message = f"{path}: skipped {len(skipped)} rows with empty text (lines {shown})"
+        warnings.warn(message, stacklevel=2)
+    if not rows:
         raise UsageError(f"{path} has a header but no rows with text")
+    lines, texts, raw_labels = (list(column) for column in zip(*rows))
     labels, names = _parse_labels(path, raw_labels, lines, class_names)
     return Table(texts, labels, names, skipped)
+
+
+def _read_rows(
+    path: Path, delimiter: str, text_column: str | None, label_column: str | None
+) -> tuple[list[tuple[int, str, str]], list[int]]:
+    """(line, text, label) of each row with text, and the lines of rows without."""
+    # TSV files (GLUE among them) do not quote; a stray '"' is part of the text.
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    rows, skipped = [], []
+    with path.open(newline="", encoding="utf-8") as file:
+        reader = csv.reader(file, delimiter=delimiter, quoting=quoting)
+        header = next(reader, None)
+        if not header:
+            example = f"sentence{delimiter}label"
+            raise UsageError(
+                f"{path} is empty; expected a header line such as {example!r}"
+            )
+        text_index = _find_column(path, header, text_column, TEXT_COLUMNS, "text")
+        label_index = _find_column(path, header, label_column, LABEL_COLUMNS, "label")
+        for row in reader:
+            if row and len(row) <= max(text_index, label_index):
+                raise UsageError(
+                    f"{path}, line {reader.line_num}: {len(row)} fields, expected "
+                    f"{len(header)} separated by {delimiter!r} as in the header"
+                )
+            if not row or not row[text_index].strip():
+                skipped.append(reader.line_num)
+                continue
+            rows.append(
+                (reader.line_num, row[text_index].strip(), row[label_index].strip())
+            )
+    return rows, skipped
 
 
 def _find_column(
