@@ -139,7 +139,7 @@ def load_textfile(
     path: str | Path,
     block_size: int = 128,
     val_fraction: float = 0.1,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
 ) -> DataBundle:
     """Character-level language-model data from one UTF-8 text file.
 
@@ -466,7 +466,7 @@ def load_table_dataset(
     path: str | Path,
     kind: str = "tsv",
     max_len: int = 64,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
     *,
     val_fraction: float = 0.1,
     seed: int = 0,
@@ -529,7 +529,7 @@ def load_table_dataset(
 def load_sst2(
     data_dir: str | Path,
     max_len: int = 64,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
     val_fraction: float = 0.05,
     seed: int = 0,
 ) -> DataBundle:
@@ -555,7 +555,7 @@ def build_word_bundle(
     val: Table | None,
     test: Table | None,
     max_len: int,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
     *,
     val_fraction: float = 0.1,
     seed: int = 0,
