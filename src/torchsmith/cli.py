@@ -9,8 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-<<<<<<< HEAD
-x
+from torchsmith import __version__, commands, views
 from torchsmith.config import RunConfig, load_yaml, merge, parse_set
 from torchsmith.errors import TorchsmithError, UsageError
 
