@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip  # noqa: F401  (kept for tests writing compressed IDX variants)
+import os
 import struct
 from pathlib import Path
 
@@ -12,7 +13,8 @@ import torch
 from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+# TORCHSMITH_SHARED_DATA points elsewhere when the checkout does not sit beside shared/ (a worktree)
+SHARED_DATA = Path(os.environ.get("TORCHSMITH_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
 def shared_dataset(relative: str) -> Path:

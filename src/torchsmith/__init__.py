@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from torchsmith.trainer import Trainer  # noqa: E402
+from torchsmith.predictor import load
+from torchsmith.trainer import Trainer
 
-__all__ = ["Trainer", "__version__"]
+__all__ = ["Trainer", "__version__", "load"]

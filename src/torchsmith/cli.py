@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from torchsmith import __version__
+from torchsmith import __version__, commands, views
 from torchsmith.config import RunConfig, load_yaml, merge, parse_set
 from torchsmith.errors import TorchsmithError, UsageError
 
@@ -19,7 +19,9 @@ TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--data": ("data.name", str, "dataset name, or kind:PATH (e.g. imagefolder:photos/)"),
     "--data-dir": ("data.dir", str, "folder holding a local copy of the dataset"),
     "--val-fraction": ("data.val_fraction", float, "fraction of training data held out for validation"),
-    "--augment": ("data.augment", str, "batched augmentation: none, flip, crop, crop-flip"),
+    "--augment": ("data.augment", str, "batched augmentation: none, flip, crop, crop-flip, translate, "
+                  "flip-translate (images); any other value than none turns speech augmentation on"),
+    "--split": ("data.split", str, "how to split the data, e.g. speaker:NAME to hold one speaker out"),
     "--epochs": ("train.max_epochs", int, "number of epochs"),
     "--max-steps": ("train.max_steps", int, "stop after this many optimizer steps"),
     "--batch-size": ("train.batch_size", int, "samples per optimizer step (global batch)"),
@@ -45,20 +47,103 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"torchsmith {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     train = sub.add_parser("train", help="train a model (default: SimpleNet on the embedded MNIST sample)")
-    for flag, (_, kind, text) in TRAIN_FLAGS.items():
-        train.add_argument(flag, type=kind, default=None, help=text)
-    train.add_argument("--model-args", default=None, help="constructor arguments as JSON, e.g. '{\"num_classes\": 10}'")
-    train.add_argument("--config", default=None, help="YAML config file (e.g. a run's config.yaml)")
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override any config key, e.g. --set optim.lr=0.05 (repeatable)")
+    add_config_flags(train)
     train.add_argument("--compile", action="store_true", default=None, help="train through torch.compile")
-    train.add_argument("--resume", action="store_true",
-                       help="continue the run in --run-dir from its newest complete checkpoint")
+    train.add_argument(
+        "--resume", action="store_true", help="continue the run in --run-dir from its newest complete checkpoint"
+    )
     train.add_argument("--quiet", action="store_true", help="no progress output, only the result line")
     train.add_argument("--debug", action="store_true", help="show tracebacks")
     listing = sub.add_parser("list", help="list built-in models, datasets or recipes")
     listing.add_argument("what", choices=["models", "data", "recipes"])
+    views.add_parsers(sub)
+    add_after_training_parsers(sub)
     return parser
+
+
+def add_config_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
+    """The train flags (TRAIN_FLAGS, --model-args, --config, --set); skipped ones default to None."""
+    for flag, (_, kind, text) in TRAIN_FLAGS.items():
+        if flag in skip:
+            parser.set_defaults(**{flag[2:].replace("-", "_"): None})
+        else:
+            parser.add_argument(flag, type=kind, default=None, help=text)
+    parser.add_argument(
+        "--model-args", default=None, help="constructor arguments as JSON, e.g. '{\"num_classes\": 10}'"
+    )
+    parser.add_argument("--config", default=None, help="YAML config file (e.g. a run's config.yaml)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config key, e.g. --set optim.lr=0.05 (repeatable)",
+    )
+
+
+CHECKPOINT_FLAG: dict[str, Any] = {
+    "choices": ["best", "last", "final"],
+    "default": None,
+    "help": "which weights: best or last (checkpoints/), final (model.safetensors); default best, else final",
+}
+
+
+def add_after_training_parsers(sub: Any) -> None:
+    """evaluate, predict, export and lr-find (implemented in torchsmith.commands)."""
+    evaluate = sub.add_parser("evaluate", help="loss, accuracy and per-class metrics of a run on a data split")
+    evaluate.add_argument("run_dir", metavar="RUN", help="a run directory written by train")
+    evaluate.add_argument("--data", default=None, help="another dataset (default: the run's)")
+    evaluate.add_argument("--data-dir", default=None, help="folder holding the dataset (default: the run's)")
+    evaluate.add_argument("--split", default="test", choices=["test", "val", "train"])
+    evaluate.add_argument("--checkpoint", **CHECKPOINT_FLAG)
+    evaluate.add_argument("--device", default=None, help="auto, cpu, cuda, ... (default: the run's)")
+    evaluate.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
+    predict = sub.add_parser("predict", help="class labels and probabilities for input files")
+    predict.add_argument("run_dir", metavar="RUN", help="a run directory written by train")
+    predict.add_argument("inputs", nargs="+", metavar="INPUT", help="image files (PNG, JPEG)")
+    predict.add_argument("--top-k", type=int, default=1, help="label/probability pairs per input")
+    predict.add_argument("--checkpoint", **CHECKPOINT_FLAG)
+    predict.add_argument("--output", default=None, metavar="FILE.csv", help="write a CSV file instead of printing")
+    add_export_parser(sub)
+    add_lr_find_parser(sub)
+    for command in (evaluate, predict):
+        command.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def add_export_parser(sub: Any) -> None:
+    export = sub.add_parser("export", help="export a run's model and check it against the eager model")
+    export.add_argument("run_dir", metavar="RUN", help="a run directory written by train")
+    export.add_argument("--format", default="onnx", choices=["onnx", "exported-program", "torchscript", "safetensors"])
+    export.add_argument("--output", default=None, metavar="FILE", help="default RUN/export/model.<suffix>")
+    export.add_argument("--checkpoint", **CHECKPOINT_FLAG)
+    export.add_argument("--tolerance", type=float, default=1e-4, help="largest max-abs difference accepted")
+    export.add_argument("--data", default=None, help="dataset for the parity inputs (default: the run's)")
+    export.add_argument("--data-dir", default=None, help="folder holding that dataset (default: the run's)")
+    export.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def add_lr_find_parser(sub: Any) -> None:
+    lr_find = sub.add_parser("lr-find", help="learning-rate range test: loss against an increasing LR")
+    add_config_flags(lr_find, skip=LR_FIND_SKIPS)
+    lr_find.add_argument("--min-lr", type=float, default=1e-6, help="first learning rate")
+    lr_find.add_argument("--max-lr", type=float, default=1.0, help="last learning rate")
+    lr_find.add_argument("--steps", type=int, default=100, help="optimizer steps of the sweep")
+    lr_find.add_argument("--plot", default=None, metavar="FILE.png", help="write the loss-vs-LR plot")
+    lr_find.add_argument("--debug", action="store_true", help="show tracebacks")
+    lr_find.set_defaults(compile=None)
+
+
+# train flags without meaning in a range test (it sets the LR and the number of steps itself)
+LR_FIND_SKIPS = (
+    "--epochs",
+    "--max-steps",
+    "--lr",
+    "--scheduler",
+    "--on-nan",
+    "--checkpoint-every",
+    "--keep-last",
+    "--run-dir",
+)
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -127,7 +212,18 @@ def command_list(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": command_train, "list": command_list}
+COMMANDS = {
+    "train": command_train,
+    "list": command_list,
+    "summary": views.command_summary,
+    "report": views.command_report,
+    "compare": views.command_compare,
+    "doctor": views.command_doctor,
+    "evaluate": commands.command_evaluate,
+    "predict": commands.command_predict,
+    "export": commands.command_export,
+    "lr-find": commands.command_lr_find,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -24,6 +24,7 @@ from torchsmith.errors import UsageError
 class ModelConfig:
     name: str = "simplenet"
     args: dict[str, Any] = field(default_factory=dict)
+    init: str = "default"  # default | whitening (first conv from the training patches, SpeedNet)
 
 
 @dataclass
@@ -31,6 +32,7 @@ class DataConfig:
     name: str = "mnist-sample"
     dir: str | None = None
     val_fraction: float = 0.1
+    split: str | None = None  # e.g. "speaker:theo" to hold one speaker out (speech data)
     augment: str = "none"
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -44,6 +46,8 @@ class OptimConfig:
     nesterov: bool = False
     scheduler: str = "none"  # none | cosine | onecycle | linear | step
     warmup_steps: int = 0
+    warmup_fraction: float = 0.0  # warm-up as a fraction of all steps (used when warmup_steps is 0)
+    warmup_start_ratio: float = 0.0  # the LR factor at the first warm-up step
     min_lr_ratio: float = 0.0
     label_smoothing: float = 0.0
 
@@ -63,9 +67,22 @@ class TrainConfig:
     clip_grad_norm: float | None = None
     on_nan: str = "stop"  # stop | skip | rollback
     nan_guard: bool = True
+    # Read the guard's verdict every N steps. 1 (default): stop within the failing step, and
+    # replay it for the doctor. N > 1 with a fused optimizer on CUDA: the failing step is
+    # skipped on the device (weights untouched) and reported at the next check, with no
+    # host sync per step.
+    nan_check_every: int = 1
+    nan_max_skips: int = 10  # on_nan=skip gives up after this many skipped steps
+    nan_max_rollbacks: int = 3  # on_nan=rollback gives up after this many rollbacks
     log_every: int = 50
     checkpoint_every: int | None = None  # steps; None = at the end of every epoch
     keep_last: int = 2
+    ema_decay: float | None = None  # weight averaging: decay of the running average
+    ema_every: int = 1  # update the average every N steps
+    ema_lookahead: bool = False  # copy the average back into the model at each update (airbench)
+    ema_warmup_power: float = 0.0  # decay ramps up as (step / total) ** power (airbench: 3)
+    tta: str = "none"  # test-time augmentation in evaluation: none | flip | flip-translate
+    freeze_whitening_bias_after: int | None = None  # epochs (SpeedNet's whitening bias)
     early_stopping_patience: int | None = None
     monitor: str = "val_loss"
     progress: str = "auto"  # auto | bar | lines | none
@@ -145,6 +162,8 @@ CHOICES = {
     "train.on_nan": ("stop", "skip", "rollback"),
     "train.progress": ("auto", "bar", "lines", "none"),
     "optim.scheduler": ("none", "cosine", "onecycle", "linear", "step"),
+    "train.tta": ("none", "flip", "flip-translate"),
+    "model.init": ("default", "whitening"),
 }
 
 

@@ -119,7 +119,11 @@ def _found_text(report: NanReport) -> str:
 
 
 def exploding(history: list[dict[str, float]]) -> bool:
-    """Gradient norms mostly rising and 10x up over the recent steps, or one huge norm.
+    """Gradient norms (or, between log points, losses) mostly rising and far up over the
+    recent steps, or one huge norm.
+
+    The trainer reads gradient norms only at log points, but keeps every step's loss, so
+    a divergence within the first steps shows in the losses: 2.3, 3.6e8, 1.5e16, ...
 
     Example:
         >>> exploding([{"grad_norm": 1.0}, {"grad_norm": 8.0}, {"grad_norm": 60.0}])
@@ -129,10 +133,17 @@ def exploding(history: list[dict[str, float]]) -> bool:
     finite = [n for n in norms if math.isfinite(n)][-RECENT_NORMS:]
     if finite and finite[-1] >= HUGE_GRAD_NORM:
         return True
-    if len(finite) < 3:
+    if _rising(finite, factor=10.0):
+        return True
+    losses = [float(e["loss"]) for e in history if e.get("loss") is not None]
+    return _rising([v for v in losses if math.isfinite(v)][-RECENT_NORMS:], factor=1000.0)
+
+
+def _rising(values: list[float], factor: float) -> bool:
+    if len(values) < 3:
         return False
-    rises = sum(later > earlier for earlier, later in itertools.pairwise(finite))
-    return rises >= 0.7 * (len(finite) - 1) and finite[-1] >= 10 * finite[0]
+    rises = sum(later > earlier for earlier, later in itertools.pairwise(values))
+    return rises >= 0.7 * (len(values) - 1) and values[-1] >= factor * max(values[0], 1e-12)
 
 
 _ADVICE = {

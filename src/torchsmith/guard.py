@@ -18,8 +18,6 @@ from torchsmith.errors import TrainingFailure
 if TYPE_CHECKING:
     from torchsmith.trainer import Trainer
 
-MAX_SKIPS = 10
-MAX_ROLLBACKS = 3
 ROLLBACK_LR_FACTOR = 0.5
 
 
@@ -40,17 +38,18 @@ def investigate(trainer: Trainer, inputs: Any, targets: Any, indices: torch.Tens
 def apply_nan_policy(trainer: Trainer, report: NanReport) -> None:
     """stop: raise; skip: drop the batch and go on; rollback: restore the last checkpoint."""
     state, policy = trainer.state, trainer.config.on_nan
-    if policy == "skip" and state.skipped_steps < MAX_SKIPS:
+    max_skips, max_rollbacks = trainer.config.nan_max_skips, trainer.config.nan_max_rollbacks
+    if policy == "skip" and state.skipped_steps < max_skips:
         state.skipped_steps += 1
         print(f"warning: skipped step {state.step} (epoch {state.epoch + 1}, batch {state.position}): "
               f"{report.cause}; {state.skipped_steps} skipped so far", file=sys.stderr)
         state.position += 1
         return
-    if policy == "rollback" and state.rollbacks < MAX_ROLLBACKS:
+    if policy == "rollback" and state.rollbacks < max_rollbacks:
         roll_back(trainer, report)
         return
     state.status = "failed"
-    limit = {"skip": f" after {MAX_SKIPS} skipped steps", "rollback": f" after {MAX_ROLLBACKS} rollbacks"}
+    limit = {"skip": f" after {max_skips} skipped steps", "rollback": f" after {max_rollbacks} rollbacks"}
     raise TrainingFailure(
         f"{report.to_text()}\nTraining stopped{limit.get(policy, '')} before this step changed the weights; "
         f"the last good state is saved. Policies: --on-nan stop|skip|rollback."
@@ -68,13 +67,16 @@ def roll_back(trainer: Trainer, report: NanReport) -> None:
         raise TrainingFailure(f"{report.to_text()}\n--on-nan rollback needs checkpoints (a run directory)")
     failed_at = [state.epoch, state.position]
     events, rollbacks, poisoned = list(state.nan_events), state.rollbacks + 1, [*state.poisoned, failed_at]
+    # Bad input samples stay bad: every later batch holding them is skipped too.
+    excluded = state.excluded_samples + (report.samples if report.stage == "input" else [])
     restore(trainer, checkpointer.latest())
     state.nan_events, state.rollbacks, state.poisoned = events, rollbacks, poisoned
+    state.excluded_samples = sorted(set(excluded))
     for group in trainer.optimizer.param_groups if trainer.optimizer else []:
         group["lr"] *= ROLLBACK_LR_FACTOR
     if trainer.scheduler is not None and hasattr(trainer.scheduler, "base_lrs"):
         trainer.scheduler.base_lrs = [lr * ROLLBACK_LR_FACTOR for lr in trainer.scheduler.base_lrs]
     print(f"warning: {report.cause} at step {report.step}; rolled back to step {state.step}, "
           f"learning rate x{ROLLBACK_LR_FACTOR}, skipping batch {failed_at[1]} of epoch {failed_at[0] + 1} "
-          f"(rollback {rollbacks}/{MAX_ROLLBACKS})", file=sys.stderr)
+          f"(rollback {rollbacks}/{trainer.config.nan_max_rollbacks})", file=sys.stderr)
     raise RolledBack()

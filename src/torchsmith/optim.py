@@ -12,7 +12,7 @@ from torch import nn
 from torchsmith.config import OptimConfig
 from torchsmith.errors import UsageError
 
-OPTIMIZERS = ("sgd", "adamw", "adam", "adadelta", "rmsprop", "adagrad")
+OPTIMIZERS = ("sgd", "adamw", "adam", "adadelta", "rmsprop", "adagrad", "airbench-sgd")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -36,10 +36,17 @@ def build_optimizer(
     spec: torch.optim.Optimizer | Callable[..., torch.optim.Optimizer] | str | None,
     model: nn.Module,
     config: OptimConfig,
+    batch_size: int = 64,
 ) -> torch.optim.Optimizer:
     """An optimizer instance as given, a factory called with the parameters, or a name."""
     if isinstance(spec, torch.optim.Optimizer):
         return spec
+    if (spec or config.name) == "airbench-sgd":
+        from torchsmith.speed_parts import speed_sgd
+
+        # lr and weight decay in airbench's decoupled units (per 1024 samples)
+        return speed_sgd(model, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+                         batch_size=batch_size)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise UsageError("the model has no trainable parameters")
@@ -50,16 +57,22 @@ def build_optimizer(
 
 def optimizer_by_name(name: str, params: Iterable[nn.Parameter], config: OptimConfig) -> torch.optim.Optimizer:
     lr, wd = config.lr, config.weight_decay
-    # foreach=True: one kernel per group of tensors instead of one per tensor.
+    params = list(params)
+    # On CUDA, fused kernels: one launch per update, and the NaN guard can skip a step on
+    # the device. Elsewhere foreach: one kernel per group of tensors, not one per tensor.
+    if all(p.is_cuda for p in params) and name in ("sgd", "adamw", "adam", "adagrad"):
+        fused = {"fused": True}
+    else:
+        fused = {"foreach": True}
     makers: dict[str, Callable[[], torch.optim.Optimizer]] = {
         "sgd": lambda: torch.optim.SGD(params, lr=lr, momentum=config.momentum, nesterov=config.nesterov,
-                                       weight_decay=wd, foreach=True),
-        "adamw": lambda: torch.optim.AdamW(params, lr=lr, weight_decay=wd, foreach=True),
-        "adam": lambda: torch.optim.Adam(params, lr=lr, weight_decay=wd, foreach=True),
+                                       weight_decay=wd, **fused),
+        "adamw": lambda: torch.optim.AdamW(params, lr=lr, weight_decay=wd, **fused),
+        "adam": lambda: torch.optim.Adam(params, lr=lr, weight_decay=wd, **fused),
         "adadelta": lambda: torch.optim.Adadelta(params, lr=lr, weight_decay=wd, foreach=True),
         "rmsprop": lambda: torch.optim.RMSprop(params, lr=lr, weight_decay=wd, momentum=config.momentum,
                                                foreach=True),
-        "adagrad": lambda: torch.optim.Adagrad(params, lr=lr, weight_decay=wd, foreach=True),
+        "adagrad": lambda: torch.optim.Adagrad(params, lr=lr, weight_decay=wd, **fused),
     }
     if name not in makers:
         import difflib
@@ -70,10 +83,11 @@ def optimizer_by_name(name: str, params: Iterable[nn.Parameter], config: OptimCo
     return makers[name]()
 
 
-def schedule_factor(name: str, step: int, total: int, warmup: int, min_ratio: float) -> float:
+def schedule_factor(name: str, step: int, total: int, warmup: int, min_ratio: float, start_ratio: float = 0.0
+                    ) -> float:
     """LR multiplier at `step` (0-based) of `total` steps for a named schedule."""
     if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
+        return start_ratio + (1 - start_ratio) * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     if name == "cosine":
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
@@ -86,13 +100,16 @@ def schedule_factor(name: str, step: int, total: int, warmup: int, min_ratio: fl
 
 def build_schedule(config: OptimConfig, optimizer: torch.optim.Optimizer, total_steps: int) -> Any:
     """A per-step scheduler for the config's schedule name, or None for a constant LR."""
-    if config.scheduler == "none" and config.warmup_steps == 0:
+    warmup = config.warmup_steps or int(config.warmup_fraction * total_steps)
+    if config.scheduler == "none" and warmup == 0:
         return None
     if config.scheduler == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=max(total_steps, 2))
+        max_lrs = [group["lr"] for group in optimizer.param_groups]
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lrs, total_steps=max(total_steps, 2))
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda step: schedule_factor(config.scheduler, step, total_steps, config.warmup_steps, config.min_lr_ratio),
+        lambda step: schedule_factor(config.scheduler, step, total_steps, warmup, config.min_lr_ratio,
+                                     config.warmup_start_ratio),
     )
 
 

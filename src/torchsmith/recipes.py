@@ -32,6 +32,41 @@ RECIPES: dict[str, Recipe] = {
                 "train": {"max_epochs": 8, "batch_size": 64},
             },
         ),
+        Recipe(
+            "mnist-fast",
+            "99 % on MNIST in seconds on a small CPU: convbn (16/32) in memory, AdamW + one-cycle, 2 epochs",
+            {
+                "model": {"name": "convbn", "args": {"widths": [16, 32]}},
+                "data": {"name": "mnist", "val_fraction": 0.0},
+                "optim": {"name": "adamw", "lr": 0.01, "weight_decay": 0.0, "scheduler": "onecycle"},
+                "train": {"max_epochs": 2, "batch_size": 128, "channels_last": True, "log_every": 100},
+            },
+        ),
+        Recipe(
+            "fsdd-fast",
+            "AudioCNN on spoken digits (FSDD log-mel), shift/tempo/warp/masking, AdamW + one-cycle, 16 epochs",
+            {
+                "model": {"name": "audiocnn", "args": {"width": 24}},
+                "data": {"name": "fsdd", "augment": "on"},
+                "optim": {"name": "adamw", "lr": 4e-3, "weight_decay": 0.05, "scheduler": "onecycle"},
+                "train": {"max_epochs": 16, "batch_size": 64},
+            },
+        ),
+        Recipe(
+            "cifar10-fast",
+            "SpeedNet on CIFAR-10 with airbench94's recipe: whitening init, Nesterov SGD, label smoothing, "
+            "lookahead averaging, flip+translate, TTA; bf16 on GPU",
+            {
+                "model": {"name": "speednet", "init": "whitening"},
+                "data": {"name": "cifar10", "augment": "flip-translate", "val_fraction": 0.0},
+                "optim": {"name": "airbench-sgd", "lr": 11.5, "momentum": 0.85, "weight_decay": 0.0153,
+                          "label_smoothing": 0.2, "scheduler": "linear", "warmup_fraction": 0.23,
+                          "warmup_start_ratio": 0.2, "min_lr_ratio": 0.07},
+                "train": {"max_epochs": 10, "max_steps": 485, "batch_size": 1024, "eval_batch_size": 2000,
+                          "ema_decay": 0.95, "ema_every": 5, "ema_lookahead": True, "ema_warmup_power": 3.0, "tta": "flip-translate",
+                          "freeze_whitening_bias_after": 3, "channels_last": True, "log_every": 100, "nan_check_every": 50},
+            },
+        ),
     ]
 }
 

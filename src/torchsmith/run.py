@@ -51,6 +51,8 @@ def train_run(config: RunConfig, *, quiet: bool = False, resume: bool = False) -
     bundle = load_data(config.data, config.train.seed)
     torch.manual_seed(config.train.seed)
     model = build_model(config.model.name, bundle.info, config.model.args)
+    if config.model.init == "whitening":
+        whitening_init(model, bundle)
     if quiet:
         config.train.progress = "none"
     callbacks = make_callbacks(config, run_dir)
@@ -101,6 +103,17 @@ def test_and_save_predictions(trainer: Trainer, bundle: DataBundle, run_dir: Pat
     return metrics
 
 
+def whitening_init(model: torch.nn.Module, bundle: DataBundle) -> None:
+    """Set SpeedNet's first conv from the covariance of the training images' patches."""
+    from torchsmith.models.speednet import init_whitening
+
+    images = getattr(bundle.train, "images", None)
+    if images is None or not hasattr(model, "whiten"):
+        raise UsageError("model.init=whitening needs image data held in memory and a model with a `whiten` conv")
+    preprocessing = bundle.info.preprocessing
+    init_whitening(model, images[:5000], mean=preprocessing["mean"], std=preprocessing["std"])
+
+
 def preflight(trainer: Trainer, bundle: DataBundle) -> list[Any]:
     """Check one batch before the first step; stop with a clear message when it cannot train."""
     from torchsmith import doctor
@@ -134,6 +147,15 @@ def make_callbacks(config: RunConfig, run_dir: Path) -> list[Callback]:
         Checkpointer(run_dir, config.to_dict(), train.checkpoint_every, train.keep_last, train.monitor),
         StopOnSignal(),
     ]
+    if train.ema_decay is not None:
+        from torchsmith.callbacks_ema import EMACallback
+
+        callbacks.append(EMACallback(train.ema_decay, train.ema_every, lookahead=train.ema_lookahead,
+                                     warmup_power=train.ema_warmup_power))
+    if train.freeze_whitening_bias_after is not None:
+        from torchsmith.speed_parts import WhitenBiasFreeze
+
+        callbacks.append(WhitenBiasFreeze(train.freeze_whitening_bias_after))
     if config.train.early_stopping_patience:
         callbacks.append(EarlyStopping(config.train.monitor, config.train.early_stopping_patience))
     return callbacks

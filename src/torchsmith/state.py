@@ -40,6 +40,8 @@ class TrainState:
     rollbacks: int = 0
     # [epoch, position] of batches a rollback found non-finite; they are skipped on replay
     poisoned: list[list[int]] = field(default_factory=list)
+    # dataset samples with non-finite inputs found by a rollback: batches holding them are skipped
+    excluded_samples: list[int] = field(default_factory=list)
     # true on the steps where train metrics were just read (every `log_every` steps)
     metrics_updated: bool = False
     stop_requested: bool = False

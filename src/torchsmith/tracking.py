@@ -43,6 +43,8 @@ class MetricsLogger(Callback):
         self.rows: list[dict[str, Any]] = rows or []
         self.tensorboard = tensorboard
         self.writer: Any = None
+        self._written: set[str] = set()
+        self._written_step = -1
 
     def on_fit_start(self, trainer: Trainer) -> None:
         if self.tensorboard and self.writer is None:
@@ -75,8 +77,13 @@ class MetricsLogger(Callback):
         state = trainer.state
         self.rows.append({"epoch": state.epoch + 1, "step": state.step, **metrics})
         if self.writer is not None:
+            # One point per scalar and step: an epoch's end that is also a log step adds
+            # only what the log point did not already write.
+            written = self._written if self._written_step == state.step else set()
             for key, value in metrics.items():
-                self.writer.add_scalar(key, value, state.step)
+                if key not in written:
+                    self.writer.add_scalar(key, value, state.step)
+            self._written, self._written_step = written | set(metrics), state.step
 
     def flush(self) -> None:
         columns: list[str] = ["epoch", "step"]

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import difflib
 import math
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -76,6 +77,8 @@ class Trainer:
         self.grad_norm = torch.zeros(())
         self._found_inf = torch.zeros(1)
         self._unit_scale = torch.ones(1)
+        self._first_bad_step = torch.full((), -1, dtype=torch.int64)
+        self._device_guard = False
         self._epoch_clock = (time.perf_counter(), 0.0)
         self.meter = MetricAccumulator(self.task)
         self.epoch_totals: dict[str, float] = {}  # host sums of the finished log intervals
@@ -101,7 +104,7 @@ class Trainer:
                 self._epoch_clock = (time.perf_counter(), state.train_time_s)
                 try:
                     for inputs, targets, indices in self.train_batches.epoch(state.epoch, state.position):
-                        if state.poisoned and [state.epoch, state.position] in state.poisoned:
+                        if state.poisoned and self._known_bad(indices):
                             state.position += 1  # a batch a rollback found non-finite
                             continue
                         self._train_one(inputs, targets, indices)
@@ -134,7 +137,9 @@ class Trainer:
         loss.backward()
         if cfg.clip_grad_norm is not None or state.step % cfg.log_every == cfg.log_every - 1:
             self.grad_norm = self._grad_norm(cfg.clip_grad_norm)
-        if cfg.nan_guard and not self._all_finite(loss):
+        if self._device_guard:
+            self._flag_on_device(loss)  # the fused optimizer skips the step if flagged
+        elif cfg.nan_guard and not self._all_finite(loss):
             self._on_nonfinite(inputs, targets, indices)
             return
         assert self.optimizer is not None
@@ -149,6 +154,8 @@ class Trainer:
         state.position += 1
         state.samples_seen += targets.shape[0]
         state.metrics_updated = state.step % cfg.log_every == 0
+        if self._device_guard and state.step % cfg.nan_check_every == 0:
+            self._check_device_flags()
         if state.metrics_updated:
             self._log_train()
         self._call("on_step_end")
@@ -199,13 +206,20 @@ class Trainer:
             for inputs, targets, _ in batches.epoch(0):
                 inputs, targets = self._to_device(inputs), self._to_device(targets)
                 with self.autocast():
-                    outputs = model(inputs)
+                    outputs = self._eval_forward(model, inputs)
                     loss = self.loss_fn(*self.task.loss_view(outputs, targets))
                 meter.update(loss, outputs, targets)
                 if collect is not None:
                     collect.append((outputs.float().cpu(), targets.cpu()))
         model.train(was_training)
         return meter.compute()
+
+    def _eval_forward(self, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+        if self.config.tta == "none":
+            return model(inputs)
+        from torchsmith.speed_parts import tta_predict
+
+        return tta_predict(model, inputs, self.config.tta)  # averaged logits over flipped/shifted views
 
     def predict(self, inputs: torch.Tensor | Any) -> torch.Tensor:
         """The model's outputs for `inputs` (a tensor, batched here), gathered on the CPU."""
@@ -233,6 +247,7 @@ class Trainer:
             self.model.to(self.device)
             self._found_inf = torch.zeros(1, device=self.device)
             self._unit_scale = torch.ones(1, device=self.device)
+            self._first_bad_step = torch.full((), -1, dtype=torch.int64, device=self.device)
             if self.config.channels_last:
                 self.model.to(memory_format=torch.channels_last)
             if self.config.deterministic:
@@ -240,9 +255,16 @@ class Trainer:
             self.forward_model = torch.compile(self.model) if self.config.compile else self.model
         if not for_training or self.optimizer is not None:
             return
-        self.optimizer = build_optimizer(self._optimizer_spec, self.model, self.optim_config)
+        self.optimizer = build_optimizer(self._optimizer_spec, self.model, self.optim_config, self.config.batch_size)
         total = self.total_steps()
         self.scheduler = self._scheduler_spec or build_schedule(self.optim_config, self.optimizer, total)
+        # The sync-free guard needs an optimizer that skips flagged steps itself (fused ones).
+        self._device_guard = (self.config.nan_guard and self.config.nan_check_every > 1
+                              and bool(getattr(self.optimizer, "_step_supports_amp_scaling", False))
+                              and any(g.get("fused") for g in self.optimizer.param_groups))
+        if self.config.nan_guard and self.config.nan_check_every > 1 and not self._device_guard:
+            print("note: train.nan_check_every > 1 needs a fused optimizer on CUDA; checking every step",
+                  file=sys.stderr)
         self._scheduler_interval = "step" if self._scheduler_spec is None else steps_per_call(self.scheduler)
         self.state.max_epochs, self.state.max_steps = self.config.max_epochs, self.config.max_steps
         self.state.steps_per_epoch = len(self.train_batches)
@@ -290,6 +312,33 @@ class Trainer:
             torch.cuda.default_generators[self.device.index or 0].manual_seed(seed)
         else:
             torch.default_generator.manual_seed(seed)
+
+    def _flag_on_device(self, loss: torch.Tensor) -> None:
+        """The guard without a host sync: flag non-finite values on the device, let the fused
+        optimizer skip the step there, and remember the first flagged step."""
+        tensors = [p.grad for p in self.model.parameters() if p.grad is not None]
+        tensors.append(loss.detach().float().reshape(1).clone())
+        found = self._found_inf
+        found.zero_()
+        torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, self._unit_scale)
+        self.optimizer.found_inf = found  # type: ignore[union-attr]  # read by fused optimizers
+        first = self._first_bad_step
+        first.copy_(torch.where((first < 0) & (found[0] > 0), self.state.step, first))
+
+    def _check_device_flags(self) -> None:
+        """Read the device guard's record (one sync per check interval)."""
+        bad = int(self._first_bad_step)
+        if bad < 0:
+            return
+        self.state.nan_events.append({"step": bad, "epoch": self.state.epoch + 1, "stage": "unknown",
+                                      "cause": "non-finite loss or gradient (checked on the device)"})
+        self.state.status = "failed"
+        raise TrainingFailure(
+            f"Non-finite loss or gradient at step {bad}. The optimizer skipped that step on the device, so the "
+            f"weights never saw it; the guard is read every {self.config.nan_check_every} steps, so "
+            f"{self.state.step - bad - 1} more steps ran. Rerun with --set train.nan_check_every=1 to stop "
+            f"within the failing step and have the doctor replay it."
+        )
 
     def _all_finite(self, loss: torch.Tensor) -> bool:
         """One fused pass over the loss and every gradient, and one host read.
@@ -349,6 +398,15 @@ class Trainer:
         batch = indices.tolist() if indices is not None else None
         self.state.nan_events.append({"policy": self.config.on_nan, **report.to_dict(), "batch_indices": batch})
         apply_nan_policy(self, report)  # raises TrainingFailure or RolledBack, or returns to skip
+
+    def _known_bad(self, indices: torch.Tensor | None) -> bool:
+        """A batch an earlier rollback found non-finite, or holding a sample it excluded."""
+        state = self.state
+        if [state.epoch, state.position] in state.poisoned:
+            return True
+        if state.excluded_samples and indices is not None:
+            return bool(torch.isin(indices.cpu(), torch.tensor(state.excluded_samples)).any())
+        return False
 
     def _loss_history(self) -> list[dict[str, float]]:
         steps = range(max(0, self.state.step - RECENT), self.state.step)

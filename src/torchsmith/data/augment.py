@@ -44,15 +44,22 @@ def _gen_device(x: torch.Tensor, generator: torch.Generator | None) -> torch.dev
     return generator.device if generator is not None else x.device
 
 
-AUGMENTATIONS = ("none", "flip", "crop", "crop-flip")
+AUGMENTATIONS = ("none", "flip", "crop", "crop-flip", "translate", "flip-translate")
 
 
 def augment_images(
     x: torch.Tensor, policy: str, generator: torch.Generator | None, padding: int = 4
 ) -> torch.Tensor:
-    """Apply a named policy ("none", "flip", "crop", "crop-flip") to a batch (B, C, H, W)."""
+    """Apply a named policy to a batch (B, C, H, W): "crop" pads with zeros by `padding`,
+    "translate" shifts by up to 2 pixels with reflection (airbench), "flip" mirrors."""
+    if policy not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation '{policy}'; known: {', '.join(AUGMENTATIONS)}")
     if policy in ("crop", "crop-flip"):
         x = random_crop(x, padding, generator)
-    if policy in ("flip", "crop-flip"):
+    if policy in ("translate", "flip-translate"):
+        from torchsmith.speed_parts import translate_batch
+
+        x = translate_batch(x, 2, generator)
+    if policy in ("flip", "crop-flip", "flip-translate"):
         x = random_flip(x, generator)
     return x

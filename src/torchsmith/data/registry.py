@@ -51,6 +51,32 @@ def _imagefolder(config: DataConfig, path: str | None, seed: int) -> DataBundle:
     return load_imagefolder(folder, config.val_fraction, seed, config.augment)
 
 
+def _audio_options(config: DataConfig, seed: int):  # noqa: ANN202
+    from torchsmith.data.audio import AudioAugment, AudioOptions
+
+    augment = None if config.augment == "none" else AudioAugment()
+    return AudioOptions(augment=augment, val_fraction=config.val_fraction, seed=seed,
+                        normalize=config.options.get("normalize", "recording"))
+
+
+def _fsdd(config: DataConfig, path: str | None, seed: int) -> DataBundle:
+    from torchsmith.data.audio import load_fsdd
+
+    if not config.dir:
+        raise UsageError("fsdd needs --data-dir: the folder holding recordings/<digit>_<speaker>_<n>.wav "
+                         "(see https://github.com/Jakobovski/free-spoken-digit-dataset)")
+    return load_fsdd(config.dir, config.split or "standard", _audio_options(config, seed))
+
+
+def _wavfolder(config: DataConfig, path: str | None, seed: int) -> DataBundle:
+    from torchsmith.data.audio import load_wavfolder
+
+    folder = path or config.dir
+    if not folder:
+        raise UsageError("wavfolder needs a path: --data wavfolder:PATH")
+    return load_wavfolder(folder, config.options.get("pattern"), config.split, _audio_options(config, seed))
+
+
 DATASETS: dict[str, DataEntry] = {
     entry.name: entry
     for entry in [
@@ -63,6 +89,10 @@ DATASETS: dict[str, DataEntry] = {
                   _cifar10),
         DataEntry("imagefolder", "imagefolder:PATH, one folder per class (with train/ and test/, or split)",
                   _imagefolder, takes_path=True),
+        DataEntry("fsdd", "Free Spoken Digit Dataset (WAV), log-mel features; --split standard|speaker:NAME",
+                  _fsdd),
+        DataEntry("wavfolder", "wavfolder:PATH, WAV files per class folder (or labels from --set "
+                  "data.options.pattern=REGEX)", _wavfolder, takes_path=True),
     ]
 }
 

@@ -47,11 +47,40 @@ def _convnet(info: DataInfo, args: dict[str, Any]) -> nn.Module:
     return ConvNet(**{"input_shape": info.input_shape, "num_classes": info.num_classes, **args})
 
 
+def _convbn(info: DataInfo, args: dict[str, Any]) -> nn.Module:
+    from torchsmith.models.vision import ConvBNNet
+
+    if len(info.input_shape) != 3:
+        raise UsageError(f"convbn needs image inputs (C, H, W), but the data gives {info.input_shape}")
+    widths = args.pop("widths", None)
+    extra = {"widths": tuple(widths)} if widths is not None else {}
+    return ConvBNNet(**{"input_shape": info.input_shape, "num_classes": info.num_classes, **extra, **args})
+
+
+def _audiocnn(info: DataInfo, args: dict[str, Any]) -> nn.Module:
+    from torchsmith.models.audio import AudioCNN
+
+    return AudioCNN(**{"num_classes": info.num_classes, "in_channels": info.input_shape[0], **args})
+
+
+def _speednet(info: DataInfo, args: dict[str, Any]) -> nn.Module:
+    from torchsmith.models.speednet import SpeedNet
+
+    for key in ("widths",):
+        if key in args:
+            args[key] = tuple(args[key])
+    return SpeedNet(**{"num_classes": info.num_classes, "in_channels": info.input_shape[0], **args})
+
+
 MODELS: dict[str, ModelEntry] = {
     entry.name: entry
     for entry in [
         ModelEntry("simplenet", "flatten, Linear(in -> 128), ReLU, Linear(128 -> classes)", _simplenet),
         ModelEntry("convnet", "3 conv layers (32/64/128) + ReLU + max-pool, then 2 linear layers", _convnet),
+        ModelEntry("convbn", "small fast conv net: conv-BN-ReLU + max-pool blocks (16/32), one linear layer",
+                   _convbn),
+        ModelEntry("audiocnn", "conv-BN-ReLU stages over log-mel spectrograms, global average pooling", _audiocnn),
+        ModelEntry("speednet", "airbench-style fast CIFAR net: whitening conv, conv-BN-GELU blocks", _speednet),
     ]
 }
 

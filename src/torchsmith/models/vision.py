@@ -78,3 +78,34 @@ class ConvNet(nn.Module):
 
 def flat_features(input_shape: tuple[int, ...]) -> int:
     return int(math.prod(input_shape))
+
+
+class ConvBNNet(nn.Module):
+    """A small, fast conv net: `ConvLayer` blocks (conv-BN-ReLU) each followed by 2x2
+    max-pooling, then one linear layer.
+
+    Example:
+        >>> ConvBNNet(input_shape=(1, 28, 28), num_classes=10)(torch.zeros(2, 1, 28, 28)).shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(
+        self,
+        input_shape: tuple[int, int, int] = (1, 28, 28),
+        num_classes: int = 10,
+        widths: tuple[int, ...] = (16, 32),
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        in_channels, height, width = input_shape
+        blocks: list[nn.Module] = []
+        for out_channels in widths:
+            blocks += [ConvLayer(in_channels, out_channels, 3, 1, 1), nn.MaxPool2d(2)]
+            in_channels, height, width = out_channels, height // 2, width // 2
+        self.features = nn.Sequential(*blocks)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(in_channels * height * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.flatten(self.features(x), 1)  # (B, C * H * W)
+        return self.head(self.dropout(x))

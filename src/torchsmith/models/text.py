@@ -1,0 +1,355 @@
+"""Text models: character language models and word-id sentence classifiers.
+
+Every model takes one batch of token ids (B, L) int64 as its only forward input, so it
+trains unchanged in a generic loop. Classifiers treat id 0 as padding (at the end of
+each row) and derive the lengths from it; their outputs do not depend on how much
+padding a batch carries.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from torchsmith.errors import UsageError
+
+PAD_ID = 0
+
+
+def _lengths(ids: torch.Tensor) -> torch.Tensor:
+    """Tokens before the padding in each row (B,), at least 1 so an empty row still works."""
+    return (ids != PAD_ID).sum(dim=1).clamp(min=1)
+
+
+# ------------------------------------------------------------ language models
+
+
+class CharLSTM(nn.Module):
+    """Stacked LSTM over character embeddings -> next-character logits (B, T, V).
+
+    Example:
+        >>> model = CharLSTM(vocab_size=65)
+        >>> model(torch.zeros(2, 16, dtype=torch.long)).shape
+        torch.Size([2, 16, 65])
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        embed_dim: int = 128,
+        hidden_dim: int = 512,
+        num_layers: int = 2,
+        dropout: float = 0.2,
+    ) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, embed_dim)
+        self.lstm = nn.LSTM(
+            embed_dim,
+            hidden_dim,
+            num_layers,
+            batch_first=True,
+            dropout=dropout if num_layers > 1 else 0.0,
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(hidden_dim, vocab_size)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        hidden, _ = self.lstm(self.embedding(ids))  # (B, T, H)
+        return self.head(self.dropout(hidden))  # (B, T, V)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head self-attention where position t sees positions <= t only."""
+
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.qkv = nn.Linear(embed_dim, 3 * embed_dim, bias=False)
+        self.proj = nn.Linear(embed_dim, embed_dim, bias=False)
+        self.proj_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, time, channels = x.shape
+        # (B, T, 3C) -> 3 x (B, heads, T, C / heads)
+        q, k, v = (
+            self.qkv(x).view(batch, time, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        )
+        dropout = self.dropout if self.training else 0.0
+        if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+            # The CPU attention kernel is about 2x slower in bf16 than in float32 (torch
+            # 2.14, AVX-512 BF16 CPU) while bf16 matmuls are faster: attend in float32.
+            with torch.autocast("cpu", enabled=False):
+                y = F.scaled_dot_product_attention(
+                    q.float(), k.float(), v.float(), dropout_p=dropout, is_causal=True
+                ).to(q.dtype)
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=dropout, is_causal=True
+            )
+        y = y.transpose(1, 2).reshape(batch, time, channels)  # (B, T, C)
+        return self.proj_dropout(self.proj(y))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attention(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(embed_dim, bias=False)
+        self.attention = CausalSelfAttention(embed_dim, num_heads, dropout)
+        self.norm2 = nn.LayerNorm(embed_dim, bias=False)
+        self.mlp = nn.Sequential(
+            nn.Linear(embed_dim, 4 * embed_dim, bias=False),
+            nn.GELU(),
+            nn.Linear(4 * embed_dim, embed_dim, bias=False),
+            nn.Dropout(dropout),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attention(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class CharGPT(nn.Module):
+    """A small GPT (as in nanoGPT) over characters -> next-character logits (B, T, V).
+
+    Token + learned position embeddings, `num_layers` pre-norm blocks, a final
+    LayerNorm and a head that shares its weights with the token embedding.
+
+    Example:
+        >>> model = CharGPT(vocab_size=65, block_size=128, num_layers=4, num_heads=4, embed_dim=128)
+        >>> model(torch.zeros(2, 128, dtype=torch.long)).shape
+        torch.Size([2, 128, 65])
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        block_size: int,
+        num_layers: int = 4,
+        num_heads: int = 4,
+        embed_dim: int = 128,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if embed_dim % num_heads:
+            raise UsageError(
+                f"embed_dim ({embed_dim}) must be a multiple of num_heads ({num_heads})"
+            )
+        self.block_size = block_size
+        self.token_embedding = nn.Embedding(vocab_size, embed_dim)
+        self.position_embedding = nn.Embedding(block_size, embed_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(
+            Block(embed_dim, num_heads, dropout) for _ in range(num_layers)
+        )
+        self.norm = nn.LayerNorm(embed_dim, bias=False)
+        self.head = nn.Linear(embed_dim, vocab_size, bias=False)
+        self.head.weight = self.token_embedding.weight  # weight tying
+        self.apply(self._init_weights)
+        # Residual projections scaled down so the residual stream's variance does not
+        # grow with depth (GPT-2).
+        for block in self.blocks:
+            for layer in (block.attention.proj, block.mlp[2]):
+                nn.init.normal_(layer.weight, std=0.02 / math.sqrt(2 * num_layers))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        time = ids.shape[1]
+        if time > self.block_size:
+            raise UsageError(
+                f"CharGPT got a sequence of {time} tokens but its block_size is "
+                f"{self.block_size}; crop the input or build the model with a larger block_size"
+            )
+        positions = torch.arange(time, device=ids.device)
+        x = self.dropout(self.token_embedding(ids) + self.position_embedding(positions))
+        for block in self.blocks:
+            x = block(x)  # (B, T, C)
+        return self.head(self.norm(x))  # (B, T, V)
+
+
+@torch.no_grad()
+def generate(
+    model: nn.Module,
+    prompt_ids: torch.Tensor,
+    length: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Sample `length` tokens after `prompt_ids` ((T,) or (B, T)); returns prompt + sample.
+
+    The context is cropped to `model.block_size` when the model has one. The same
+    `generator` state gives the same text; `temperature=0` picks the most likely token.
+
+    Example:
+        >>> out = generate(model, encode("ROMEO:", vocab), 200, generator=torch.Generator().manual_seed(0))  # doctest: +SKIP
+        >>> print(decode(out, vocab))  # doctest: +SKIP
+    """
+    if prompt_ids.numel() == 0:
+        raise UsageError("generate needs a prompt of at least one token")
+    if temperature < 0 or (top_k is not None and top_k < 1):
+        raise UsageError(
+            f"temperature must be >= 0 and top_k >= 1, got {temperature} and {top_k}"
+        )
+    ids = prompt_ids.view(1, -1) if prompt_ids.dim() == 1 else prompt_ids
+    block_size = getattr(model, "block_size", None)
+    was_training = model.training
+    model.eval()
+    try:
+        for _ in range(length):
+            context = ids if block_size is None else ids[:, -block_size:]
+            logits = model(context)[:, -1, :].float()  # (B, V)
+            ids = torch.cat(
+                [ids, _sample(logits, temperature, top_k, generator)], dim=1
+            )
+    finally:
+        model.train(was_training)
+    return ids.view(-1) if prompt_ids.dim() == 1 else ids
+
+
+def _sample(
+    logits: torch.Tensor,
+    temperature: float,
+    top_k: int | None,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """One token per row (B, 1) from logits (B, V)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = F.softmax(logits, dim=-1)
+    if generator is not None:
+        probs = probs.to(
+            generator.device
+        )  # multinomial draws on the generator's device
+    return torch.multinomial(probs, 1, generator=generator).to(logits.device)
+
+
+# ---------------------------------------------------------------- classifiers
+
+
+class BagOfWords(nn.Module):
+    """Mean of the word embeddings of the non-pad tokens, then a linear layer.
+
+    Example:
+        >>> model = BagOfWords(vocab_size=1000, num_classes=2)
+        >>> model(torch.tensor([[5, 7, 0, 0]])).shape
+        torch.Size([1, 2])
+    """
+
+    def __init__(self, vocab_size: int, num_classes: int, embed_dim: int = 64) -> None:
+        super().__init__()
+        # EmbeddingBag leaves padding_idx out of the mean (and out of the count).
+        self.embedding = nn.EmbeddingBag(
+            vocab_size, embed_dim, mode="mean", padding_idx=PAD_ID
+        )
+        self.head = nn.Linear(embed_dim, num_classes)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embedding(ids))  # (B, E) -> (B, classes)
+
+
+class TextCNN(nn.Module):
+    """Convolutions of several widths over word embeddings, max over time (Kim, 2014).
+
+    Each window starts at a real token; windows that run past the end see zeros, and
+    windows starting on padding are masked out of the max, so padding changes nothing.
+
+    Example:
+        >>> model = TextCNN(vocab_size=1000, num_classes=2)
+        >>> model(torch.tensor([[5, 7, 0, 0]])).shape
+        torch.Size([1, 2])
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        num_classes: int,
+        embed_dim: int = 128,
+        num_filters: int = 100,
+        kernel_sizes: Sequence[int] = (3, 4, 5),
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID)
+        self.convs = nn.ModuleList(
+            nn.Conv1d(embed_dim, num_filters, size) for size in kernel_sizes
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(num_filters * len(kernel_sizes), num_classes)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        time = ids.shape[1]
+        valid = torch.arange(time, device=ids.device) < _lengths(ids)[:, None]  # (B, L)
+        x = self.embedding(ids) * valid[..., None]  # (B, L, E), zeros on padding
+        x = x.transpose(1, 2)  # (B, E, L)
+        pooled = []
+        for conv in self.convs:
+            # Right-pad by k - 1 so every start position has a window: (B, F, L).
+            features = F.relu(conv(F.pad(x, (0, conv.kernel_size[0] - 1))))
+            features = features.masked_fill(~valid[:, None, :], float("-inf"))
+            pooled.append(features.amax(dim=2))  # (B, F)
+        return self.head(self.dropout(torch.cat(pooled, dim=1)))
+
+
+class BiLSTMClassifier(nn.Module):
+    """Bidirectional LSTM over packed sequences, max-pooled over time, then linear.
+
+    Example:
+        >>> model = BiLSTMClassifier(vocab_size=1000, num_classes=2)
+        >>> model(torch.tensor([[5, 7, 0, 0]])).shape
+        torch.Size([1, 2])
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        num_classes: int,
+        embed_dim: int = 128,
+        hidden_dim: int = 128,
+        num_layers: int = 1,
+        dropout: float = 0.3,
+    ) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID)
+        self.lstm = nn.LSTM(
+            embed_dim,
+            hidden_dim,
+            num_layers,
+            batch_first=True,
+            bidirectional=True,
+            dropout=dropout if num_layers > 1 else 0.0,
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(2 * hidden_dim, num_classes)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        time = ids.shape[1]
+        lengths = _lengths(ids)
+        x = self.dropout(self.embedding(ids))  # (B, L, E)
+        # Packing needs the lengths on the CPU (one device sync per batch on a GPU).
+        packed = nn.utils.rnn.pack_padded_sequence(
+            x, lengths.cpu(), batch_first=True, enforce_sorted=False
+        )
+        output, _ = self.lstm(packed)
+        hidden, _ = nn.utils.rnn.pad_packed_sequence(
+            output, batch_first=True, total_length=time
+        )  # (B, L, 2H)
+        valid = torch.arange(time, device=ids.device) < lengths[:, None]  # (B, L)
+        hidden = hidden.masked_fill(~valid[..., None], float("-inf"))
+        return self.head(self.dropout(hidden.amax(dim=1)))  # (B, classes)
