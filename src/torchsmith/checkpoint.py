@@ -130,7 +130,7 @@ def save_checkpoint(
     """
     checkpoints_dir = Path(checkpoints_dir)
     _check_save_arguments(name, meta, keep_last)
-    tensors = _plain_tensors(model_state)
+    tensors = plain_tensors(model_state)
     _check_plain("training_state", training_state)
     texts = _serialize_texts(name, config, meta)
     final = checkpoints_dir / name
@@ -171,7 +171,7 @@ def _check_save_arguments(
         )
 
 
-def _plain_tensors(model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def plain_tensors(model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Detached, contiguous CPU tensors, none sharing memory (safetensors refuses aliases)."""
     tensors: dict[str, torch.Tensor] = {}
     seen_storages: set[int] = set()

@@ -89,7 +89,15 @@ CHECKPOINT_FLAG: dict[str, Any] = {
 
 
 def add_after_training_parsers(sub: Any) -> None:
-    """evaluate, predict, export and lr-find (implemented in torchsmith.commands)."""
+    """evaluate, predict, generate, export and lr-find (implemented in torchsmith.commands)."""
+    generate = sub.add_parser("generate", help="sample text from a character-level language model run")
+    generate.add_argument("run_dir", metavar="RUN", help="a run directory written by train")
+    generate.add_argument("--prompt", default="\n", help="text to continue (default: a new line)")
+    generate.add_argument("--length", type=int, default=300, help="number of characters to sample")
+    generate.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (0: greedy)")
+    generate.add_argument("--top-k", type=int, default=None, help="sample only among the k likeliest characters")
+    generate.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same text")
+    generate.add_argument("--checkpoint", **CHECKPOINT_FLAG)
     evaluate = sub.add_parser("evaluate", help="loss, accuracy and per-class metrics of a run on a data split")
     evaluate.add_argument("run_dir", metavar="RUN", help="a run directory written by train")
     evaluate.add_argument("--data", default=None, help="another dataset (default: the run's)")
@@ -100,7 +108,8 @@ def add_after_training_parsers(sub: Any) -> None:
     evaluate.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
     predict = sub.add_parser("predict", help="class labels and probabilities for input files")
     predict.add_argument("run_dir", metavar="RUN", help="a run directory written by train")
-    predict.add_argument("inputs", nargs="+", metavar="INPUT", help="image files (PNG, JPEG)")
+    predict.add_argument("inputs", nargs="+", metavar="INPUT",
+                         help="image files (PNG, JPEG), texts or a .txt file with one per line, or WAV files")
     predict.add_argument("--top-k", type=int, default=1, help="label/probability pairs per input")
     predict.add_argument("--checkpoint", **CHECKPOINT_FLAG)
     predict.add_argument("--output", default=None, metavar="FILE.csv", help="write a CSV file instead of printing")
@@ -223,6 +232,7 @@ COMMANDS = {
     "predict": commands.command_predict,
     "export": commands.command_export,
     "lr-find": commands.command_lr_find,
+    "generate": commands.command_generate,
 }
 
 
@@ -241,3 +251,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # a bug of ours or of a library: say so plainly, keep the exit code
+        if debug:
+            raise
+        print(f"internal error: {type(error).__name__}: {error}\n(run again with --debug for the traceback, "
+              f"and please report it)", file=sys.stderr)
+        return 1

@@ -43,11 +43,16 @@ def command_predict(args: argparse.Namespace) -> int:
         raise UsageError(f"--top-k must be a positive integer, got {args.top_k}")
     predictor = load(args.run_dir, args.checkpoint)
     rows = predictor.predict(list(args.inputs)).top_k(args.top_k)
+    names = list(args.inputs)
+    if predictor.preprocessing.get("kind") == "words":
+        from torchsmith.text_audio_predict import expand_text_inputs
+
+        names = expand_text_inputs(names)  # a .txt file stands for its lines
     if args.output:
-        write_predictions_csv(Path(args.output), args.inputs, rows)
+        write_predictions_csv(Path(args.output), names, rows)
         print(f"wrote {len(rows)} predictions to {args.output} (checkpoint {predictor.checkpoint})", file=sys.stderr)
         return 0
-    for name, row in zip(args.inputs, rows, strict=True):
+    for name, row in zip(names, rows, strict=True):
         print("\t".join([name, *(f"{label}\t{probability:.4f}" for label, probability in row)]))
     return 0
 
@@ -100,4 +105,14 @@ def command_lr_find(args: argparse.Namespace) -> int:
     if args.plot:
         print(f"plot: {result.plot(args.plot)}", file=sys.stderr)
     print(f"train with: --optimizer {config.optim.name} --lr {result.suggestion:.3g}")
+    return 0
+
+
+def command_generate(args: argparse.Namespace) -> int:
+    """Print text sampled from a character-level language model run."""
+    from torchsmith.predictor import load
+    from torchsmith.text_audio_predict import generate_text
+
+    predictor = load(args.run_dir, args.checkpoint)
+    print(generate_text(predictor, args.prompt, args.length, args.temperature, args.top_k, args.seed))
     return 0

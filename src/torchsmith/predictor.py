@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+
+from torchsmith.text_audio_predict import prepare_logmel, prepare_words
 from torch import nn
 
 from torchsmith.data.bundle import DataInfo
@@ -221,8 +223,8 @@ def _convert_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
 
 PREPARERS: dict[str, Preparer] = {
     "image": prepare_images,
-    # Text ("words", "chars") and audio ("logmel") runs register their preparers here; until
-    # then `Predictor.prepare` explains that their modality is not yet supported.
+    "words": prepare_words,
+    "logmel": prepare_logmel,
 }
 
 

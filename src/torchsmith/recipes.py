@@ -43,6 +43,29 @@ RECIPES: dict[str, Recipe] = {
             },
         ),
         Recipe(
+            "sst2-fast",
+            "BiLSTM with max pooling on SST-2 word ids, AdamW + cosine, 3 epochs",
+            {
+                "model": {"name": "bilstm", "args": {"embed_dim": 128, "hidden_dim": 128, "dropout": 0.2}},
+                "data": {"name": "sst2", "val_fraction": 0.05, "options": {"max_len": 64}},
+                "optim": {"name": "adamw", "lr": 2e-3, "weight_decay": 0.01, "scheduler": "cosine",
+                          "min_lr_ratio": 0.005},
+                "train": {"max_epochs": 3, "batch_size": 64, "monitor": "val_accuracy"},
+            },
+        ),
+        Recipe(
+            "shakespeare-char",
+            "char-gpt (4 layers, 128 wide, context 128) on Tiny Shakespeare, bf16, lr 3e-3 cosine to 3e-4",
+            {
+                "model": {"name": "char-gpt", "args": {"num_layers": 4, "num_heads": 4, "embed_dim": 128}},
+                "data": {"name": "tinyshakespeare", "val_fraction": 0.1, "options": {"block_size": 128}},
+                "optim": {"name": "adamw", "lr": 3e-3, "weight_decay": 0.1, "scheduler": "cosine",
+                          "warmup_steps": 100, "min_lr_ratio": 0.1},
+                "train": {"max_epochs": 100, "max_steps": 3000, "batch_size": 32, "precision": "bf16",
+                          "clip_grad_norm": 1.0, "log_every": 100},
+            },
+        ),
+        Recipe(
             "fsdd-fast",
             "AudioCNN on spoken digits (FSDD log-mel), shift/tempo/warp/masking, AdamW + one-cycle, 16 epochs",
             {

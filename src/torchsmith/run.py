@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 from torchsmith import __version__
 from torchsmith.callbacks import Callback, EarlyStopping
+from torchsmith.checkpoint import plain_tensors
 from torchsmith.config import RunConfig, save_yaml
 from torchsmith.data.bundle import DataBundle
 from torchsmith.data.registry import load_data
@@ -123,7 +124,7 @@ def preflight(trainer: Trainer, bundle: DataBundle) -> list[Any]:
     trainer.setup(for_training=False)
     findings = doctor.preflight(trainer.model, trainer._to_device(inputs), trainer._to_device(targets),
                                 task=bundle.info.task, num_classes=bundle.info.num_classes,
-                                loss_fn=trainer.loss_fn)
+                                loss_fn=lambda o, t: trainer.loss_fn(*trainer.task.loss_view(o, t)))
     for finding in findings:
         if finding.level == "warning":
             print(f"warning: {finding.message}", file=sys.stderr)
@@ -199,8 +200,7 @@ def finish(run_dir: Path, trainer: Trainer, summary: dict[str, Any], status: str
     if state.nan_events or summary.get("preflight"):
         write_json(run_dir / "doctor.json", {"events": state.nan_events, "preflight": summary.get("preflight", [])})
     if status != "failed":
-        save_file({k: v.detach().cpu().contiguous() for k, v in trainer.model.state_dict().items()},
-                  str(run_dir / "model.safetensors"))
+        save_file(plain_tensors(trainer.model.state_dict()), str(run_dir / "model.safetensors"))
     write_json(run_dir / "summary.json", summary)
 
 

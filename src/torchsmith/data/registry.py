@@ -77,6 +77,41 @@ def _wavfolder(config: DataConfig, path: str | None, seed: int) -> DataBundle:
     return load_wavfolder(folder, config.options.get("pattern"), config.split, _audio_options(config, seed))
 
 
+def _textfile(config: DataConfig, path: str | None, seed: int) -> DataBundle:
+    from torchsmith.data.text import load_textfile
+
+    target = path or (f"{config.dir}/input.txt" if config.dir else None)
+    if not target:
+        raise UsageError("textfile needs a path: --data textfile:PATH (one UTF-8 text file)")
+    return load_textfile(target, block_size=int(config.options.get("block_size", 128)),
+                         val_fraction=config.val_fraction or 0.1)
+
+
+def _table(kind: str) -> Loader:
+    def load(config: DataConfig, path: str | None, seed: int) -> DataBundle:
+        from torchsmith.data.text import load_table_dataset
+
+        target = path or config.dir
+        if not target:
+            raise UsageError(f"{kind} needs a path: --data {kind}:PATH (a file, or a folder with train/dev files)")
+        options = config.options
+        return load_table_dataset(target, kind=kind, max_len=int(options.get("max_len", 64)),
+                                  val_fraction=config.val_fraction or 0.1, seed=seed,
+                                  text_column=options.get("text_column"), label_column=options.get("label_column"),
+                                  min_freq=int(options.get("min_freq", 1)), max_vocab=options.get("max_vocab"))
+
+    return load
+
+
+def _sst2(config: DataConfig, path: str | None, seed: int) -> DataBundle:
+    from torchsmith.data.text import load_sst2
+
+    if not config.dir:
+        raise UsageError("sst2 needs --data-dir: the folder holding GLUE's SST-2 train.tsv and dev.tsv")
+    return load_sst2(config.dir, max_len=int(config.options.get("max_len", 64)),
+                     val_fraction=config.val_fraction or 0.05, seed=seed)
+
+
 DATASETS: dict[str, DataEntry] = {
     entry.name: entry
     for entry in [
@@ -89,6 +124,14 @@ DATASETS: dict[str, DataEntry] = {
                   _cifar10),
         DataEntry("imagefolder", "imagefolder:PATH, one folder per class (with train/ and test/, or split)",
                   _imagefolder, takes_path=True),
+        DataEntry("textfile", "textfile:PATH, one UTF-8 text for character-level language models", _textfile,
+                  takes_path=True),
+        DataEntry("tinyshakespeare", "Tiny Shakespeare (--data-dir holds input.txt), character level", _textfile),
+        DataEntry("tsv", "tsv:PATH, text classification from a TSV file or a folder with train/dev files",
+                  _table("tsv"), takes_path=True),
+        DataEntry("csv", "csv:PATH, text classification from a CSV file or a folder with train/dev files",
+                  _table("csv"), takes_path=True),
+        DataEntry("sst2", "SST-2 sentiment (GLUE layout: train.tsv, dev.tsv as the test split)", _sst2),
         DataEntry("fsdd", "Free Spoken Digit Dataset (WAV), log-mel features; --split standard|speaker:NAME",
                   _fsdd),
         DataEntry("wavfolder", "wavfolder:PATH, WAV files per class folder (or labels from --set "

@@ -72,6 +72,34 @@ def _speednet(info: DataInfo, args: dict[str, Any]) -> nn.Module:
     return SpeedNet(**{"num_classes": info.num_classes, "in_channels": info.input_shape[0], **args})
 
 
+def _char_model(kind: str) -> Builder:
+    def build(info: DataInfo, args: dict[str, Any]) -> nn.Module:
+        from torchsmith.models.text import CharGPT, CharLSTM
+
+        if info.preprocessing.get("kind") != "chars":
+            raise UsageError(f"{kind} is a character-level language model: use it with textfile:PATH or "
+                             f"tinyshakespeare data")
+        if kind == "char-gpt":
+            return CharGPT(**{"vocab_size": info.num_classes, "block_size": info.preprocessing["block_size"],
+                              **args})
+        return CharLSTM(**{"vocab_size": info.num_classes, **args})
+
+    return build
+
+
+def _word_model(kind: str) -> Builder:
+    def build(info: DataInfo, args: dict[str, Any]) -> nn.Module:
+        from torchsmith.models import text
+
+        if info.preprocessing.get("kind") != "words":
+            raise UsageError(f"{kind} classifies word sequences: use it with sst2, tsv:PATH or csv:PATH data")
+        vocab_size = len(info.preprocessing["tokenizer"]["tokens"])
+        cls = {"bow": text.BagOfWords, "textcnn": text.TextCNN, "bilstm": text.BiLSTMClassifier}[kind]
+        return cls(**{"vocab_size": vocab_size, "num_classes": info.num_classes, **args})
+
+    return build
+
+
 MODELS: dict[str, ModelEntry] = {
     entry.name: entry
     for entry in [
@@ -80,6 +108,14 @@ MODELS: dict[str, ModelEntry] = {
         ModelEntry("convbn", "small fast conv net: conv-BN-ReLU + max-pool blocks (16/32), one linear layer",
                    _convbn),
         ModelEntry("audiocnn", "conv-BN-ReLU stages over log-mel spectrograms, global average pooling", _audiocnn),
+        ModelEntry("char-lstm", "character-level LSTM language model (embedding, LSTM, linear head)",
+                   _char_model("char-lstm")),
+        ModelEntry("char-gpt", "small decoder-only transformer, causal self-attention, weight-tied head",
+                   _char_model("char-gpt")),
+        ModelEntry("bow", "bag of words: mean of word embeddings, then linear", _word_model("bow")),
+        ModelEntry("textcnn", "parallel 1-D convolutions (3/4/5 words) with max-over-time pooling",
+                   _word_model("textcnn")),
+        ModelEntry("bilstm", "bidirectional LSTM over packed sequences with max pooling", _word_model("bilstm")),
         ModelEntry("speednet", "airbench-style fast CIFAR net: whitening conv, conv-BN-GELU blocks", _speednet),
     ]
 }

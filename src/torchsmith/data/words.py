@@ -1,0 +1,429 @@
+"""Word-level text classification data: a tokenizer, TSV/CSV tables, SST-2.
+
+Token ids live in memory as one padded (N, L) tensor; a batch is trimmed to its longest
+sequence (`TokenBatches`, a `MemorySource`).
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import re
+import warnings
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from torchsmith.data.bundle import DataBundle, DataInfo
+from torchsmith.errors import UsageError
+
+PAD_ID = 0
+UNK_ID = 1
+TEXT_COLUMNS = ("sentence", "text", "review")
+LABEL_COLUMNS = ("label", "labels", "class", "target")
+
+
+
+# ---------------------------------------------------------------------- words
+
+
+class WordTokenizer:
+    """Lower-cased words and punctuation marks mapped to ids; 0 = <pad>, 1 = <unk>.
+
+    Example:
+        >>> tokenizer = WordTokenizer.build(["A fine film.", "A dull film!"])
+        >>> tokenizer.encode("a FINE, film")  # "," never seen in training -> <unk>
+        [2, 7, 1, 3]
+    """
+
+    # Words (with inner apostrophes: "don't"), clitics ("'s", "n't" stays with its
+    # word), and every other non-space character on its own.
+    PATTERN = r"\w+(?:'\w+)*|'\w+|[^\w\s]"
+
+    def __init__(self, tokens: Sequence[str]) -> None:
+        if list(tokens[:2]) != ["<pad>", "<unk>"]:
+            raise UsageError("a word vocabulary must start with '<pad>', '<unk>'")
+        self.tokens = list(tokens)
+        self.index = {token: i for i, token in enumerate(self.tokens)}
+        self._regex = re.compile(self.PATTERN)
+
+    @classmethod
+    def build(
+        cls, texts: Iterable[str], min_freq: int = 1, max_vocab: int | None = None
+    ) -> WordTokenizer:
+        """Vocabulary of the words seen at least `min_freq` times, most frequent first.
+
+        `max_vocab` caps the total size, <pad> and <unk> included. Build it from the
+        training split only, so validation and test words the model never saw map to <unk>.
+        """
+        counts = Counter(word for text in texts for word in cls.split(text))
+        # Most frequent first, ties alphabetical, so the ids do not depend on input order.
+        words = sorted(
+            (w for w, c in counts.items() if c >= min_freq),
+            key=lambda w: (-counts[w], w),
+        )
+        if max_vocab is not None:
+            words = words[: max(max_vocab - 2, 0)]
+        return cls(["<pad>", "<unk>", *words])
+
+    @classmethod
+    def split(cls, text: str) -> list[str]:
+        return re.findall(cls.PATTERN, text.lower())
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def encode(self, text: str) -> list[int]:
+        return [
+            self.index.get(word, UNK_ID) for word in self._regex.findall(text.lower())
+        ]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return " ".join(self.tokens[i] for i in ids if i != PAD_ID)
+
+    def encode_batch(
+        self, texts: Sequence[str], max_len: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Padded ids (N, L) int64, L = min(max_len, longest), and lengths (N,) (>= 1)."""
+        encoded = [self.encode(text)[:max_len] or [UNK_ID] for text in texts]
+        lengths = torch.tensor([len(ids) for ids in encoded], dtype=torch.int64)
+        longest = max((len(ids) for ids in encoded), default=1)
+        ids = torch.full((len(encoded), longest), PAD_ID, dtype=torch.int64)
+        for row, values in enumerate(encoded):
+            ids[row, : len(values)] = torch.tensor(values, dtype=torch.int64)
+        return ids, lengths
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "words",
+            "pattern": self.PATTERN,
+            "lowercase": True,
+            "tokens": self.tokens,
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> WordTokenizer:
+        if state.get("kind") != "words" or state.get("pattern") != cls.PATTERN:
+            raise UsageError(
+                "this tokenizer state was saved by another tokenizer version or kind"
+            )
+        return cls(state["tokens"])
+
+
+class TokenBatches:
+    """Padded word ids (N, L), lengths (N,) and labels (N,) of one split (a MemorySource).
+
+    A batch is `(ids[:, :longest_in_batch], labels)`. Lengths stay on the CPU so
+    trimming a batch never waits for the device.
+
+    Example:
+        >>> ids, lengths = tokenizer.encode_batch(texts, max_len=64)  # doctest: +SKIP
+        >>> split = TokenBatches(ids, lengths, torch.tensor(labels))  # doctest: +SKIP
+    """
+
+    def __init__(
+        self, ids: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor
+    ) -> None:
+        assert ids.dim() == 2 and len(ids) == len(lengths) == len(labels)
+        self.ids = ids
+        self.lengths = lengths.cpu()
+        self.labels = labels.long()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def get_batch(
+        self, indices: torch.Tensor, generator: torch.Generator | None, train: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        cpu_indices = indices.cpu()
+        if len(cpu_indices) == 0:
+            raise IndexError("get_batch needs at least one index")
+        longest = int(self.lengths[cpu_indices].max())
+        indices = cpu_indices.to(self.ids.device, non_blocking=True)
+        return self.ids[indices, :longest], self.labels[indices]
+
+    def to(self, device: torch.device | str) -> TokenBatches:
+        return TokenBatches(self.ids.to(device), self.lengths, self.labels.to(device))
+
+
+@dataclass
+class Table:
+    """Rows of a labelled text table; `skipped_lines` had empty text and were left out."""
+
+    texts: list[str]
+    labels: list[int]
+    class_names: list[str]
+    skipped_lines: list[int]
+
+    def subset(self, rows: Sequence[int]) -> Table:
+        return Table(
+            [self.texts[i] for i in rows],
+            [self.labels[i] for i in rows],
+            self.class_names,
+            [],
+        )
+
+
+def read_table(
+    path: str | Path,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    delimiter: str | None = None,
+    class_names: Sequence[str] | None = None,
+) -> Table:
+    """Read a TSV/CSV file with a header line into texts and integer labels.
+
+    Columns are found by name (text: sentence/text/review, label: label/labels/class/
+    target) unless chosen. Labels are integers, or class names mapped to ids in sorted
+    order; with `class_names` (those of the training file) every label must be one of
+    them. Rows with empty text are skipped with a warning that gives their count.
+
+    Example:
+        >>> table = read_table("sst2/dev.tsv")  # doctest: +SKIP
+        >>> len(table.texts), table.class_names  # doctest: +SKIP
+        (872, ['0', '1'])
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(
+            f"{path}: no such file; give a TSV or CSV file with a header line"
+        )
+    delimiter = delimiter or ("," if path.suffix.lower() == ".csv" else "\t")
+    try:
+        rows, skipped = _read_rows(path, delimiter, text_column, label_column)
+    except UnicodeDecodeError:
+        raise UsageError(f"{path} is not UTF-8 text; re-save it as UTF-8") from None
+    if skipped:
+        shown = ", ".join(map(str, skipped[:5])) + (", ..." if len(skipped) > 5 else "")
+        message = f"{path}: skipped {len(skipped)} rows with empty text (lines {shown})"
+        warnings.warn(message, stacklevel=2)
+    if not rows:
+        raise UsageError(f"{path} has a header but no rows with text")
+    lines, texts, raw_labels = (list(column) for column in zip(*rows))
+    labels, names = _parse_labels(path, raw_labels, lines, class_names)
+    return Table(texts, labels, names, skipped)
+
+
+def _read_rows(
+    path: Path, delimiter: str, text_column: str | None, label_column: str | None
+) -> tuple[list[tuple[int, str, str]], list[int]]:
+    """(line, text, label) of each row with text, and the lines of rows without."""
+    # TSV files (GLUE among them) do not quote; a stray '"' is part of the text.
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    rows, skipped = [], []
+    with path.open(newline="", encoding="utf-8") as file:
+        reader = csv.reader(file, delimiter=delimiter, quoting=quoting)
+        header = next(reader, None)
+        if not header:
+            example = f"sentence{delimiter}label"
+            raise UsageError(
+                f"{path} is empty; expected a header line such as {example!r}"
+            )
+        text_index = _find_column(path, header, text_column, TEXT_COLUMNS, "text")
+        label_index = _find_column(path, header, label_column, LABEL_COLUMNS, "label")
+        for row in reader:
+            if row and len(row) <= max(text_index, label_index):
+                raise UsageError(
+                    f"{path}, line {reader.line_num}: {len(row)} fields, expected "
+                    f"{len(header)} separated by {delimiter!r} as in the header"
+                )
+            if not row or not row[text_index].strip():
+                skipped.append(reader.line_num)
+                continue
+            rows.append(
+                (reader.line_num, row[text_index].strip(), row[label_index].strip())
+            )
+    return rows, skipped
+
+
+def _find_column(
+    path: Path,
+    header: list[str],
+    chosen: str | None,
+    candidates: Sequence[str],
+    what: str,
+) -> int:
+    names = [name.strip().lower() for name in header]
+    if chosen is not None:
+        if chosen.strip().lower() in names:
+            return names.index(chosen.strip().lower())
+        close = difflib.get_close_matches(chosen.lower(), names, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UsageError(
+            f"{path}, line 1: no column {chosen!r} in the header {header}{hint}"
+        )
+    for candidate in candidates:
+        if candidate in names:
+            return names.index(candidate)
+    raise UsageError(
+        f"{path}, line 1: no {what} column in the header {header}; expected one of "
+        f"{', '.join(candidates)}, or choose it with {what}_column=NAME"
+    )
+
+
+def _parse_labels(
+    path: Path, raw: list[str], lines: list[int], class_names: Sequence[str] | None
+) -> tuple[list[int], list[str]]:
+    if class_names is not None:
+        index = {name: i for i, name in enumerate(class_names)}
+        for label, line in zip(raw, lines):
+            if label not in index:
+                raise UsageError(
+                    f"{path}, line {line}: label {label!r} is not one of the classes of the "
+                    f"training file {list(class_names)}"
+                )
+        return [index[label] for label in raw], list(class_names)
+    numeric = [re.fullmatch(r"\d+", label) is not None for label in raw]
+    if all(numeric):
+        labels = [int(label) for label in raw]
+        return labels, [str(i) for i in range(max(labels) + 1)]
+    if any(numeric) or "" in raw:
+        # Mixed: report the first row that disagrees with the majority kind.
+        minority_is_numeric = sum(numeric) * 2 < len(raw)
+        odd = raw.index("") if "" in raw else numeric.index(minority_is_numeric)
+        raise UsageError(
+            f"{path}, line {lines[odd]}: label {raw[odd]!r} is not a non-negative integer "
+            "nor a class name like the other labels; use integers 0..C-1 or names throughout"
+        )
+    names = sorted(set(raw))
+    index = {name: i for i, name in enumerate(names)}
+    return [index[label] for label in raw], names
+
+
+def load_table_dataset(
+    path: str | Path,
+    kind: str = "tsv",
+    max_len: int = 64,
+    device: str | torch.device = "cpu",
+    *,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    min_freq: int = 1,
+    max_vocab: int | None = None,
+) -> DataBundle:
+    """Text classification data from a TSV/CSV file or a folder of split files.
+
+    A file is split into train/validation by `seed` (no test split). A folder holds
+    `train.<kind>` and `dev.<kind>` and/or `test.<kind>` (optionally `val.<kind>`):
+    dev is the validation split when there is a test file, the test split otherwise;
+    with no validation file, `val_fraction` of the training rows is carved out.
+    The vocabulary comes from the training rows only.
+
+    Example:
+        >>> bundle = load_table_dataset("reviews.csv", kind="csv", max_len=128)  # doctest: +SKIP
+    """
+    if kind not in ("tsv", "csv"):
+        raise UsageError(f"kind must be 'tsv' or 'csv', got {kind!r}")
+    path = Path(path)
+    files: dict[str, Path | None] = {"train": path, "val": None, "test": None}
+    if path.is_dir():
+        found = {
+            name: path / f"{name}.{kind}" for name in ("train", "val", "dev", "test")
+        }
+        found = {name: file if file.is_file() else None for name, file in found.items()}
+        if found["train"] is None:
+            raise UsageError(
+                f"{path} has no train.{kind}; a data folder needs train.{kind} and dev.{kind}/test.{kind}"
+            )
+        test = found["test"] or found["dev"]
+        val = found["val"] or (found["dev"] if found["test"] else None)
+        files = {"train": found["train"], "val": val, "test": test}
+    options = {
+        "text_column": text_column,
+        "label_column": label_column,
+        "delimiter": "\t" if kind == "tsv" else ",",
+    }
+    train = read_table(files["train"], **options)
+    others = {
+        name: read_table(file, class_names=train.class_names, **options)
+        for name, file in files.items()
+        if name != "train" and file
+    }
+    return build_word_bundle(
+        train,
+        others.get("val"),
+        others.get("test"),
+        max_len,
+        device,
+        val_fraction=val_fraction,
+        seed=seed,
+        min_freq=min_freq,
+        max_vocab=max_vocab,
+    )
+
+
+def load_sst2(
+    data_dir: str | Path,
+    max_len: int = 64,
+    device: str | torch.device = "cpu",
+    val_fraction: float = 0.05,
+    seed: int = 0,
+) -> DataBundle:
+    """SST-2 in the GLUE layout: train.tsv -> train + a seeded validation carve, dev.tsv -> test.
+
+    Example:
+        >>> bundle = load_sst2("data/sst2")  # doctest: +SKIP
+        >>> len(bundle.train), len(bundle.val), len(bundle.test)  # doctest: +SKIP
+        (63982, 3367, 872)
+    """
+    data_dir = Path(data_dir)
+    train = read_table(data_dir / "train.tsv")
+    test = read_table(data_dir / "dev.tsv", class_names=train.class_names)
+    bundle = build_word_bundle(
+        train, None, test, max_len, device, val_fraction=val_fraction, seed=seed
+    )
+    bundle.info.class_names = ["negative", "positive"]
+    return bundle
+
+
+def build_word_bundle(
+    train: Table,
+    val: Table | None,
+    test: Table | None,
+    max_len: int,
+    device: str | torch.device = "cpu",
+    *,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    min_freq: int = 1,
+    max_vocab: int | None = None,
+) -> DataBundle:
+    """Tokenize tables into a DataBundle; carve `val` from `train` when it is None."""
+    if max_len < 1:
+        raise UsageError(f"max_len must be a positive integer, got {max_len}")
+    if val is None:
+        if not 0.0 < val_fraction < 1.0 or len(train.texts) < 2:
+            raise UsageError(
+                f"need val_fraction in (0, 1) and at least 2 rows to carve a validation split, got {val_fraction}"
+            )
+        order = torch.randperm(
+            len(train.texts), generator=torch.Generator().manual_seed(seed)
+        ).tolist()
+        num_val = min(max(1, round(len(order) * val_fraction)), len(order) - 1)
+        train, val = train.subset(order[num_val:]), train.subset(order[:num_val])
+    tokenizer = WordTokenizer.build(train.texts, min_freq=min_freq, max_vocab=max_vocab)
+
+    def split(table: Table | None) -> TokenBatches | None:
+        if table is None:
+            return None
+        ids, lengths = tokenizer.encode_batch(table.texts, max_len)
+        return TokenBatches(ids, lengths, torch.tensor(table.labels)).to(device)
+
+    info = DataInfo(
+        modality="text",
+        num_classes=len(train.class_names),
+        input_shape=(max_len,),
+        class_names=list(train.class_names),
+        preprocessing={
+            "kind": "words",
+            "tokenizer": tokenizer.state_dict(),
+            "max_len": max_len,
+        },
+    )
+    return DataBundle(train=split(train), val=split(val), test=split(test), info=info)
