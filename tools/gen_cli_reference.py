@@ -145,7 +145,9 @@ def _default_text(action: argparse.Action) -> str:
     default = action.default
     if action.nargs == 0 or default in (None, argparse.SUPPRESS, [], ()) or isinstance(action, argparse._VersionAction):
         return ""
-    return f" (default: `{default}`)"
+    return (
+        f" (default: `{default!r}`)" if isinstance(default, str) and not default.strip() else f" (default: `{default}`)"
+    )
 
 
 def _cell(text: str) -> str:
@@ -178,7 +180,9 @@ def _command_section(path: tuple[str, ...], parser: argparse.ArgumentParser, sum
             names = ", ".join(f"`{name}`" for name in action.option_strings) or f"`{action.dest}`"
             argument = _argument_text(action)
             argument = f"`{argument}`" if argument else ""
-            help_text = _help_text(action, parser.prog) + _default_text(action)
+            help_text = _help_text(action, parser.prog)
+            if "default" not in help_text:  # some help texts say the default in their own words
+                help_text = (help_text + _default_text(action)).strip()
             if action.required and action.option_strings:
                 help_text += " (required)"
             lines.append(f"| {names} | {_cell(argument)} | {_cell(_escape_prose(help_text))} |")
