@@ -206,15 +206,6 @@ def test_inputs_that_do_not_fit_an_image_run(
     assert code == 2
 
 
-def test_predict_says_text_and_audio_runs_are_not_supported_yet(simplenet_run: Path, tmp_path: Path) -> None:
-    run = copy_run(simplenet_run, tmp_path / "run")
-    saved = json.loads((run / "preprocessing.json").read_text())
-    saved.update(modality="text", preprocessing={"kind": "words", "vocabulary": ["<pad>", "good"]})
-    (run / "preprocessing.json").write_text(json.dumps(saved))
-    with pytest.raises(UsageError, match="predict does not yet support text runs"):
-        torchsmith.load(run).predict(["a good film"])
-
-
 def test_evaluate_and_predict_agree_on_another_dataset_with_the_runs_normalisation(
     simplenet_run: Path, test_images: torch.Tensor, tmp_path: Path
 ) -> None:
