@@ -1,0 +1,33 @@
+"""Cost of the NaN guard: torchsmith's Trainer with the guard (the default) against the same
+Trainer with `nan_guard=False`, on the overhead job (SimpleNet, MNIST in memory, batch 64,
+SGD lr 0.01, two epochs), interleaved, median.
+
+    python benchmarks/guard.py --data-dir ../shared/data/mnist --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from common import DEFAULT_DATA, interleaved, median
+from overhead import load_mnist, with_trainer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default=str(DEFAULT_DATA / "mnist"))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=2)
+    args = parser.parse_args()
+    x, y = load_mnist(args.data_dir)
+    times = interleaved({"guard": lambda: with_trainer(x, y, args.epochs, guard=True),
+                         "no-guard": lambda: with_trainer(x, y, args.epochs, guard=False)}, args.repeats)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats} repeats")
+    ratio = median(times["guard"]) / median(times["no-guard"])
+    print(f"guard {median(times['guard']):.2f} s, no guard {median(times['no-guard']):.2f} s")
+    print(f"guard cost ratio (with / without) = {ratio:.3f}")
+
+
+if __name__ == "__main__":
+    main()
