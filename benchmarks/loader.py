@@ -20,14 +20,14 @@ import torch
 from common import DEFAULT_DATA, interleaved, median
 
 
-def torchvision_pass(loader) -> int:  # noqa: ANN001
+def torchvision_pass(loader) -> int:
     count = 0
     for images, _ in loader:
         count += images.shape[0]
     return count
 
 
-def torchsmith_pass(batches, epoch: list[int]) -> int:  # noqa: ANN001
+def torchsmith_pass(batches, epoch: list[int]) -> int:
     count = 0
     for images, _, _ in batches.epoch(epoch[0]):
         count += images.shape[0]

@@ -67,11 +67,11 @@ def with_lightning(x: torch.Tensor, y: torch.Tensor, epochs: int) -> float:
             super().__init__()
             self.model = SimpleNet(784, 10)
 
-        def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        def training_step(self, batch, batch_idx):
             inputs, targets = batch
             return nn.functional.cross_entropy(self.model(inputs), targets)
 
-        def configure_optimizers(self):  # noqa: ANN201
+        def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.01)
 
     torch.manual_seed(0)

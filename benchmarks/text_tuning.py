@@ -197,7 +197,8 @@ def run_shakespeare(args: argparse.Namespace) -> None:
     result.update(val_loss=val_loss, eval_time_s=time.perf_counter() - started)
     print(json.dumps({**vars(args), **result}))
     print(
-        f"validation loss {val_loss:.4f} nats/char over the whole validation text  ({result['steps']} steps, {result['train_time_s']:.1f} s training)"
+        f"validation loss {val_loss:.4f} nats/char over the whole validation text  "
+        f"({result['steps']} steps, {result['train_time_s']:.1f} s training)"
     )
 
 
@@ -246,7 +247,8 @@ def run_sst2(args: argparse.Namespace) -> None:
     result.update(val_accuracy=val_acc, dev_loss=dev_loss, dev_accuracy=dev_acc)
     print(json.dumps({**vars(args), **result}))
     print(
-        f"SST-2 dev accuracy {dev_acc:.4f}  loss {dev_loss:.4f}  ({result['steps']} steps, {result['train_time_s']:.1f} s training)"
+        f"SST-2 dev accuracy {dev_acc:.4f}  loss {dev_loss:.4f}  "
+        f"({result['steps']} steps, {result['train_time_s']:.1f} s training)"
     )
 
 

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from torchsmith import Trainer
-from torchsmith.data.registry import load_data
 from torchsmith.config import DataConfig
+from torchsmith.data.registry import load_data
 
 
 class DenseLayer(nn.Module):

@@ -136,7 +136,7 @@ def test_log_mel_shape_and_a_tone_lands_in_its_mel_band() -> None:
     features = log_mel(waves, settings)
     assert features.shape == (2, settings.n_mels, settings.frames) == (2, 40, 51)
     centres = mel_frequencies(settings)[1:-1]
-    for row, frequency in zip(features, (500.0, 2000.0)):
+    for row, frequency in zip(features, (500.0, 2000.0), strict=True):
         band = int(torch.argmax(row.mean(1)))
         assert abs(float(centres[band]) - frequency) <= float(
             centres[band + 1] - centres[band]

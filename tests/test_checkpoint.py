@@ -166,7 +166,7 @@ def test_adamw_resume_continues_bitwise(tmp_path: Path) -> None:
     scheduler2.load_state_dict(loaded.training_state["scheduler"])
     train_steps(model, optimizer, scheduler, steps=4, seed=2)
     train_steps(model2, optimizer2, scheduler2, steps=4, seed=2)
-    for original, resumed in zip(model.parameters(), model2.parameters()):
+    for original, resumed in zip(model.parameters(), model2.parameters(), strict=True):
         assert bitwise_equal(original.detach(), resumed.detach())
     assert scheduler2.get_last_lr() == scheduler.get_last_lr() == [0.01 * 0.5**4]
 
@@ -422,7 +422,7 @@ def test_missing_manifest_means_incomplete(tmp_path: Path) -> None:
     save_step(tmp_path, 1)
     path = save_step(tmp_path, 2)
     (path / MANIFEST_FILE).unlink()
-    with pytest.raises(CheckpointCorrupt, match="incomplete.*manifest.json"):
+    with pytest.raises(CheckpointCorrupt, match=r"incomplete.*manifest\.json"):
         load_checkpoint(path)
     with pytest.warns(CheckpointWarning, match="step-000002.*incomplete"):
         assert_holds_step(find_resumable(tmp_path), 1)
@@ -470,7 +470,7 @@ def test_no_checkpoint_at_all_is_a_clear_failure(tmp_path: Path) -> None:
         find_resumable(tmp_path / "missing")
     (tmp_path / ".tmp-last-123").mkdir()
     with pytest.raises(
-        TrainingFailure, match="no complete, verified checkpoint.*--resume"
+        TrainingFailure, match=r"no complete, verified checkpoint.*--resume"
     ):
         find_resumable(tmp_path)
     assert list(tmp_path.iterdir()) == []
@@ -497,7 +497,7 @@ def test_pickle_payload_in_training_state_is_refused(tmp_path: Path) -> None:
     ckpt_module._write_manifest(path)  # an attacker can rewrite the digests too
     ckpt_module.verify_checkpoint(path)
 
-    with pytest.raises(UnsafeCheckpoint, match="training.pt.*could run code"):
+    with pytest.raises(UnsafeCheckpoint, match=r"training\.pt.*could run code"):
         load_checkpoint(path)
     with pytest.warns(CheckpointWarning, match="step-000002"):
         assert_holds_step(find_resumable(tmp_path), 1)
@@ -514,7 +514,7 @@ def test_python_tag_in_checkpoint_config_is_refused(tmp_path: Path) -> None:
         f"lr: !!python/object/apply:os.system ['touch {marker}']\n"
     )
     ckpt_module._write_manifest(path)
-    with pytest.raises(UnsafeCheckpoint, match="config.yaml.*line 1.*python"):
+    with pytest.raises(UnsafeCheckpoint, match=r"config\.yaml.*line 1.*python"):
         load_checkpoint(path)
     assert not marker.exists()
 

@@ -14,7 +14,7 @@ def test_embedded_sample_is_real_mnist() -> None:
     bundle = load_mnist_sample(val_fraction=0.1, seed=0)
     assert bundle.info.input_shape == (1, 28, 28) and bundle.info.num_classes == 10
     assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (14400, 1600, 2000)
-    x, y = bundle.train.get_batch(torch.arange(64), None, train=False)
+    x, _ = bundle.train.get_batch(torch.arange(64), None, train=False)
     assert x.shape == (64, 1, 28, 28) and x.dtype == torch.float32
     assert abs(x.mean().item()) < 0.2 and 0.8 < x.std().item() < 1.2  # normalised with train statistics
     assert torch.bincount(bundle.test.labels, minlength=10).min() > 150  # every digit is present

@@ -53,7 +53,7 @@ def test_user_file_class(tmp_path) -> None:
                     "    def forward(self, x):\n        return self.fc(x.flatten(1))\n")
     model = build_model(f"{path}:Tiny", MNIST, {"width": 7})
     assert model.fc.out_features == 7
-    with pytest.raises(UsageError, match="has no class 'Tinny'. Did you mean 'Tiny'"):
+    with pytest.raises(UsageError, match=r"has no class 'Tinny'\. Did you mean 'Tiny'"):
         load_user_class(f"{path}:Tinny")
     with pytest.raises(UsageError, match="could not build"):
         build_model(f"{path}:Tiny", MNIST, {"depth": 2})

@@ -19,13 +19,14 @@ def test_resume_from_position_matches_the_rest_of_the_epoch() -> None:
     full = list(order.epoch_batches(2))
     assert len(full) == len(order) == 10 and len(full[-1]) == 5
     resumed = list(order.epoch_batches(2, start=4))
-    assert all(torch.equal(x, y) for x, y in zip(full[4:], resumed))
+    assert all(torch.equal(x, y) for x, y in zip(full[4:], resumed, strict=True))
 
 
 def test_rank_slices_partition_the_global_batch() -> None:
     ranks = [BatchOrder(64, 16, seed=0, rank=r, world_size=2) for r in range(2)]
     single = BatchOrder(64, 16, seed=0)
-    for glob, part0, part1 in zip(single.epoch_batches(0), ranks[0].epoch_batches(0), ranks[1].epoch_batches(0)):
+    batches = zip(single.epoch_batches(0), ranks[0].epoch_batches(0), ranks[1].epoch_batches(0), strict=True)
+    for glob, part0, part1 in batches:
         assert torch.equal(torch.cat([part0, part1]), glob)
 
 
@@ -51,5 +52,5 @@ def test_crop_shifts_each_sample_within_padding() -> None:
     positions = out.flatten(1).argmax(dim=1)
     rows, cols = positions // 8 - 4, positions % 8 - 4
     assert rows.abs().max() <= 2 and cols.abs().max() <= 2
-    assert len(set(zip(rows.tolist(), cols.tolist()))) == 25  # all 5x5 offsets occur
+    assert len(set(zip(rows.tolist(), cols.tolist(), strict=True))) == 25  # all 5x5 offsets occur
     assert (out.sum(dim=(1, 2, 3)) == 1).all()  # a shift never loses the pixel at |d| <= 2

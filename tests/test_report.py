@@ -137,7 +137,7 @@ def test_confusion_matrix_and_per_class_metrics_match_hand_counts(image_run) -> 
     targets, probabilities = predictions()
     predicted = probabilities.argmax(dim=1).tolist()
     expected = [[0] * 3 for _ in range(3)]
-    for true, guess in zip(targets.tolist(), predicted):
+    for true, guess in zip(targets.tolist(), predicted, strict=True):
         expected[true][guess] += 1
     rows = page.tables["confusion-matrix"]
     assert [text for _, text in rows[0][1:]] == CLASS_NAMES

@@ -59,7 +59,7 @@ def test_encode_decode_round_trip_and_unknown_character() -> None:
     assert ids.dtype == torch.int64
     assert ids.tolist() == [vocabulary.index(c) for c in "hello world"]
     assert decode(ids, vocabulary) == "hello world"
-    with pytest.raises(UsageError, match="'z'.*position 3"):
+    with pytest.raises(UsageError, match=r"'z'.*position 3"):
         encode("helz", vocabulary)
     with pytest.raises(UsageError, match="outside the vocabulary"):
         decode([len(vocabulary)], vocabulary)

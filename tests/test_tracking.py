@@ -37,7 +37,7 @@ def test_tensorboard_reader_finds_every_point(mnist_run: Path) -> None:
     events = EventAccumulator(str(mnist_run / "tb"))
     events.Reload()
     train_steps = [e.step for e in events.Scalars("train_loss")]
-    assert train_steps == sorted(set(list(range(40, 451, 40)) + [225, 450]))  # log points and epoch ends
+    assert train_steps == sorted({*range(40, 451, 40), 225, 450})  # log points and epoch ends
     assert [e.step for e in events.Scalars("val_accuracy")] == [225, 450]
     assert {"lr", "grad_norm", "samples_per_s", "val_loss"} <= set(events.Tags()["scalars"])
 

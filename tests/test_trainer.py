@@ -47,7 +47,9 @@ def test_seeded_runs_are_identical(blobs) -> None:
     assert len(first) == 32 and first == second
 
 
-@pytest.mark.parametrize("loss", ["cross_entropy", nn.CrossEntropyLoss(), lambda o, t: nn.functional.cross_entropy(o, t)])
+@pytest.mark.parametrize(
+    "loss", ["cross_entropy", nn.CrossEntropyLoss(), lambda o, t: nn.functional.cross_entropy(o, t)]
+)
 def test_loss_as_name_module_or_callable(blobs, loss) -> None:
     x, y = blobs
     trainer = Trainer(tiny_mlp(), loss=loss, optimizer="sgd", max_epochs=1, progress="none")

@@ -96,7 +96,7 @@ def _shape_pass(
     tracer = ShapeTracer(model)
     try:
         outputs = model(inputs)
-    except Exception as error:  # noqa: BLE001 - any failure of the user's forward is explained
+    except Exception as error:  # any failure of the user's forward is explained
         return (
             None,
             _error("forward-failed", explain_crash(model, tracer, error, batch)),
@@ -210,7 +210,7 @@ def _check_first_loss(
     """The first loss must be one finite number, and near ln(C) for an untrained model."""
     try:
         loss = loss_fn(model(inputs), targets)
-    except Exception as error:  # noqa: BLE001 - the user's model or loss failing is reported
+    except Exception as error:  # the user's model or loss failing is reported
         return _error(
             "loss-failed", f"The loss function failed on the first batch: {error}"
         )

@@ -190,6 +190,7 @@ def _replay(
         if tracer.forward_event is not None:
             _fill(report, "forward", tracer.forward_event, tracer.types)
             return
+        assert loss is not None  # computed whenever the forward stayed finite
         report.loss = loss.detach().float().item()
         if not math.isfinite(report.loss):
             report.stage = "loss"

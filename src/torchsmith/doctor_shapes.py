@@ -108,6 +108,7 @@ def _per_sample(call: Call | None, batch: int) -> tuple[int | None, str]:
     """Values per sample in `call`'s output and how to write them: (2048, "128*4*4")."""
     if (
         call is None
+        or call.output_shape is None
         or rows_of(call.output_shape) != batch
         or len(call.output_shape) < 2
     ):
@@ -142,6 +143,7 @@ def _explain_merge(
 ) -> str:
     """`call` got a different number of rows than the batch: the code before it reshaped."""
     prev = tracer.last_output_before(call)
+    assert call.input_shape is not None  # only calls that recorded an input get here
     rows, width = call.input_shape[0], math.prod(call.input_shape[1:])
     # a merge starves the layer of features; a split (rows > batch) is a layout problem
     per_sample, dims = (
@@ -213,6 +215,7 @@ def explain_batch_change(
 def _explain_linear_crash(
     model: nn.Module, failing: Call, prev: Call | None, batch: int, text: str
 ) -> str:
+    assert failing.input_shape is not None  # only calls that recorded an input get here
     got = failing.input_shape[-1]
     per_sample, dims = _per_sample(prev, batch)
     dims = dims if per_sample == got else str(got)
@@ -263,6 +266,7 @@ def explain_crash(
     )
     if per_sample is None:
         return message + f" Its input had shape {fmt(failing.input_shape)}."
+    assert match is not None  # per_sample is None without a match
     width = int(match.group(1).split(",")[-1])
     linears = [
         (name, module)

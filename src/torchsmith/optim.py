@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 from torch import nn
@@ -13,6 +13,13 @@ from torchsmith.config import OptimConfig
 from torchsmith.errors import UsageError
 
 OPTIMIZERS = ("sgd", "adamw", "adam", "adadelta", "rmsprop", "adagrad", "airbench-sgd")
+
+
+class _Kernels(TypedDict, total=False):
+    """The multi-tensor implementation an optimizer is asked for."""
+
+    fused: bool
+    foreach: bool
 
 
 def resolve_device(name: str) -> torch.device:
@@ -60,6 +67,7 @@ def optimizer_by_name(name: str, params: Iterable[nn.Parameter], config: OptimCo
     params = list(params)
     # On CUDA, fused kernels: one launch per update, and the NaN guard can skip a step on
     # the device. Elsewhere foreach: one kernel per group of tensors, not one per tensor.
+    fused: _Kernels
     if all(p.is_cuda for p in params) and name in ("sgd", "adamw", "adam", "adagrad"):
         fused = {"fused": True}
     else:

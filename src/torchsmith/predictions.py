@@ -175,7 +175,7 @@ def _check(p: _Predictions, where: str) -> None:
     k = None if p.indices is None else len(p.indices)
     if p.examples is not None and len(p.examples) != k:
         problems.append("examples need example_indices of the same length")
-    if k and (p.indices.min() < 0 or p.indices.max() >= n):
+    if k and p.indices is not None and (p.indices.min() < 0 or p.indices.max() >= n):
         problems.append(f"example_indices must lie in [0, {n})")
     for name, items in (("example_texts", p.texts), ("example_names", p.names)):
         if items and len(items) != k:

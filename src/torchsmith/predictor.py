@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-
-from torchsmith.text_audio_predict import prepare_logmel, prepare_words
 from torch import nn
 
 from torchsmith.data.bundle import DataInfo
@@ -23,6 +21,7 @@ from torchsmith.data.memory import ImageTensors
 from torchsmith.errors import UsageError
 from torchsmith.optim import resolve_device
 from torchsmith.rundir import Run
+from torchsmith.text_audio_predict import prepare_logmel, prepare_words
 
 # (raw inputs, the run's preprocessing dict, its DataInfo) -> a batch of model inputs
 Preparer = Callable[[list[Any], dict[str, Any], DataInfo], torch.Tensor]

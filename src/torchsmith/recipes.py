@@ -86,8 +86,9 @@ RECIPES: dict[str, Recipe] = {
                           "label_smoothing": 0.2, "scheduler": "linear", "warmup_fraction": 0.23,
                           "warmup_start_ratio": 0.2, "min_lr_ratio": 0.07},
                 "train": {"max_epochs": 10, "max_steps": 485, "batch_size": 1024, "eval_batch_size": 2000,
-                          "ema_decay": 0.95, "ema_every": 5, "ema_lookahead": True, "ema_warmup_power": 3.0, "tta": "flip-translate",
-                          "freeze_whitening_bias_after": 3, "channels_last": True, "log_every": 100, "nan_check_every": 50},
+                          "ema_decay": 0.95, "ema_every": 5, "ema_lookahead": True, "ema_warmup_power": 3.0,
+                          "tta": "flip-translate", "freeze_whitening_bias_after": 3, "channels_last": True,
+                          "log_every": 100, "nan_check_every": 50},
             },
         ),
     ]

@@ -37,7 +37,7 @@ import io
 import json
 from html import escape
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import matplotlib.image
 import torch
@@ -128,7 +128,7 @@ def write_comparison(run_dirs: list[Path], output: Path) -> Path:
     curves = [_read_metrics(r / "metrics.csv") for r in runs]
     panels = {
         metric: [
-            (n, *_series(rows, metric, "epoch")[1:]) for n, rows in zip(labels, curves)
+            (n, *_series(rows, metric, "epoch")[1:]) for n, rows in zip(labels, curves, strict=True)
         ]
         for metric in ("val_loss", "val_accuracy")
         if any(metric in row for rows in curves for row in rows)
@@ -156,7 +156,7 @@ def _final_metrics(runs: list[Path], labels: list[str]) -> str:
     results = [_flatten(_read_json(r / "summary.json")) for r in runs]
     keys = _union(k for res in results for k in res if not k.startswith("versions."))
     rows = [
-        [n] + [_fmt(res.get(k, "")) for k in keys] for n, res in zip(labels, results)
+        [n] + [_fmt(res.get(k, "")) for k in keys] for n, res in zip(labels, results, strict=True)
     ]
     return _table(["run", *keys], rows, "final-metrics")
 
@@ -173,7 +173,7 @@ def _config_differences(runs: list[Path], labels: list[str]) -> str:
         [json.dumps(c[k], default=str) if k in c else "-" for c in configs]
         for k in keys
     ]
-    rows = [[k] + [v.strip('"') for v in values] for k, values in zip(keys, exact)]
+    rows = [[k] + [v.strip('"') for v in values] for k, values in zip(keys, exact, strict=True)]
     return _table(["key", *labels], rows, "config-diff") if rows else ""
 
 
@@ -260,10 +260,10 @@ def _confusion_table(cm: torch.Tensor, names: list[str]) -> str:
         f"<tr><th>{escape(name)}</th>"
         + "".join(
             f'<td style="background:rgba(40,110,190,{float(f):.2f})">{int(c)}</td>'
-            for c, f in zip(counts, fractions)
+            for c, f in zip(counts, fractions, strict=True)
         )
         + "</tr>"
-        for name, counts, fractions in zip(names, cm, share)
+        for name, counts, fractions in zip(names, cm, share, strict=True)
     ]
     head = "".join(f"<th>{escape(n)}</th>" for n in names)
     return (
@@ -365,7 +365,7 @@ def _figure(panels: dict[str, list[Series]], x_label: str) -> bytes:
     """PNG of one row of line plots; Figure() renders with Agg, no pyplot state."""
     figure = Figure(figsize=(4.6 * len(panels), 3.4), layout="constrained")
     for axes, (title, series) in zip(
-        figure.subplots(1, len(panels), squeeze=False)[0], panels.items()
+        figure.subplots(1, len(panels), squeeze=False)[0], panels.items(), strict=True
     ):
         for label, xs, ys in series:
             axes.plot(xs, ys, marker="." if len(xs) < 50 else None, label=label)
@@ -392,7 +392,8 @@ def _example_png(example: torch.Tensor, modality: str) -> bytes:
         else (x - x.min()) / (x.max() - x.min()).clamp(min=1e-12)
     )
     buffer, audio = io.BytesIO(), modality == "audio"
-    cmap, origin = ("magma", "lower") if audio else ("gray", "upper")
+    cmap = "magma" if audio else "gray"
+    origin: Literal["upper", "lower"] = "lower" if audio else "upper"
     matplotlib.image.imsave(
         buffer, x.clamp(0, 1).numpy(), format="png", cmap=cmap, origin=origin
     )

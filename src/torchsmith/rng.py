@@ -36,7 +36,9 @@ def capture_rng_state() -> dict[str, Any]:
         True
     """
     version, internal, gauss_next = random.getstate()
-    name, keys, position, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
+    legacy_state = np.random.get_state(legacy=True)
+    assert isinstance(legacy_state, tuple)  # the global MT19937 gives the legacy tuple
+    name, keys, position, has_gauss, cached_gaussian = legacy_state
     state: dict[str, Any] = {
         "python": {
             "version": version,

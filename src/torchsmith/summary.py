@@ -96,16 +96,20 @@ class ModelSummary:
         if short:
             header = ["Layer", "Type", "Output shape", "Params (subtree)", "FLOPs"]
             body = [
-                [r.name or self.model_name, r.type, r.output_shape]
-                + [f"{self._subtree_params(r):,}", _si(r.flops)]
+                [
+                    r.name or self.model_name, r.type, r.output_shape,
+                    f"{self._subtree_params(r):,}", _si(r.flops),
+                ]
                 for r in self.rows
                 if r.depth == 1 or len(self.rows) == 1
             ]
         else:
             header = ["Layer", "Type", "Output shape", "Params", "Trainable", "FLOPs"]
             body = [
-                ["  " * r.depth + (r.name or self.model_name), r.type]
-                + [r.output_shape, f"{r.params:,}", r.trainable, _si(r.flops)]
+                [
+                    "  " * r.depth + (r.name or self.model_name), r.type,
+                    r.output_shape, f"{r.params:,}", r.trainable, _si(r.flops),
+                ]
                 for r in self.rows
             ]
         return _table(header, body) + "\n" + self._totals_text()
@@ -382,7 +386,7 @@ def _table(header: list[str], body: list[list[str]]) -> str:
     def line(row: list[str]) -> str:
         cells = [
             c.rjust(w) if i in numeric else c.ljust(w)
-            for i, (c, w) in enumerate(zip(row, widths))
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
         ]
         return "  ".join(cells).rstrip()
 

@@ -7,9 +7,10 @@ The features themselves (WAV reading, resampling, log-mel, the disk cache) live 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -17,10 +18,10 @@ import torch.nn.functional as F
 from torchsmith.data.audio_features import (  # noqa: F401  (re-exported)
     FEATURE_VERSION,
     FSDD_PATTERN,
-    _hz_to_mel,
-    _mel_to_hz,
     LogMel,
     _fixed_waveform,
+    _hz_to_mel,
+    _mel_to_hz,
     fix_length,
     log_mel,
     logmel_features,
@@ -134,13 +135,14 @@ def mask_spectrograms(
 
 
 def normalize_spectrograms(
-    x: torch.Tensor, normalize: str | tuple[float, float]
+    x: torch.Tensor, normalize: Literal["recording"] | tuple[float, float]
 ) -> torch.Tensor:
     """ "recording": each clip to zero mean, unit std (removes loudness and level);
     (mean, std): dataset-wide constants."""
     if normalize == "recording":
-        mean, std = x.mean(dim=(1, 2), keepdim=True), x.std(dim=(1, 2), keepdim=True)
-        return (x - mean) / (std + 1e-5)
+        clip_mean = x.mean(dim=(1, 2), keepdim=True)
+        clip_std = x.std(dim=(1, 2), keepdim=True)
+        return (x - clip_mean) / (clip_std + 1e-5)
     mean, std = normalize
     return (x - mean) / std
 
@@ -163,7 +165,7 @@ class SpectrogramBatches:
         labels: torch.Tensor,
         settings: LogMel,
         augment: AudioAugment | None = None,
-        normalize: str | tuple[float, float] = "recording",
+        normalize: Literal["recording"] | tuple[float, float] = "recording",
     ) -> None:
         if normalize != "recording" and not (
             isinstance(normalize, tuple) and len(normalize) == 2
@@ -305,7 +307,9 @@ def _match_files(folder: Path, pattern: str) -> list[dict[str, Any]]:
             f"{unmatched[:3]}; fix the pattern or move those files."
         )
     return [
-        {"path": file, "speaker": None, **match.groupdict()} for file, match in matches
+        {"path": file, "speaker": None, **match.groupdict()}
+        for file, match in matches
+        if match is not None  # all of them: unmatched files were rejected above
     ]
 
 
@@ -406,7 +410,7 @@ def _bundle(
 
 
 def preprocess_files(
-    paths: list[str | Path], preprocessing: dict[str, Any]
+    paths: Sequence[str | Path], preprocessing: dict[str, Any]
 ) -> torch.Tensor:
     """Model inputs (B, 1, n_mels, frames) for WAV files, exactly as training built them.
 

@@ -5,10 +5,14 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from torchsmith.config import DataConfig
 from torchsmith.data.bundle import DataBundle
 from torchsmith.errors import UsageError
+
+if TYPE_CHECKING:
+    from torchsmith.data.audio import AudioOptions
 
 Loader = Callable[[DataConfig, str | None, int], DataBundle]
 
@@ -51,7 +55,7 @@ def _imagefolder(config: DataConfig, path: str | None, seed: int) -> DataBundle:
     return load_imagefolder(folder, config.val_fraction, seed, config.augment)
 
 
-def _audio_options(config: DataConfig, seed: int):  # noqa: ANN202
+def _audio_options(config: DataConfig, seed: int) -> AudioOptions:
     from torchsmith.data.audio import AudioAugment, AudioOptions
 
     augment = None if config.augment == "none" else AudioAugment()

@@ -11,8 +11,10 @@ import os
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
@@ -21,6 +23,11 @@ from safetensors.torch import load_file, save_file
 from torchsmith.data.bundle import DataBundle, DataInfo
 from torchsmith.data.memory import ImageTensors, channel_stats, split_indices
 from torchsmith.errors import UsageError
+
+if TYPE_CHECKING:
+    from torchvision.io import ImageReadMode
+
+T = TypeVar("T")
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 DEFAULT_CACHE = Path(os.environ.get("TORCHSMITH_CACHE", Path.home() / ".cache" / "torchsmith"))
@@ -80,14 +87,14 @@ def load_torchvision_digits(
     root = Path(data_dir) if data_dir else DEFAULT_CACHE / "data"
     splits = []
     for train in (True, False):
-        dataset = _open_torchvision(lambda t=train: cls(str(root), train=t, download=data_dir is None),
-                                    name, root)
+        factory = partial(cls, str(root), train=train, download=data_dir is None)
+        dataset = _open_torchvision(factory, name, root)
         splits.append((dataset.data.unsqueeze(1).contiguous(), dataset.targets.long()))
     return make_bundle(splits[0], splits[1], list(cls.classes), val_fraction=val_fraction,
                        seed=seed, augment=augment)
 
 
-def _open_torchvision(factory: Callable[[], object], name: str, root: Path):  # noqa: ANN202
+def _open_torchvision(factory: Callable[[], T], name: str, root: Path) -> T:
     try:
         return factory()
     except RuntimeError as error:
@@ -120,9 +127,8 @@ def load_cifar10(data_dir: str | None, val_fraction: float = 0.1, seed: int = 0,
     for train in (True, False):
         # torchvision verifies the MD5 of every batch file before unpickling it, so only
         # the official release files are ever loaded.
-        dataset = _open_torchvision(
-            lambda t=train: datasets.CIFAR10(str(root), train=t, download=data_dir is None),
-            "cifar10", root)
+        factory = partial(datasets.CIFAR10, str(root), train=train, download=data_dir is None)
+        dataset = _open_torchvision(factory, "cifar10", root)
         images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
         splits.append((images, torch.tensor(dataset.targets)))
     return make_bundle(splits[0], splits[1], list(datasets.CIFAR10.classes),
@@ -218,7 +224,9 @@ def decode_images(files: list[Path]) -> torch.Tensor:
     return torch.stack(decoded)
 
 
-def _decode_one(path: Path, mode, decode_image, read_file) -> torch.Tensor:  # noqa: ANN001
+def _decode_one(
+    path: Path, mode: ImageReadMode, decode_image: Callable[..., torch.Tensor], read_file: Callable[[str], Any]
+) -> torch.Tensor:
     try:
         return decode_image(read_file(str(path)), mode=mode)
     except (RuntimeError, ValueError) as error:

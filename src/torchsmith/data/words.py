@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -203,7 +203,7 @@ def read_table(
         warnings.warn(message, stacklevel=2)
     if not rows:
         raise UsageError(f"{path} has a header but no rows with text")
-    lines, texts, raw_labels = (list(column) for column in zip(*rows))
+    lines, texts, raw_labels = (list(column) for column in zip(*rows, strict=True))
     labels, names = _parse_labels(path, raw_labels, lines, class_names)
     return Table(texts, labels, names, skipped)
 
@@ -213,7 +213,7 @@ def _read_rows(
 ) -> tuple[list[tuple[int, str, str]], list[int]]:
     """(line, text, label) of each row with text, and the lines of rows without."""
     # TSV files (GLUE among them) do not quote; a stray '"' is part of the text.
-    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    quoting: Literal[0, 1, 2, 3] = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     rows, skipped = [], []
     with path.open(newline="", encoding="utf-8") as file:
         reader = csv.reader(file, delimiter=delimiter, quoting=quoting)
@@ -270,7 +270,7 @@ def _parse_labels(
 ) -> tuple[list[int], list[str]]:
     if class_names is not None:
         index = {name: i for i, name in enumerate(class_names)}
-        for label, line in zip(raw, lines):
+        for label, line in zip(raw, lines, strict=True):
             if label not in index:
                 raise UsageError(
                     f"{path}, line {line}: label {label!r} is not one of the classes of the "
@@ -323,10 +323,10 @@ def load_table_dataset(
     path = Path(path)
     files: dict[str, Path | None] = {"train": path, "val": None, "test": None}
     if path.is_dir():
-        found = {
+        candidates = {
             name: path / f"{name}.{kind}" for name in ("train", "val", "dev", "test")
         }
-        found = {name: file if file.is_file() else None for name, file in found.items()}
+        found = {name: file if file.is_file() else None for name, file in candidates.items()}
         if found["train"] is None:
             raise UsageError(
                 f"{path} has no train.{kind}; a data folder needs train.{kind} and dev.{kind}/test.{kind}"
@@ -339,7 +339,9 @@ def load_table_dataset(
         "label_column": label_column,
         "delimiter": "\t" if kind == "tsv" else ",",
     }
-    train = read_table(files["train"], **options)
+    train_file = files["train"]
+    assert train_file is not None  # a folder without a train file was rejected above
+    train = read_table(train_file, **options)
     others = {
         name: read_table(file, class_names=train.class_names, **options)
         for name, file in files.items()

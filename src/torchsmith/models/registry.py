@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from torch import nn
@@ -157,7 +158,7 @@ def load_user_class(spec: str) -> type[nn.Module]:
     return cls
 
 
-def _import_file(path: Path):  # noqa: ANN202
+def _import_file(path: Path) -> ModuleType:
     if not path.is_file():
         raise UsageError(f"model file {path} does not exist")
     module_name = f"torchsmith_user_{path.stem}"
@@ -175,7 +176,7 @@ def _import_file(path: Path):  # noqa: ANN202
     return module
 
 
-def _import_module(name: str):  # noqa: ANN202
+def _import_module(name: str) -> ModuleType:
     try:
         return importlib.import_module(name)
     except ImportError as error:

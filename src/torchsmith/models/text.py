@@ -155,7 +155,9 @@ class CharGPT(nn.Module):
         # Residual projections scaled down so the residual stream's variance does not
         # grow with depth (GPT-2).
         for block in self.blocks:
+            assert isinstance(block, Block)
             for layer in (block.attention.proj, block.mlp[2]):
+                assert isinstance(layer, nn.Linear)
                 nn.init.normal_(layer.weight, std=0.02 / math.sqrt(2 * num_layers))
 
     @staticmethod
@@ -194,7 +196,8 @@ def generate(
     `generator` state gives the same text; `temperature=0` picks the most likely token.
 
     Example:
-        >>> out = generate(model, encode("ROMEO:", vocab), 200, generator=torch.Generator().manual_seed(0))  # doctest: +SKIP
+        >>> gen = torch.Generator().manual_seed(0)  # doctest: +SKIP
+        >>> out = generate(model, encode("ROMEO:", vocab), 200, generator=gen)  # doctest: +SKIP
         >>> print(decode(out, vocab))  # doctest: +SKIP
     """
     if prompt_ids.numel() == 0:
@@ -300,6 +303,7 @@ class TextCNN(nn.Module):
         x = x.transpose(1, 2)  # (B, E, L)
         pooled = []
         for conv in self.convs:
+            assert isinstance(conv, nn.Conv1d)
             # Right-pad by k - 1 so every start position has a window: (B, F, L).
             features = F.relu(conv(F.pad(x, (0, conv.kernel_size[0] - 1))))
             features = features.masked_fill(~valid[:, None, :], float("-inf"))
