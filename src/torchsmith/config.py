@@ -40,11 +40,11 @@ class DataConfig:
 @dataclass
 class OptimConfig:
     name: str = "adamw"
-    lr: float = 1e-3
+    lr: float = 2e-3
     weight_decay: float = 0.0
     momentum: float = 0.9
     nesterov: bool = False
-    scheduler: str = "none"  # none | cosine | onecycle | linear | step
+    scheduler: str = "cosine"  # none | cosine | onecycle | linear | step
     warmup_steps: int = 0
     warmup_fraction: float = 0.0  # warm-up as a fraction of all steps (used when warmup_steps is 0)
     warmup_start_ratio: float = 0.0  # the LR factor at the first warm-up step
