@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -228,9 +229,14 @@ def settle() -> None:
 
 
 def shutdown() -> None:
-    """Leave the process group (no-op in a single process)."""
+    """Leave the process group (no-op in a single process); call it before the process ends.
+
+    The group's objects also sit in reference cycles; collected only when the interpreter
+    exits, their teardown can abort the process (seen with gloo), so they are collected here.
+    """
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+        gc.collect()
 
 
 def from_writer(compute: Callable[[], T]) -> T:

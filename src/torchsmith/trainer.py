@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import gc
 import math
 import time
 from collections.abc import Iterator, Sequence
@@ -124,6 +125,8 @@ class Trainer:
             state.status = "stopped" if isinstance(error, KeyboardInterrupt) else "failed"
             self._call("on_exception", error)
             raise
+        finally:
+            self._release_ddp()
         state.status = "stopped" if state.stop_requested else "completed"
         self._call("on_fit_end")
         return state.history
@@ -250,10 +253,12 @@ class Trainer:
                 torch.use_deterministic_algorithms(True, warn_only=True)
             self.forward_model = torch.compile(self.model) if self.config.compile else self.model
             self.eval_model = self.forward_model
-        if not for_training or self.optimizer is not None:
+        if not for_training:
             return
-        if self.dist is not None:
-            self.forward_model = self.dist.wrap(self.model, self.config.compile)
+        if self.dist is not None and self.forward_model is self.eval_model:
+            self.forward_model = self.dist.wrap(self.model, self.config.compile)  # DDP for this fit
+        if self.optimizer is not None:
+            return
         self.optimizer = build_optimizer(self._optimizer_spec, self.model, self.optim_config)
         total = self.total_steps()
         self.scheduler = self._scheduler_spec or build_schedule(self.optim_config, self.optimizer, total)
@@ -335,6 +340,13 @@ class Trainer:
             return 1.0, targets.shape[0]
         total = self.train_batches.order.batch_size_at(self.state.position)
         return self.dist.loss_weight(targets.shape[0], total), total
+
+    def _release_ddp(self) -> None:
+        # DDP lives for one fit. Its reducer holds the process group from within reference cycles:
+        # left to the interpreter's exit, its teardown can abort the process (seen with gloo).
+        if self.forward_model is not self.eval_model:
+            self.forward_model = self.eval_model
+            gc.collect()
 
     def _stopping(self) -> bool:
         """The stop request, as all ranks agreed on it in this step's reduction under DDP."""
