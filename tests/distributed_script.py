@@ -19,6 +19,7 @@ from torch import nn
 
 from torchsmith import Trainer
 from torchsmith.state import TrainState
+from torchsmith.tasks import MetricAccumulator
 
 TIMEOUT_S = 3.0
 
@@ -40,6 +41,18 @@ def main(out: Path) -> None:
     found_inf = torch.tensor([1.0 if context.rank == 1 else 0.0])
     results["finite"] = context.agree_step(state, found_inf)
     results["stop"] = [context.stop_agreed, state.stop_requested, state.stop_signal]
+
+    # A checkpoint holds the unfinished log interval's sums of all ranks; each meter keeps its own.
+    meter = MetricAccumulator(trainer.task)
+    meter.update(torch.tensor(1.0 + context.rank), torch.zeros(3, 4), torch.zeros(3, dtype=torch.long))
+    saved = context.global_meter_state(meter)
+    results["pending"] = [
+        float(saved["loss_sum"]),
+        saved["count"],
+        float(saved["totals"]["correct"]),
+        float(meter.loss_sum),
+        meter.count,
+    ]
 
     # 1001 samples in eval batches of 500: the last batch holds one sample and rank 1 gets none of it.
     generator = torch.Generator().manual_seed(0)
