@@ -11,6 +11,7 @@ from typing import Any
 
 from torchsmith import __version__, commands, views
 from torchsmith.config import RunConfig, load_yaml, merge, parse_set
+from torchsmith.distributed import add_launch_arguments
 from torchsmith.errors import TorchsmithError, UsageError
 
 # flag -> (config path, type); flags default to None so only explicit ones override.
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--quiet", action="store_true", help="no progress output, only the result line")
     train.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_launch_arguments(train)
     listing = sub.add_parser("list", help="list built-in models, datasets or recipes")
     listing.add_argument("what", choices=["models", "data", "recipes"])
     views.add_parsers(sub)
@@ -193,12 +195,17 @@ def _put(tree: dict[str, Any], path: str, value: Any) -> None:
 
 
 def command_train(args: argparse.Namespace) -> int:
-    from torchsmith.run import result_line, train_run
+    from torchsmith import distributed
+    from torchsmith.run import default_run_dir, result_line, train_run
 
     config = config_from_args(args)
+    if args.nproc_per_node is not None and not distributed.launched():
+        run_dir = config.run_dir or str(default_run_dir(config))
+        distributed.launch(args.argv, args, run_dir, quiet=args.quiet)  # does not return
     result = train_run(config, quiet=args.quiet, resume=args.resume)
-    print(f"run directory: {result.run_dir}", file=sys.stderr)
-    print(result_line(result.summary))
+    if distributed.is_writer():
+        print(f"run directory: {result.run_dir}", file=sys.stderr)
+        print(result_line(result.summary))
     return 0
 
 
@@ -240,6 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv or ["--help"])
+    args.argv = argv  # the train launcher passes them on to torchrun
     debug = getattr(args, "debug", False)
     try:
         return COMMANDS[args.command](args)

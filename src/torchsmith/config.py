@@ -86,6 +86,7 @@ class TrainConfig:
     early_stopping_patience: int | None = None
     monitor: str = "val_loss"
     progress: str = "auto"  # auto | bar | lines | none
+    dist_timeout_s: float = 120.0  # how long a collective waits for the other processes before failing
 
 
 @dataclass
@@ -185,6 +186,8 @@ def validate(config: RunConfig) -> list[str]:
         errors.append(f"--weight-decay must be >= 0, got {optim.weight_decay}")
     if config.data.val_fraction is not None and not 0 <= config.data.val_fraction < 1:
         errors.append(f"data.val_fraction must be in [0, 1), got {config.data.val_fraction}")
+    if train.dist_timeout_s is not None and train.dist_timeout_s <= 0:
+        errors.append(f"train.dist_timeout_s must be positive, got {train.dist_timeout_s}")
     if train.clip_grad_norm is not None and train.clip_grad_norm <= 0:
         errors.append(f"--clip-grad-norm must be positive, got {train.clip_grad_norm}")
     for key, allowed in CHOICES.items():

@@ -24,6 +24,7 @@ class TrainingFailure(TorchsmithError):
 class Interrupted(TorchsmithError):
     """Training stopped by SIGINT/SIGTERM after the state was saved (exit 130 or 143)."""
 
-    def __init__(self, signal_name: str, exit_code: int) -> None:
-        super().__init__(f"interrupted by {signal_name}; the state was saved")
+    def __init__(self, signal_name: str, exit_code: int, step: int | None = None) -> None:
+        at = f" at step {step}" if step is not None else ""
+        super().__init__(f"interrupted by {signal_name}{at}; the state was saved")
         self.exit_code = exit_code

@@ -1,6 +1,6 @@
 """What happens after the NaN guard fires: find the cause, then stop, skip or roll back.
 
-The guard itself lives in the loop (`Trainer._all_finite`): one fused finite check of the
+The guard itself lives in the loop (`Trainer._may_step`): one fused finite check of the
 loss and every gradient before the optimizer step, so a bad step never reaches the
 weights. This module replays that step with the doctor and applies the `on_nan` policy.
 """

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from torchsmith import distributed
 from torchsmith.callbacks import Callback
 from torchsmith.checkpoint import (
     Checkpoint,
@@ -32,10 +33,15 @@ if TYPE_CHECKING:
     from torchsmith.trainer import Trainer
 
 
-def training_state(trainer: Trainer) -> dict[str, Any]:
-    """Everything but the weights, in types that load with `weights_only=True`."""
+def training_state(trainer: Trainer, all_ranks: bool = True) -> dict[str, Any]:
+    """Everything but the weights, in types that load with `weights_only=True`.
+
+    Under DDP with `all_ranks` (a collective: every rank calls it), the unfinished log interval's
+    metric sums are those of all ranks, so the checkpoint resumes on any number of processes.
+    """
     state = trainer.state.state_dict()
-    pending = trainer.meter.state_dict()
+    pending = (trainer.dist.global_meter_state(trainer.meter) if trainer.dist is not None and all_ranks
+               else trainer.meter.state_dict())
     totals = dict(trainer.epoch_totals)
     if state["position"] >= state["steps_per_epoch"] > 0:  # saved at an epoch's end
         state["epoch"], state["position"] = state["epoch"] + 1, 0
@@ -59,9 +65,11 @@ def restore(trainer: Trainer, checkpoint: Checkpoint) -> None:
     state.load_state_dict(saved["trainer"])
     # How the earlier process ended is not part of the state to go on from; the limits come
     # from the current config, so a resumed run may be extended.
-    state.stop_requested, state.stop_reason, state.status = False, "", "running"
+    state.stop_requested, state.stop_reason, state.stop_signal, state.status = False, "", "", "running"
     state.max_epochs, state.max_steps = trainer.config.max_epochs, trainer.config.max_steps
     trainer.meter.load_state_dict(saved["meter"], trainer.device)
+    if not distributed.is_writer():
+        trainer.meter.reset()  # the saved sums are those of all ranks: rank 0 alone carries them on
     trainer.epoch_totals = dict(saved["epoch_totals"])
     if trainer.optimizer is not None and saved["optimizer"]:
         trainer.optimizer.load_state_dict(saved["optimizer"])
@@ -88,12 +96,20 @@ class Checkpointer(Callback):
         self.monitor = monitor
         self.best: float | None = None
 
-    def save(self, trainer: Trainer, name: str) -> Path:
+    def save(self, trainer: Trainer, name: str, all_ranks: bool = True) -> Path | None:
+        """Rank 0 writes. Under DDP every rank calls this and waits until the checkpoint is complete,
+        except with `all_ranks=False` (after an error, when the other ranks cannot be relied on)."""
         state = trainer.state
-        model_state = {k: v.detach() for k, v in trainer.model.state_dict().items()}
-        return save_checkpoint(self.folder, name, model_state=model_state, training_state=training_state(trainer),
-                               config=self.config, meta={"step": state.step, "epoch": state.epoch},
-                               keep_last=self.keep_last if name.startswith("step-") else None)
+        training = training_state(trainer, all_ranks)
+        path = None
+        if distributed.is_writer():
+            model_state = {k: v.detach() for k, v in trainer.model.state_dict().items()}
+            path = save_checkpoint(self.folder, name, model_state=model_state, training_state=training,
+                                   config=self.config, meta={"step": state.step, "epoch": state.epoch},
+                                   keep_last=self.keep_last if name.startswith("step-") else None)
+        if all_ranks:
+            distributed.barrier()
+        return path
 
     def on_step_end(self, trainer: Trainer) -> None:
         if self.every_steps and trainer.state.step % self.every_steps == 0:
@@ -118,12 +134,13 @@ class Checkpointer(Callback):
         if isinstance(error, (SystemExit, KeyboardInterrupt)):
             return
         if trainer.optimizer is not None and all(torch.isfinite(p).all() for p in trainer.model.parameters()):
-            self.save(trainer, "last")
+            self.save(trainer, "last", all_ranks=False)
 
     def latest(self) -> Checkpoint:
+        """The newest complete checkpoint; under DDP rank 0 reads it and sends it to the others."""
         with warnings.catch_warnings():
             warnings.simplefilter("always")
-            return find_resumable(self.folder)
+            return distributed.from_writer(lambda: find_resumable(self.folder))
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best}
@@ -150,7 +167,7 @@ class StopOnSignal(Callback):
             sys.stderr.write("second interrupt: exiting now; the last complete checkpoint is kept\n")
             raise SystemExit(130)
         self.received = signal.Signals(signum).name
-        self.trainer.state.request_stop(f"received {self.received}")
+        self.trainer.state.request_stop(f"received {self.received}", signal=self.received)
 
     def on_fit_end(self, trainer: Trainer) -> None:
         self._restore()

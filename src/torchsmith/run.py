@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import re
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from torchsmith import __version__
+from torchsmith import __version__, distributed
 from torchsmith.callbacks import Callback, EarlyStopping
 from torchsmith.checkpoint import plain_tensors
 from torchsmith.config import RunConfig, save_yaml
@@ -44,11 +45,12 @@ def default_run_dir(config: RunConfig) -> Path:
 def train_run(config: RunConfig, *, quiet: bool = False, resume: bool = False) -> RunResult:
     """Train as the config says and write the run directory; returns its summary.
 
-    With `resume`, continue from the newest complete checkpoint in the run directory.
+    With `resume`, continue from the newest complete checkpoint in the run directory. Under
+    torchrun every process runs this; rank 0 alone writes the run directory.
     """
-    run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(config)
-    if resume and not (run_dir / "checkpoints").is_dir():
-        raise UsageError(f"--resume: {run_dir} has no checkpoints/ folder; name the run with --run-dir")
+    distributed.setup(config.train)  # under torchrun: join the process group first
+    run_dir, resume = distributed.from_writer(lambda: resolve_run_dir(config, resume))
+    writer = distributed.is_writer()
     bundle = load_data(config.data, config.train.seed)
     torch.manual_seed(config.train.seed)
     model = build_model(config.model.name, bundle.info, config.model.args)
@@ -60,39 +62,61 @@ def train_run(config: RunConfig, *, quiet: bool = False, resume: bool = False) -
     trainer = Trainer(model, loss=config.loss, optimizer=config.optim.name, task=bundle.info.task,
                       config=config.train, optim=config.optim, callbacks=callbacks)
     findings = preflight(trainer, bundle)
-    run_dir.mkdir(parents=True, exist_ok=True)
     config.run_dir = str(run_dir)
-    save_yaml(config, run_dir / "config.yaml")
-    write_json(run_dir / "preprocessing.json", info_dict(bundle))
-    write_model_summary(trainer, bundle, run_dir, quiet)
+    if writer:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_yaml(config, run_dir / "config.yaml")
+        write_json(run_dir / "preprocessing.json", info_dict(bundle))
+        write_model_summary(trainer, bundle, run_dir, quiet)
     summary = base_summary(config, trainer)
     if findings:
         summary["preflight"] = [f.to_dict() for f in findings]
     try:
         trainer.fit(bundle.train, bundle.val, resume=resume)
-    except TorchsmithError as error:
+    except TorchsmithError as error:  # NaN guard, checkpoints: under DDP, the same on every rank
         finish(run_dir, trainer, summary, "failed", error=str(error))
+        distributed.settle()
         raise
-    except Exception as error:  # an error inside the user's model or loss during training
+    except Exception as error:  # an error inside the user's model or loss, or a lost process
         finish(run_dir, trainer, summary, "failed", error=f"{type(error).__name__}: {error}")
         raise TrainingFailure(f"training failed at step {trainer.state.step}: {type(error).__name__}: "
                               f"{error}") from error
-    stopper = next(c for c in callbacks if isinstance(c, StopOnSignal))
-    if stopper.received:
+    stop_signal = trainer.state.stop_signal  # under DDP: agreed, the same on every rank
+    if stop_signal:
         finish(run_dir, trainer, summary, "stopped")
-        raise Interrupted(stopper.received, stopper.exit_code)
+        distributed.settle()
+        distributed.shutdown()
+        raise Interrupted(stop_signal, 128 + signal.Signals[stop_signal].value, step=trainer.state.step)
     if bundle.test is not None:
         summary["test"] = test_and_save_predictions(trainer, bundle, run_dir)
     finish(run_dir, trainer, summary, trainer.state.status)
-    write_report(run_dir)
+    if writer:
+        write_report(run_dir)
+    distributed.settle()
+    distributed.shutdown()
     return RunResult(run_dir, summary, trainer)
+
+
+def resolve_run_dir(config: RunConfig, resume: bool) -> tuple[Path, bool]:
+    """The run directory, and whether to resume: asked for, or after torchrun restarted the
+    processes of a run that has checkpoints."""
+    run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(config)
+    checkpoints = run_dir / "checkpoints"
+    restarts = distributed.restart_count()
+    if not resume and restarts and checkpoints.is_dir() and any(p.is_dir() for p in checkpoints.iterdir()):
+        print(f"restart {restarts}: resuming from the newest complete checkpoint in {run_dir}", file=sys.stderr)
+        resume = True
+    if resume and not checkpoints.is_dir():
+        raise UsageError(f"--resume: {run_dir} has no checkpoints/ folder; name the run with --run-dir")
+    return run_dir, resume
 
 
 def test_and_save_predictions(trainer: Trainer, bundle: DataBundle, run_dir: Path) -> dict[str, float]:
     """Evaluate the test split once; keep its class probabilities for the report."""
     collected: list[tuple[torch.Tensor, torch.Tensor]] = []
     metrics = trainer.evaluate(bundle.test, collect=collected)
-    if bundle.info.task != "classification" or not collected or collected[0][0].dim() != 2:
+    if not distributed.is_writer() or bundle.info.task != "classification" or not collected \
+            or collected[0][0].dim() != 2:
         return metrics
     targets = torch.cat([t for _, t in collected])
     probabilities = torch.cat([o for o, _ in collected]).softmax(dim=1)
@@ -125,7 +149,7 @@ def preflight(trainer: Trainer, bundle: DataBundle) -> list[Any]:
     findings = doctor.preflight(trainer.model, trainer._to_device(inputs), trainer._to_device(targets),
                                 task=bundle.info.task, num_classes=bundle.info.num_classes,
                                 loss_fn=lambda o, t: trainer.loss_fn(*trainer.task.loss_view(o, t)))
-    for finding in findings:
+    for finding in findings if distributed.is_writer() else ():
         if finding.level == "warning":
             print(f"warning: {finding.message}", file=sys.stderr)
     doctor.raise_for_errors(findings)
@@ -172,7 +196,7 @@ def info_dict(bundle: DataBundle) -> dict[str, Any]:
 def base_summary(config: RunConfig, trainer: Trainer) -> dict[str, Any]:
     return {
         "status": "running", "model": config.model.name, "data": config.data.name,
-        "device": str(trainer.device),
+        "device": str(trainer.device), "processes": trainer.dist.world_size if trainer.dist else 1,
         "versions": {"torchsmith": __version__, "torch": torch.__version__,
                      "python": platform.python_version()},
     }
@@ -197,6 +221,8 @@ def finish(run_dir: Path, trainer: Trainer, summary: dict[str, Any], status: str
     if state.nan_events:
         summary["nan_events"] = state.nan_events
         summary["skipped_steps"], summary["rollbacks"] = state.skipped_steps, state.rollbacks
+    if not distributed.is_writer():
+        return
     if state.nan_events or summary.get("preflight"):
         write_json(run_dir / "doctor.json", {"events": state.nan_events, "preflight": summary.get("preflight", [])})
     if status != "failed":

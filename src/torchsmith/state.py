@@ -46,11 +46,13 @@ class TrainState:
     metrics_updated: bool = False
     stop_requested: bool = False
     stop_reason: str = ""
+    stop_signal: str = ""  # "SIGTERM"/"SIGINT" when a signal asked for the stop
     status: str = "running"
 
-    def request_stop(self, reason: str) -> None:
+    def request_stop(self, reason: str, signal: str = "") -> None:
         self.stop_requested = True
         self.stop_reason = reason
+        self.stop_signal = signal or self.stop_signal
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)

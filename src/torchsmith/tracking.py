@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from torchsmith import distributed
 from torchsmith.callbacks import Callback
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ class MetricsLogger(Callback):
         self._written_step = -1
 
     def on_fit_start(self, trainer: Trainer) -> None:
-        if self.tensorboard and self.writer is None:
+        if self.tensorboard and self.writer is None and distributed.is_writer():
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.run_dir / "tb"))
@@ -86,6 +87,8 @@ class MetricsLogger(Callback):
             self._written, self._written_step = written | set(metrics), state.step
 
     def flush(self) -> None:
+        if not distributed.is_writer():
+            return
         columns: list[str] = ["epoch", "step"]
         for row in self.rows:
             columns += [k for k in row if k not in columns]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import gc
 import math
 import sys
 import time
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchsmith import distributed
 from torchsmith.callbacks import Callback, ProgressPrinter
 from torchsmith.config import OptimConfig, TrainConfig
 from torchsmith.data.loaders import make_batches
@@ -62,17 +64,20 @@ class Trainer:
         self.config = _with_options(config or TrainConfig(), options)
         self.optim_config = optim or OptimConfig()
         self.model = model  # always the unwrapped model: this is what gets saved
-        self.device = resolve_device(self.config.device)
+        self.dist = distributed.setup(self.config)  # None unless torchrun started several processes
+        self.device = self.dist.device if self.dist else resolve_device(self.config.device)
         self.task = resolve_task(task)
         self.loss_fn = resolve_loss(loss, self.optim_config.label_smoothing)
         self._optimizer_spec, self._scheduler_spec = optimizer, scheduler
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
         self.callbacks = list(callbacks)
-        if self.config.progress != "none" and not any(isinstance(c, ProgressPrinter) for c in callbacks):
+        if (self.config.progress != "none" and distributed.is_writer()
+                and not any(isinstance(c, ProgressPrinter) for c in callbacks)):
             self.callbacks.append(ProgressPrinter(self.config.progress))
         self.state = TrainState()
         self.forward_model: nn.Module = model  # compiled or DDP-wrapped view used for training
+        self.eval_model: nn.Module = model  # compiled view for evaluation (never DDP: no collectives)
         self.train_batches: Any = None
         self.grad_norm = torch.zeros(())
         self._found_inf = torch.zeros(1)
@@ -108,7 +113,7 @@ class Trainer:
                             state.position += 1  # a batch a rollback found non-finite
                             continue
                         self._train_one(inputs, targets, indices)
-                        if self._finished() or state.stop_requested:
+                        if self._finished() or self._stopping():
                             break
                 except RolledBack:
                     continue  # the counters moved back: iterate again from the restored position
@@ -116,12 +121,15 @@ class Trainer:
                 if state.position < len(self.train_batches) and not self._finished():
                     break  # stopped mid-epoch (signal, early stop): no partial-epoch evaluation
                 self._end_epoch(val_batches, epoch_seconds)
-                if state.stop_requested:
+                if self._agree_stop():
                     break
+            self._agree_stop()  # a signal that came after the last step's agreement
         except BaseException as error:
             state.status = "stopped" if isinstance(error, KeyboardInterrupt) else "failed"
             self._call("on_exception", error)
             raise
+        finally:
+            self._release_ddp()
         state.status = "stopped" if state.stop_requested else "completed"
         self._call("on_fit_end")
         return state.history
@@ -134,12 +142,13 @@ class Trainer:
         self._seed_step()  # dropout and other module randomness follow (seed, step)
         out = self.train_step(self.forward_model, (inputs, targets))
         loss = out["loss"]
-        loss.backward()
+        weight, batch_samples = self._batch_share(targets)
+        (loss * weight if weight != 1.0 else loss).backward()  # DDP averages the gradients over ranks here
         if cfg.clip_grad_norm is not None or state.step % cfg.log_every == cfg.log_every - 1:
             self.grad_norm = self._grad_norm(cfg.clip_grad_norm)
         if self._device_guard:
             self._flag_on_device(loss)  # the fused optimizer skips the step if flagged
-        elif cfg.nan_guard and not self._all_finite(loss):
+        elif not self._may_step(loss):
             self._on_nonfinite(inputs, targets, indices)
             return
         assert self.optimizer is not None
@@ -152,7 +161,7 @@ class Trainer:
         self._recent_losses[state.step % RECENT] = loss.detach()  # for the doctor's history
         state.step += 1
         state.position += 1
-        state.samples_seen += targets.shape[0]
+        state.samples_seen += batch_samples
         state.metrics_updated = state.step % cfg.log_every == 0
         if self._device_guard and state.step % cfg.nan_check_every == 0:
             self._check_device_flags()
@@ -199,19 +208,24 @@ class Trainer:
 
     def _evaluate_batches(self, batches: Any, collect: list[Any] | None = None) -> dict[str, float]:
         meter = MetricAccumulator(self.task)
-        model = self.forward_model
+        model = self.eval_model
         was_training = model.training
         model.eval()
+        parts = []
         with torch.no_grad():
-            for inputs, targets, _ in batches.epoch(0):
+            for inputs, targets, indices in batches.epoch(0):
                 inputs, targets = self._to_device(inputs), self._to_device(targets)
                 with self.autocast():
                     outputs = self._eval_forward(model, inputs)
                     loss = self.loss_fn(*self.task.loss_view(outputs, targets))
                 meter.update(loss, outputs, targets)
                 if collect is not None:
-                    collect.append((outputs.float().cpu(), targets.cpu()))
+                    parts.append((outputs.float().cpu(), targets.cpu(), indices))
         model.train(was_training)
+        if self.dist is not None:  # each rank evaluated its slice of every batch: each sample once
+            self.dist.reduce_meter(meter, agree_keys=True)
+        if collect is not None:
+            collect.extend(self.dist.gather_in_order(parts) if self.dist else [(o, t) for o, t, _ in parts])
         return meter.compute()
 
     def _eval_forward(self, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
@@ -229,7 +243,7 @@ class Trainer:
         with torch.no_grad():
             for batch in self.iter_inputs(inputs):
                 with self.autocast():
-                    outputs.append(self.forward_model(batch).float().cpu())
+                    outputs.append(self.eval_model(batch).float().cpu())
         return torch.cat(outputs)
 
     def iter_inputs(self, inputs: Any) -> Iterator[torch.Tensor]:
@@ -253,7 +267,12 @@ class Trainer:
             if self.config.deterministic:
                 torch.use_deterministic_algorithms(True, warn_only=True)
             self.forward_model = torch.compile(self.model) if self.config.compile else self.model
-        if not for_training or self.optimizer is not None:
+            self.eval_model = self.forward_model
+        if not for_training:
+            return
+        if self.dist is not None and self.forward_model is self.eval_model:
+            self.forward_model = self.dist.wrap(self.model, self.config.compile)  # DDP for this fit
+        if self.optimizer is not None:
             return
         self.optimizer = build_optimizer(self._optimizer_spec, self.model, self.optim_config, self.config.batch_size)
         total = self.total_steps()
@@ -282,8 +301,9 @@ class Trainer:
 
     def _batches(self, data: Any, train: bool) -> Any:
         cfg = self.config
+        rank, world_size = (self.dist.rank, self.dist.world_size) if self.dist else (0, 1)
         return make_batches(data, batch_size=cfg.batch_size if train else cfg.eval_batch_size,
-                            train=train, seed=cfg.seed, device=self.device)
+                            train=train, seed=cfg.seed, device=self.device, rank=rank, world_size=world_size)
 
     def _to_device(self, value: Any) -> Any:
         if isinstance(value, torch.Tensor):
@@ -307,7 +327,9 @@ class Trainer:
     def _seed_step(self) -> None:
         # The device's default generator directly: torch.manual_seed would also reseed every
         # other backend, which costs more than a small training step.
-        seed = derive_seed(self.config.seed, 3, self.state.step)
+        # Under DDP each rank draws its own masks for its own samples.
+        counters = (3, self.state.step) if self.dist is None else (3, self.state.step, self.dist.rank)
+        seed = derive_seed(self.config.seed, *counters)
         if self.device.type == "cuda":
             torch.cuda.default_generators[self.device.index or 0].manual_seed(seed)
         else:
@@ -316,11 +338,7 @@ class Trainer:
     def _flag_on_device(self, loss: torch.Tensor) -> None:
         """The guard without a host sync: flag non-finite values on the device, let the fused
         optimizer skip the step there, and remember the first flagged step."""
-        tensors = [p.grad for p in self.model.parameters() if p.grad is not None]
-        tensors.append(loss.detach().float().reshape(1).clone())
-        found = self._found_inf
-        found.zero_()
-        torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, self._unit_scale)
+        found = self._nonfinite(loss)
         self.optimizer.found_inf = found  # type: ignore[union-attr]  # read by fused optimizers
         first = self._first_bad_step
         first.copy_(torch.where((first < 0) & (found[0] > 0), self.state.step, first))
@@ -340,8 +358,16 @@ class Trainer:
             f"within the failing step and have the doctor replay it."
         )
 
-    def _all_finite(self, loss: torch.Tensor) -> bool:
-        """One fused pass over the loss and every gradient, and one host read.
+    def _may_step(self, loss: torch.Tensor) -> bool:
+        """The NaN guard's verdict, with one host read. Under DDP all ranks agree on it, and on
+        their stop requests, in one reduction, before any of them steps."""
+        found = self._nonfinite(loss) if self.config.nan_guard else None
+        if self.dist is not None:
+            return self.dist.agree_step(self.state, found)
+        return found is None or not bool(found.item())
+
+    def _nonfinite(self, loss: torch.Tensor) -> torch.Tensor:
+        """One fused pass over the loss and every gradient: a device flag, 1 where any is NaN/Inf.
 
         GradScaler's own kernel: it flags any NaN/Inf in a list of tensors (multiplying
         them by the scale, 1 here), far cheaper than computing a norm per step.
@@ -351,7 +377,28 @@ class Trainer:
         found = self._found_inf
         found.zero_()
         torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, self._unit_scale)
-        return not bool(found.item())
+        return found
+
+    def _batch_share(self, targets: Any) -> tuple[float, int]:
+        """(weight of this rank's mean loss, samples in the global batch) for the current step."""
+        if self.dist is None:
+            return 1.0, targets.shape[0]
+        total = self.train_batches.order.batch_size_at(self.state.position)
+        return self.dist.loss_weight(targets.shape[0], total), total
+
+    def _release_ddp(self) -> None:
+        # DDP lives for one fit. Its reducer holds the process group from within reference cycles:
+        # left to the interpreter's exit, its teardown can abort the process (seen with gloo).
+        if self.forward_model is not self.eval_model:
+            self.forward_model = self.eval_model
+            gc.collect()
+
+    def _stopping(self) -> bool:
+        """The stop request, as all ranks agreed on it in this step's reduction under DDP."""
+        return self.state.stop_requested if self.dist is None else self.dist.stop_agreed
+
+    def _agree_stop(self) -> bool:
+        return self.state.stop_requested if self.dist is None else self.dist.agree_stop(self.state)
 
     def _grad_norm(self, max_norm: float | None) -> torch.Tensor:
         params = [p for p in self.model.parameters() if p.grad is not None]
@@ -372,6 +419,8 @@ class Trainer:
         """Read the device-side sums (one sync) into `state.metrics` as train_*."""
         self._clock()
         meter = self.meter
+        if self.dist is not None:
+            self.dist.reduce_meter(meter)  # the sums and counts of all ranks
         count = meter.count
         values = meter.compute()
         meter.reset()

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchsmith.data.bundle import MemorySource
 from torchsmith.data.memory import TensorPairs
 from torchsmith.data.order import BatchOrder, derive_seed, step_generator
+from torchsmith.errors import UsageError
 
 Batch = tuple[Any, Any, torch.Tensor | None]
 
@@ -26,6 +27,7 @@ class MemoryBatches:
     def __init__(self, source: MemorySource, order: BatchOrder, train: bool, seed: int) -> None:
         self.source, self.order, self.train, self.seed = source, order, train, seed
         self.device = _source_device(source)
+        self.shared_draws = train and order.world_size > 1 and _draws_randomness(source)
 
     def __len__(self) -> int:
         return len(self.order)
@@ -35,8 +37,16 @@ class MemoryBatches:
         return len(self.source)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
-        for position, indices in enumerate(self.order.epoch_batches(epoch, start), start=start):
-            yield self.batch(epoch, position, indices)
+        order = self.order
+        for position, batch in enumerate(order.global_batches(epoch, start), start=start):
+            if self.shared_draws:
+                # The augmentation draws one value per sample of the batch it is given: building the
+                # whole global batch and keeping this rank's rows gives every sample the draw it gets
+                # in a single process, for any MemorySource, at the cost of building W times more rows.
+                inputs, targets, _ = self.batch(epoch, position, batch)
+                yield _rows(order, inputs), _rows(order, targets), order.rank_slice(batch)
+            elif len(indices := order.rank_slice(batch)) > 0:  # evaluation: a rank may get no sample
+                yield self.batch(epoch, position, indices)
 
     def batch(self, epoch: int, position: int, indices: torch.Tensor) -> Batch:
         """Rebuild one batch exactly: same indices, same augmentation draw."""
@@ -62,8 +72,11 @@ class DatasetBatches:
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         batches = [b.tolist() for b in self.order.epoch_batches(epoch, start)]
-        # Worker seeds follow (seed, epoch, start), so random transforms replay on resume.
-        generator = torch.Generator().manual_seed(derive_seed(self.seed, 2, epoch, start))
+        batches = [b for b in batches if b]  # evaluation under DDP: a rank may get no sample of a batch
+        # Worker seeds follow (seed, epoch, start), so random transforms replay on resume; each rank
+        # draws its own stream (per-sample transforms in workers cannot match a single process anyway).
+        counters = (2, epoch, start) if self.order.world_size == 1 else (2, epoch, start, self.order.rank)
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, *counters))
         loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
                             pin_memory=self.pin_memory, generator=generator,
                             persistent_workers=False)
@@ -95,20 +108,46 @@ def make_batches(data: Any, *, batch_size: int, train: bool, seed: int, device: 
                  rank: int = 0, world_size: int = 1, num_workers: int = 0):  # noqa: ANN201
     """Wrap `(inputs, targets)` tensors, a MemorySource, a Dataset or a DataLoader."""
     if isinstance(data, DataLoader):
+        if world_size > 1:
+            raise UsageError("under torchrun, pass a Dataset or (inputs, targets) tensors rather than a "
+                             "DataLoader: torchsmith gives each process its slice of every global batch")
         return LoaderBatches(data)
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
         data = TensorPairs(data[0], data[1])
     if isinstance(data, MemorySource):
-        order = BatchOrder(len(data), batch_size, shuffle=train, seed=seed, rank=rank, world_size=world_size)
+        order = BatchOrder(len(data), batch_size, shuffle=train, seed=seed, rank=rank, world_size=world_size,
+                           drop_last=_drops_last(len(data), batch_size, train, world_size))
         return MemoryBatches(data.to(device), order, train, seed)
     if isinstance(data, Dataset):
         order = BatchOrder(len(data), batch_size, shuffle=train, seed=seed,  # type: ignore[arg-type]
-                           rank=rank, world_size=world_size)
+                           rank=rank, world_size=world_size,
+                           drop_last=_drops_last(len(data), batch_size, train, world_size))  # type: ignore[arg-type]
         return DatasetBatches(data, order, train, seed, num_workers, pin_memory=device.type == "cuda")
     raise TypeError(
         f"training data must be a DataLoader, a Dataset or an (inputs, targets) pair of tensors, "
         f"got {type(data).__name__}"
     )
+
+
+def _drops_last(num_samples: int, batch_size: int, train: bool, world_size: int) -> bool:
+    # Under DDP every rank needs a sample of each training batch (an empty slice has no mean loss to
+    # join the gradient average), so a last batch smaller than the number of processes is left out.
+    return train and world_size > 1 and 0 < num_samples % batch_size < world_size
+
+
+def _draws_randomness(source: MemorySource) -> bool:
+    # Sources known to build their batches without random draws need not build the global batch.
+    return not isinstance(source, TensorPairs) and getattr(source, "augment", None) != "none"
+
+
+def _rows(order: BatchOrder, value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return order.rank_slice(value)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_rows(order, v) for v in value)
+    if isinstance(value, dict):
+        return {k: _rows(order, v) for k, v in value.items()}
+    return value
 
 
 def _source_device(source: MemorySource) -> torch.device:

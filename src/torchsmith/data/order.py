@@ -74,14 +74,23 @@ class BatchOrder:
         generator = torch.Generator().manual_seed(derive_seed(self.seed, 0, epoch))
         return torch.randperm(self.num_samples, generator=generator)
 
-    def epoch_batches(self, epoch: int, start: int = 0) -> Iterator[torch.Tensor]:
-        """Indices of this rank's part of batches `start, start+1, ...` of `epoch`."""
+    def batch_size_at(self, position: int) -> int:
+        """Samples in global batch `position` of an epoch (the last one may hold fewer)."""
+        return min(self.batch_size, self.num_samples - position * self.batch_size)
+
+    def global_batches(self, epoch: int, start: int = 0) -> Iterator[torch.Tensor]:
+        """Indices of the whole batches `start, start+1, ...` of `epoch`, before the rank slice."""
         order = self.permutation(epoch)
         for position in range(start, len(self)):
-            batch = order[position * self.batch_size : (position + 1) * self.batch_size]
+            yield order[position * self.batch_size : (position + 1) * self.batch_size]
+
+    def epoch_batches(self, epoch: int, start: int = 0) -> Iterator[torch.Tensor]:
+        """Indices of this rank's part of batches `start, start+1, ...` of `epoch`."""
+        for batch in self.global_batches(epoch, start):
             yield self.rank_slice(batch)
 
     def rank_slice(self, batch: torch.Tensor) -> torch.Tensor:
+        """This rank's contiguous part of a batch's rows (its indices, or tensors built from them)."""
         # Contiguous equal chunks, so the mean of per-rank mean losses is the global mean.
         if self.world_size == 1:
             return batch
