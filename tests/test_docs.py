@@ -455,7 +455,7 @@ def test_example_runs(path: Path, tmp_path: Path) -> None:
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    numbers = [float(v) for v in re.findall(r"accuracy'?:? (\d+\.\d+)", result.stdout)]
+    numbers = [float(v) for v in re.findall(r"accuracy['\"]?:? (\d+\.\d+)", result.stdout)]
     assert numbers and all(0.0 <= v <= 1.0 and math.isfinite(v) for v in numbers), result.stdout
 
 
