@@ -134,7 +134,7 @@ def poisoned(blobs, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
 
 def accuracy_after(policy: str, data, tmp_path: Path, **extra) -> Trainer:
     callbacks = [Checkpointer(tmp_path, {}, every_steps=4)] if policy == "rollback" else []
-    trainer = Trainer(tiny_mlp(), optimizer="adamw", optim=OptimConfig(lr=0.02), max_epochs=4, batch_size=32,
+    trainer = Trainer(tiny_mlp(), optimizer="adamw", optim=OptimConfig(lr=0.02, scheduler="none"), max_epochs=4, batch_size=32,
                       progress="none", on_nan=policy, callbacks=callbacks, **extra)
     trainer.fit(data)
     return trainer
