@@ -125,9 +125,11 @@ class MetricAccumulator:
 
     def update(self, loss: torch.Tensor, outputs: torch.Tensor, targets: torch.Tensor) -> None:
         n = self.task.count(targets)
-        self.loss_sum = self.loss_sum + loss.detach().float() * n
+        loss = loss.detach().float()
+        # One kernel per sum: these run every step, so each op shows against a small model's step.
+        self.loss_sum = loss * n if self.count == 0 else torch.add(self.loss_sum, loss, alpha=n)
         for key, value in self.task.stats(outputs.detach(), targets).items():
-            self.totals[key] = self.totals.get(key, 0) + value
+            self.totals[key] = value if key not in self.totals else self.totals[key].add_(value)
         self.count += n
 
     def state_dict(self) -> dict[str, Any]:

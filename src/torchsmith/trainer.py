@@ -84,6 +84,7 @@ class Trainer:
         self._unit_scale = torch.ones(1)
         self._first_bad_step = torch.full((), -1, dtype=torch.int64)
         self._device_guard = False
+        self._params: list[nn.Parameter] = []
         self._epoch_clock = (time.perf_counter(), 0.0)
         self.meter = MetricAccumulator(self.task)
         self.epoch_totals: dict[str, float] = {}  # host sums of the finished log intervals
@@ -107,6 +108,7 @@ class Trainer:
             while not self._finished():
                 self._call("on_epoch_start")
                 self._epoch_clock = (time.perf_counter(), state.train_time_s)
+                self.forward_model.train()  # once per epoch: evaluation and the doctor restore it
                 try:
                     for inputs, targets, indices in self.train_batches.epoch(state.epoch, state.position):
                         if state.poisoned and self._known_bad(indices):
@@ -137,7 +139,6 @@ class Trainer:
     def _train_one(self, inputs: Any, targets: Any, indices: torch.Tensor | None) -> None:
         """One optimizer step: forward, loss, backward, finite check, clip, step, schedule."""
         cfg, state = self.config, self.state
-        self.forward_model.train()
         inputs, targets = self._to_device(inputs), self._to_device(targets)
         self._seed_step()  # dropout and other module randomness follow (seed, step)
         out = self.train_step(self.forward_model, (inputs, targets))
@@ -274,6 +275,7 @@ class Trainer:
             self.forward_model = self.dist.wrap(self.model, self.config.compile)  # DDP for this fit
         if self.optimizer is not None:
             return
+        self._params = list(self.model.parameters())  # listed once: walking the modules costs per step
         self.optimizer = build_optimizer(self._optimizer_spec, self.model, self.optim_config, self.config.batch_size)
         total = self.total_steps()
         self.scheduler = self._scheduler_spec or build_schedule(self.optim_config, self.optimizer, total)
@@ -372,8 +374,9 @@ class Trainer:
         GradScaler's own kernel: it flags any NaN/Inf in a list of tensors (multiplying
         them by the scale, 1 here), far cheaper than computing a norm per step.
         """
-        tensors = [p.grad for p in self.model.parameters() if p.grad is not None]
-        tensors.append(loss.detach().float().reshape(1).clone())
+        tensors = [p.grad for p in self._params if p.grad is not None]
+        # The loss joins as a view: the kernel multiplies by 1.0 in place, which leaves it as it is.
+        tensors.append(loss.detach().reshape(1) if loss.dtype == torch.float32 else loss.detach().float().reshape(1))
         found = self._found_inf
         found.zero_()
         torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, self._unit_scale)
@@ -401,7 +404,7 @@ class Trainer:
         return self.state.stop_requested if self.dist is None else self.dist.agree_stop(self.state)
 
     def _grad_norm(self, max_norm: float | None) -> torch.Tensor:
-        params = [p for p in self.model.parameters() if p.grad is not None]
+        params = [p for p in self._params if p.grad is not None]
         if not params:
             raise UsageError("no parameter received a gradient: does the loss depend on the model's output?")
         if max_norm is not None:

@@ -27,7 +27,8 @@ class MemoryBatches:
     def __init__(self, source: MemorySource, order: BatchOrder, train: bool, seed: int) -> None:
         self.source, self.order, self.train, self.seed = source, order, train, seed
         self.device = _source_device(source)
-        self.shared_draws = train and order.world_size > 1 and _draws_randomness(source)
+        self.draws = train and _draws_randomness(source)  # no generator to build for plain tensors
+        self.shared_draws = self.draws and order.world_size > 1
 
     def __len__(self) -> int:
         return len(self.order)
@@ -50,7 +51,7 @@ class MemoryBatches:
 
     def batch(self, epoch: int, position: int, indices: torch.Tensor) -> Batch:
         """Rebuild one batch exactly: same indices, same augmentation draw."""
-        generator = step_generator(self.seed, epoch, position, self.device) if self.train else None
+        generator = step_generator(self.seed, epoch, position, self.device) if self.draws else None
         inputs, targets = self.source.get_batch(indices, generator, self.train)
         return inputs, targets, indices
 
