@@ -226,25 +226,54 @@ def trainer_run(model, net, data, recipe: Recipe, seed: int, args, timer: Timer)
     steps_per_epoch = math.ceil(len(train_raw) / recipe.batch_size)
     total_steps = math.ceil(len(train_raw) // recipe.batch_size * recipe.epochs)
     total_steps = min(total_steps, args.max_steps) if args.max_steps else total_steps
-    optim = OptimConfig(name="airbench-sgd", lr=recipe.lr, momentum=recipe.momentum,
-                        weight_decay=recipe.weight_decay, label_smoothing=recipe.label_smoothing,
-                        scheduler="linear", warmup_fraction=recipe.warmup_fraction,
-                        warmup_start_ratio=recipe.lr_start, min_lr_ratio=recipe.lr_end)
-    callbacks = [EMACallback(recipe.ema_decay, recipe.ema_every, warmup_power=recipe.ema_power, lookahead=True),
-                 WhitenBiasFreeze(recipe.whiten_bias_epochs)]
+    optim = OptimConfig(
+        name="airbench-sgd",
+        lr=recipe.lr,
+        momentum=recipe.momentum,
+        weight_decay=recipe.weight_decay,
+        label_smoothing=recipe.label_smoothing,
+        scheduler="linear",
+        warmup_fraction=recipe.warmup_fraction,
+        warmup_start_ratio=recipe.lr_start,
+        min_lr_ratio=recipe.lr_end,
+    )
+    callbacks = [
+        EMACallback(recipe.ema_decay, recipe.ema_every, warmup_power=recipe.ema_power, lookahead=True),
+        WhitenBiasFreeze(recipe.whiten_bias_epochs),
+    ]
     timer.start()
     init_whitening(model, train_raw[: recipe.whiten_images], mean=mean_list, std=std_list)
-    trainer = Trainer(model, loss="cross_entropy", optimizer="airbench-sgd", optim=optim, callbacks=callbacks,
-                      max_epochs=math.ceil(total_steps / steps_per_epoch), max_steps=total_steps,
-                      batch_size=recipe.batch_size, eval_batch_size=2000, precision=args.precision,
-                      channels_last=True, progress="none", seed=seed, tta=recipe.tta, log_every=100,
-                      nan_check_every=args.nan_check_every,
-                      nan_guard=args.loop == "trainer", device=str(train_raw.device))
+    trainer = Trainer(
+        model,
+        loss="cross_entropy",
+        optimizer="airbench-sgd",
+        optim=optim,
+        callbacks=callbacks,
+        max_epochs=math.ceil(total_steps / steps_per_epoch),
+        max_steps=total_steps,
+        batch_size=recipe.batch_size,
+        eval_batch_size=2000,
+        precision=args.precision,
+        channels_last=True,
+        progress="none",
+        seed=seed,
+        tta=recipe.tta,
+        log_every=100,
+        nan_check_every=args.nan_check_every,
+        nan_guard=args.loop == "trainer",
+        device=str(train_raw.device),
+    )
     trainer.fit(ImageTensors(train_raw, train_labels, mean_list, std_list, augment="flip-translate", padding=2))
     result = trainer.evaluate(ImageTensors(test_raw, test_labels, mean_list, std_list))
     seconds = timer.stop()
-    return {"seed": seed, "accuracy": result["accuracy"], "accuracy_no_tta": float("nan"), "time_s": seconds,
-            "steps": trainer.state.step, "final_train_loss": trainer.state.last_loss}
+    return {
+        "seed": seed,
+        "accuracy": result["accuracy"],
+        "accuracy_no_tta": float("nan"),
+        "time_s": seconds,
+        "steps": trainer.state.step,
+        "final_train_loss": trainer.state.last_loss,
+    }
 
 
 def evaluate(net, model, images, labels, preprocessing, tta: str) -> torch.Tensor:
@@ -283,8 +312,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--precision", choices=tuple(PRECISIONS), help="bf16 on GPU, fp32 on CPU")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--nan-check-every", type=int, default=1, help="trainer loop: read the guard every N steps")
-    parser.add_argument("--loop", default="hand", choices=("hand", "trainer", "trainer-no-guard"),
-                        help="the hand-written loop, or torchsmith's Trainer with the same parts")
+    parser.add_argument(
+        "--loop",
+        default="hand",
+        choices=("hand", "trainer", "trainer-no-guard"),
+        help="the hand-written loop, or torchsmith's Trainer with the same parts",
+    )
     parser.add_argument("--compile-mode", default="default")
     args = parser.parse_args(argv)
     args.precision = args.precision or ("bf16" if args.device.startswith("cuda") else "fp32")

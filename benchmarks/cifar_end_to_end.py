@@ -21,9 +21,25 @@ from torch import nn
 
 def torchsmith_command(data_dir: str, epochs: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "torchsmith", "train", "--model", "simplenet", "--data",
-                        f"imagefolder:{data_dir}", "--epochs", str(epochs), "--run-dir", f"{tmp}/run", "--quiet"],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "torchsmith",
+                "train",
+                "--model",
+                "simplenet",
+                "--data",
+                f"imagefolder:{data_dir}",
+                "--epochs",
+                str(epochs),
+                "--run-dir",
+                f"{tmp}/run",
+                "--quiet",
+            ],
+            check=True,
+            capture_output=True,
+        )
     return 0.0
 
 
@@ -33,12 +49,13 @@ def hand_written(data_dir: str, epochs: int) -> float:
 
     from torchsmith.models.vision import SimpleNet
 
-    transform = transforms.Compose([transforms.ToTensor(),
-                                    transforms.Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))])
-    train = DataLoader(datasets.ImageFolder(f"{data_dir}/train", transform=transform), batch_size=64,
-                       shuffle=True, num_workers=2)
-    test = DataLoader(datasets.ImageFolder(f"{data_dir}/test", transform=transform), batch_size=1000,
-                      num_workers=2)
+    transform = transforms.Compose(
+        [transforms.ToTensor(), transforms.Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))]
+    )
+    train = DataLoader(
+        datasets.ImageFolder(f"{data_dir}/train", transform=transform), batch_size=64, shuffle=True, num_workers=2
+    )
+    test = DataLoader(datasets.ImageFolder(f"{data_dir}/test", transform=transform), batch_size=1000, num_workers=2)
     torch.manual_seed(0)
     model = SimpleNet(3 * 32 * 32, 10)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -66,8 +83,13 @@ def main() -> None:
     start = time.perf_counter()
     torchsmith_command(args.data_dir, 1)  # builds the decoded-image cache, as a first run would
     print(f"first run (builds the cache): {time.perf_counter() - start:.1f} s", flush=True)
-    times = interleaved({"hand-written": lambda: hand_written(args.data_dir, args.epochs),
-                         "torchsmith": lambda: torchsmith_command(args.data_dir, args.epochs)}, args.repeats)
+    times = interleaved(
+        {
+            "hand-written": lambda: hand_written(args.data_dir, args.epochs),
+            "torchsmith": lambda: torchsmith_command(args.data_dir, args.epochs),
+        },
+        args.repeats,
+    )
     base, ours = median(times["hand-written"]), median(times["torchsmith"])
     print(f"torch {torch.__version__}, {args.epochs} epochs, median of {args.repeats} interleaved repeats")
     print(f"hand-written ImageFolder + DataLoader: {base:.1f} s; torchsmith train (whole command): {ours:.1f} s")

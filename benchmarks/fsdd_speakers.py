@@ -74,9 +74,7 @@ def options_from(args: argparse.Namespace) -> AudioOptions:
         freq_masks=args.freq_masks, freq_mask_width=args.freq_mask_width,
     )  # fmt: skip
     features = LogMel(n_mels=args.n_mels, hop_length=args.hop)
-    return AudioOptions(
-        features, augment, args.normalize, seed=args.seed, cache_dir=args.cache_dir
-    )
+    return AudioOptions(features, augment, args.normalize, seed=args.seed, cache_dir=args.cache_dir)
 
 
 def train(bundle: DataBundle, args: argparse.Namespace) -> AudioCNN:
@@ -84,9 +82,7 @@ def train(bundle: DataBundle, args: argparse.Namespace) -> AudioCNN:
     model = AudioCNN(bundle.info.num_classes, width=args.width, dropout=args.dropout)
     model = model.to(args.device, memory_format=torch.channels_last)
     source = bundle.train.to(args.device)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), args.lr, weight_decay=args.weight_decay
-    )
+    optimizer = torch.optim.AdamW(model.parameters(), args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = len(bundle.train) // args.batch_size  # drop the ragged last batch
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, args.lr, total_steps=args.epochs * steps_per_epoch, pct_start=0.25
@@ -97,12 +93,8 @@ def train(bundle: DataBundle, args: argparse.Namespace) -> AudioCNN:
         order = torch.randperm(len(bundle.train), generator=order_gen)
         for position in range(steps_per_epoch):
             step = epoch * steps_per_epoch + position
-            generator = torch.Generator().manual_seed(
-                args.seed * 1_000_003 + 7919 * step + 1
-            )
-            indices = order[
-                position * args.batch_size : (position + 1) * args.batch_size
-            ]
+            generator = torch.Generator().manual_seed(args.seed * 1_000_003 + 7919 * step + 1)
+            indices = order[position * args.batch_size : (position + 1) * args.batch_size]
             x, y = source.get_batch(indices, generator, train=True)
             loss = mixed_loss(model, x, y, args.mixup, generator)
             optimizer.zero_grad(set_to_none=True)
@@ -121,17 +113,11 @@ def mixed_loss(
 ) -> torch.Tensor:
     """Cross entropy, or mixup: each sample blended with a partner by a weight in [0, strength]."""
     if strength <= 0:
-        return F.cross_entropy(
-            model(x.contiguous(memory_format=torch.channels_last)), y
-        )
+        return F.cross_entropy(model(x.contiguous(memory_format=torch.channels_last)), y)
     weight = (torch.rand(len(x), generator=generator) * strength).to(x.device)  # (B,)
     partner = torch.randperm(len(x), generator=generator).to(x.device)
-    mixed = (1 - weight[:, None, None, None]) * x + weight[:, None, None, None] * x[
-        partner
-    ]
-    log_probs = F.log_softmax(
-        model(mixed.contiguous(memory_format=torch.channels_last)), 1
-    )
+    mixed = (1 - weight[:, None, None, None]) * x + weight[:, None, None, None] * x[partner]
+    log_probs = F.log_softmax(model(mixed.contiguous(memory_format=torch.channels_last)), 1)
     own = F.nll_loss(log_probs, y, reduction="none")
     other = F.nll_loss(log_probs, y[partner], reduction="none")
     return ((1 - weight) * own + weight * other).mean()
@@ -151,9 +137,7 @@ def accuracy(model: AudioCNN, source: SpectrogramBatches, device: str) -> float:
 def main() -> None:
     args = parse_args()
     if args.threads > 0:
-        torch.set_num_threads(
-            args.threads
-        )  # on a busy machine 1 thread beats spinning 2
+        torch.set_num_threads(args.threads)  # on a busy machine 1 thread beats spinning 2
     if args.splits == "speakers":
         splits = [f"speaker:{name}" for name in SPEAKERS]
     else:
@@ -175,9 +159,7 @@ def main() -> None:
             f"{split:20s} test {results[-1]:.4f}  val {val:.4f}  ({seconds:.1f} s, {cpu_seconds:.1f} s CPU)",
             flush=True,
         )
-    label = (
-        "held-out-speaker" if all(s.startswith("speaker:") for s in splits) else "test"
-    )
+    label = "held-out-speaker" if all(s.startswith("speaker:") for s in splits) else "test"
     print(f"mean {label} accuracy {sum(results) / len(results):.4f}")
 
 

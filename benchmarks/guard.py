@@ -21,8 +21,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     args = parser.parse_args()
     x, y = load_mnist(args.data_dir)
-    times = interleaved({"guard": lambda: with_trainer(x, y, args.epochs, guard=True),
-                         "no-guard": lambda: with_trainer(x, y, args.epochs, guard=False)}, args.repeats)
+    times = interleaved(
+        {
+            "guard": lambda: with_trainer(x, y, args.epochs, guard=True),
+            "no-guard": lambda: with_trainer(x, y, args.epochs, guard=False),
+        },
+        args.repeats,
+    )
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats} repeats")
     ratio = median(times["guard"]) / median(times["no-guard"])
     print(f"guard {median(times['guard']):.2f} s, no guard {median(times['no-guard']):.2f} s")

@@ -48,10 +48,14 @@ def main() -> None:
     from torchsmith.data.order import BatchOrder
     from torchsmith.data.vision import load_imagefolder
 
-    transform = transforms.Compose([
-        transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
-        transforms.Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    ])
+    transform = transforms.Compose(
+        [
+            transforms.RandomCrop(32, padding=4),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+        ]
+    )
     folder = datasets.ImageFolder(f"{args.data_dir}/train", transform=transform)
     loader = DataLoader(folder, batch_size=256, shuffle=True, num_workers=args.workers, persistent_workers=True)
     bundle = load_imagefolder(args.data_dir, val_fraction=0.0, augment="crop-flip")  # builds the cache once
@@ -61,11 +65,15 @@ def main() -> None:
     torchvision_pass(loader)  # first pass: workers start, page cache warms
     torchsmith_pass(batches, epoch)
     images = len(folder)
-    times = interleaved({"torchvision": lambda: torchvision_pass(loader),
-                         "torchsmith": lambda: torchsmith_pass(batches, epoch)}, args.repeats)
+    times = interleaved(
+        {"torchvision": lambda: torchvision_pass(loader), "torchsmith": lambda: torchsmith_pass(batches, epoch)},
+        args.repeats,
+    )
     rates = {name: images / median(values) for name, values in times.items()}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {images} training images, "
-          f"median of {args.repeats} interleaved passes")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {images} training images, "
+        f"median of {args.repeats} interleaved passes"
+    )
     for name, rate in rates.items():
         print(f"{name:12s} {rate:12,.0f} images/s")
     print(f"loader ratio (torchsmith / torchvision images/s) = {rates['torchsmith'] / rates['torchvision']:.1f}")

@@ -78,8 +78,23 @@ def torchsmith_recipe(data_dir: str) -> tuple[float, float, float]:
     """Whole-command seconds, training seconds and test accuracy of `torchsmith train --recipe mnist-fast`."""
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "torchsmith", "train", "--recipe", "mnist-fast", "--data-dir",
-                        data_dir, "--run-dir", f"{tmp}/run", "--quiet"], check=True, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "torchsmith",
+                "train",
+                "--recipe",
+                "mnist-fast",
+                "--data-dir",
+                data_dir,
+                "--run-dir",
+                f"{tmp}/run",
+                "--quiet",
+            ],
+            check=True,
+            capture_output=True,
+        )
         seconds = time.perf_counter() - start
         summary = json.loads(Path(f"{tmp}/run/summary.json").read_text())
     return seconds, summary["train_time_s"], summary["test"]["accuracy"]
@@ -98,9 +113,11 @@ def main() -> None:
         ours_train.append(train_s)
         base_s, epochs, base_acc = canonical(args.data_dir, 0.99, args.max_epochs)
         baseline.append(base_s)
-        print(f"round {round_index + 1}/{args.repeats}: torchsmith {seconds:.1f} s (training {train_s:.1f} s, "
-              f"test accuracy {accuracy:.4f})  canonical {base_s:.1f} s ({epochs} epochs, {base_acc:.4f})",
-              flush=True)
+        print(
+            f"round {round_index + 1}/{args.repeats}: torchsmith {seconds:.1f} s (training {train_s:.1f} s, "
+            f"test accuracy {accuracy:.4f})  canonical {base_s:.1f} s ({epochs} epochs, {base_acc:.4f})",
+            flush=True,
+        )
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats} rounds")
     print(f"torchsmith mnist-fast: whole command {median(ours):.1f} s, training {median(ours_train):.1f} s")
     print(f"canonical example: {median(baseline):.1f} s to 99.0 %")

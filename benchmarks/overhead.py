@@ -52,8 +52,16 @@ def hand_written(x: torch.Tensor, y: torch.Tensor, epochs: int) -> float:
 def with_trainer(x: torch.Tensor, y: torch.Tensor, epochs: int, guard: bool) -> float:
     torch.manual_seed(0)
     model = SimpleNet(784, 10)
-    trainer = Trainer(model, loss=nn.CrossEntropyLoss(), optimizer=torch.optim.SGD(model.parameters(), lr=0.01),
-                      max_epochs=epochs, batch_size=64, progress="none", nan_guard=guard, device="cpu")
+    trainer = Trainer(
+        model,
+        loss=nn.CrossEntropyLoss(),
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.01),
+        max_epochs=epochs,
+        batch_size=64,
+        progress="none",
+        nan_guard=guard,
+        device="cpu",
+    )
     trainer.fit((x, y))
     return trainer.state.last_loss
 
@@ -76,8 +84,15 @@ def with_lightning(x: torch.Tensor, y: torch.Tensor, epochs: int) -> float:
 
     torch.manual_seed(0)
     loader = DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True)
-    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(Module(), loader)
     return 0.0
 
@@ -104,8 +119,10 @@ def main() -> None:
             print("lightning is not installed (pip install lightning): skipping it")
     times = interleaved(runners, args.repeats)
     base = median(times["hand-written"])
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.epochs} epochs, "
-          f"median of {args.repeats} interleaved repeats")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.epochs} epochs, "
+        f"median of {args.repeats} interleaved repeats"
+    )
     for name, values in times.items():
         print(f"{name:18s} median {median(values):7.2f} s   ratio {median(values) / base:.3f}")
     guard = median(times["trainer"]) / median(times["trainer-no-guard"])

@@ -48,9 +48,7 @@ def learning_rate(progress: float, args: argparse.Namespace) -> float:
     if progress < args.warmup:
         return args.lr * progress / args.warmup
     decay = (progress - args.warmup) / max(1e-9, 1.0 - args.warmup)
-    return args.min_lr + 0.5 * (args.lr - args.min_lr) * (
-        1.0 + math.cos(math.pi * min(decay, 1.0))
-    )
+    return args.min_lr + 0.5 * (args.lr - args.min_lr) * (1.0 + math.cos(math.pi * min(decay, 1.0)))
 
 
 def make_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
@@ -75,9 +73,7 @@ def fit(
     """Train until max_steps or the time budget; returns steps and training seconds."""
     optimizer = make_optimizer(model, args)
     autocast = (
-        torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16)
-        if args.bf16
-        else contextlib.nullcontext()
+        torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16) if args.bf16 else contextlib.nullcontext()
     )
     step, train_time, running = 0, 0.0, 0.0
     cpu_started = time.process_time()
@@ -120,15 +116,11 @@ def fit(
     }
 
 
-def batch_indices(
-    num_samples: int, batch_size: int, step: int, seed: int
-) -> torch.Tensor:
+def batch_indices(num_samples: int, batch_size: int, step: int, seed: int) -> torch.Tensor:
     """Indices of batch `step`: epochs are seeded permutations, the last partial batch dropped."""
     per_epoch = num_samples // batch_size
     epoch, position = divmod(step, per_epoch)
-    order = torch.randperm(
-        num_samples, generator=torch.Generator().manual_seed(seed * 10_000 + epoch)
-    )
+    order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed * 10_000 + epoch))
     return order[position * batch_size : (position + 1) * batch_size]
 
 
@@ -138,27 +130,19 @@ def evaluate_lm(model: nn.Module, source, batch_size: int = 64) -> float:
     model.eval()
     total, count = 0.0, 0
     for start in range(0, len(source), batch_size):
-        x, y = source.get_batch(
-            torch.arange(start, min(start + batch_size, len(source))), None, train=False
-        )
-        total += F.cross_entropy(
-            model(x).flatten(0, 1).float(), y.flatten(), reduction="sum"
-        ).item()
+        x, y = source.get_batch(torch.arange(start, min(start + batch_size, len(source))), None, train=False)
+        total += F.cross_entropy(model(x).flatten(0, 1).float(), y.flatten(), reduction="sum").item()
         count += y.numel()
     return total / count
 
 
 @torch.no_grad()
-def evaluate_classifier(
-    model: nn.Module, source, batch_size: int = 256
-) -> tuple[float, float]:
+def evaluate_classifier(model: nn.Module, source, batch_size: int = 256) -> tuple[float, float]:
     """(mean loss, accuracy) over a whole split."""
     model.eval()
     loss, correct = 0.0, 0
     for start in range(0, len(source), batch_size):
-        x, y = source.get_batch(
-            torch.arange(start, min(start + batch_size, len(source))), None, train=False
-        )
+        x, y = source.get_batch(torch.arange(start, min(start + batch_size, len(source))), None, train=False)
         logits = model(x)
         loss += F.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
@@ -169,22 +153,16 @@ def run_shakespeare(args: argparse.Namespace) -> None:
     bundle = load_textfile(args.data, block_size=args.block_size, device=args.device)
     vocab = bundle.info.num_classes
     if args.model == "gpt":
-        model = CharGPT(
-            vocab, args.block_size, args.layers, args.heads, args.width, args.dropout
-        )
+        model = CharGPT(vocab, args.block_size, args.layers, args.heads, args.width, args.dropout)
     else:
         model = CharLSTM(vocab, args.embed, args.width, args.layers, args.dropout)
     model.to(args.device)
-    print(
-        f"{type(model).__name__}: {sum(p.numel() for p in model.parameters()):,} parameters"
-    )
+    print(f"{type(model).__name__}: {sum(p.numel() for p in model.parameters()):,} parameters")
     train = bundle.train
 
     def next_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
         indices = batch_indices(len(train), args.batch_size, step, args.seed)
-        return train.get_batch(
-            indices, torch.Generator().manual_seed(args.seed * 1_000_003 + step), True
-        )
+        return train.get_batch(indices, torch.Generator().manual_seed(args.seed * 1_000_003 + step), True)
 
     def loss_fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.flatten(0, 1), y.flatten())
@@ -203,9 +181,7 @@ def run_shakespeare(args: argparse.Namespace) -> None:
 
 
 def run_sst2(args: argparse.Namespace) -> None:
-    bundle = load_sst2(
-        args.data, args.max_len, args.device, val_fraction=0.05, seed=args.seed
-    )
+    bundle = load_sst2(args.data, args.max_len, args.device, val_fraction=0.05, seed=args.seed)
     vocab, classes = (
         len(bundle.info.preprocessing["tokenizer"]["tokens"]),
         bundle.info.num_classes,
@@ -213,23 +189,17 @@ def run_sst2(args: argparse.Namespace) -> None:
     if args.model == "textcnn":
         model = TextCNN(vocab, classes, args.embed, args.width, (3, 4, 5), args.dropout)
     elif args.model == "bilstm":
-        model = BiLSTMClassifier(
-            vocab, classes, args.embed, args.width, args.layers, args.dropout
-        )
+        model = BiLSTMClassifier(vocab, classes, args.embed, args.width, args.layers, args.dropout)
     else:
         model = BagOfWords(vocab, classes, args.embed)
     model.to(args.device)
-    print(
-        f"{type(model).__name__}: {sum(p.numel() for p in model.parameters()):,} parameters"
-    )
+    print(f"{type(model).__name__}: {sum(p.numel() for p in model.parameters()):,} parameters")
     train = bundle.train
     steps_per_epoch = len(train) // args.batch_size
     args.max_steps = args.max_steps or args.epochs * steps_per_epoch
 
     def next_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return train.get_batch(
-            batch_indices(len(train), args.batch_size, step, args.seed), None, True
-        )
+        return train.get_batch(batch_indices(len(train), args.batch_size, step, args.seed), None, True)
 
     def on_epoch_end(epoch: int, train_time: float) -> None:
         val_loss, val_acc = evaluate_classifier(model, bundle.val)
@@ -239,9 +209,7 @@ def run_sst2(args: argparse.Namespace) -> None:
             flush=True,
         )
 
-    result = fit(
-        model, next_batch, F.cross_entropy, args, on_epoch_end, steps_per_epoch
-    )
+    result = fit(model, next_batch, F.cross_entropy, args, on_epoch_end, steps_per_epoch)
     _, val_acc = evaluate_classifier(model, bundle.val)
     dev_loss, dev_acc = evaluate_classifier(model, bundle.test)
     result.update(val_accuracy=val_acc, dev_loss=dev_loss, dev_accuracy=dev_acc)
@@ -253,17 +221,11 @@ def run_sst2(args: argparse.Namespace) -> None:
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("task", choices=["shakespeare", "sst2"])
-    parser.add_argument(
-        "--data", required=True, help="input.txt for shakespeare, the folder for sst2"
-    )
+    parser.add_argument("--data", required=True, help="input.txt for shakespeare, the folder for sst2")
     parser.add_argument("--model", default=None, help="gpt|lstm, or textcnn|bilstm|bow")
-    parser.add_argument(
-        "--layers", type=int, default=None, help="default 4 (GPT), 2 (LSTM), 1 (BiLSTM)"
-    )
+    parser.add_argument("--layers", type=int, default=None, help="default 4 (GPT), 2 (LSTM), 1 (BiLSTM)")
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument(
         "--width",
@@ -278,23 +240,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--min-lr", type=float, default=3e-4)
-    parser.add_argument(
-        "--warmup", type=float, default=0.03, help="fraction of the run"
-    )
+    parser.add_argument("--warmup", type=float, default=0.03, help="fraction of the run")
     parser.add_argument("--weight-decay", type=float, default=0.1)
     parser.add_argument("--beta2", type=float, default=0.99)
     parser.add_argument("--clip", type=float, default=1.0)
-    parser.add_argument(
-        "--budget", type=float, default=0.0, help="training seconds (0: no limit)"
-    )
+    parser.add_argument("--budget", type=float, default=0.0, help="training seconds (0: no limit)")
     parser.add_argument("--max-steps", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=3, help="sst2 only")
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument(
-        "--device", default="cpu", help="cpu, or cuda to search by steps"
-    )
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda to search by steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log-every", type=int, default=100)
     args = parser.parse_args()

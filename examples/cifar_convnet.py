@@ -46,8 +46,14 @@ def main() -> None:
     data = load_data(DataConfig(name=f"imagefolder:{args.data_dir}", augment="crop-flip"), seed=0)
     torch.manual_seed(0)
     model = ConvNet(num_classes=data.info.num_classes)
-    trainer = Trainer(model, loss="cross_entropy", optimizer=lambda params: torch.optim.AdamW(params, lr=2e-3),
-                      max_epochs=args.epochs, max_steps=args.max_steps, batch_size=128)
+    trainer = Trainer(
+        model,
+        loss="cross_entropy",
+        optimizer=lambda params: torch.optim.AdamW(params, lr=2e-3),
+        max_epochs=args.epochs,
+        max_steps=args.max_steps,
+        batch_size=128,
+    )
     trainer.fit(data.train, data.val)
     result = trainer.evaluate(data.test)
     print(f"test accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}")

@@ -61,9 +61,7 @@ def save_step(folder: Path, step: int, name: str | None = None, **kwargs) -> Pat
 
 def assert_holds_step(checkpoint, step: int) -> None:
     assert checkpoint.step == step
-    assert torch.equal(
-        checkpoint.model_state["weight"], torch.full((8, 16), float(step))
-    )
+    assert torch.equal(checkpoint.model_state["weight"], torch.full((8, 16), float(step)))
     assert torch.equal(checkpoint.model_state["bias"], torch.arange(4) + step)
     assert checkpoint.training_state["step"] == step
     assert checkpoint.config == {"step": step, "optim": {"lr": 0.1}}
@@ -72,9 +70,7 @@ def assert_holds_step(checkpoint, step: int) -> None:
 def bitwise_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Same dtype, shape and bytes (torch.equal would call NaN != NaN and -0.0 == 0.0)."""
     same_kind = a.dtype == b.dtype and a.shape == b.shape
-    return same_kind and torch.equal(
-        a.flatten().view(torch.uint8), b.flatten().view(torch.uint8)
-    )
+    return same_kind and torch.equal(a.flatten().view(torch.uint8), b.flatten().view(torch.uint8))
 
 
 def temp_entries(folder: Path) -> list[str]:
@@ -114,9 +110,7 @@ def test_model_state_round_trip_is_bitwise(tmp_path: Path) -> None:
     for key, tensor in state.items():
         assert bitwise_equal(loaded.model_state[key], tensor), key
     restored = TiedNet()
-    restored.load_state_dict(
-        {k: v for k, v in loaded.model_state.items() if k in restored.state_dict()}
-    )
+    restored.load_state_dict({k: v for k, v in loaded.model_state.items() if k in restored.state_dict()})
     assert torch.equal(restored.out.weight, state["embed.weight"])
     assert loaded.meta["step"] == 3 and loaded.meta["name"] == "last"
 
@@ -213,18 +207,14 @@ def test_retention_keeps_newest_steps_and_protected_names(tmp_path: Path) -> Non
         "step-000005",
     ]
     save_step(tmp_path, 6, keep_last=1)
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("step")) == [
-        "step-000006"
-    ]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("step")) == ["step-000006"]
     assert_holds_step(find_resumable(tmp_path), 6)
     with pytest.raises(UsageError, match="keep_last"):
         save_step(tmp_path, 7, keep_last=0)
 
 
 def test_unloadable_training_state_is_refused_before_writing(tmp_path: Path) -> None:
-    with pytest.raises(
-        UsageError, match=r"training_state\['scheduler'\]\['fn'\].*function"
-    ):
+    with pytest.raises(UsageError, match=r"training_state\['scheduler'\]\['fn'\].*function"):
         save_checkpoint(
             tmp_path,
             "last",
@@ -300,9 +290,7 @@ class LineReader:
 
 def assert_holds_kill_step(checkpoint) -> None:
     step = checkpoint.step
-    assert torch.equal(
-        checkpoint.model_state["weight"], torch.full((256, 1024), float(step))
-    )
+    assert torch.equal(checkpoint.model_state["weight"], torch.full((256, 1024), float(step)))
     assert torch.equal(checkpoint.model_state["bias"], torch.arange(1000.0) + step)
     assert checkpoint.training_state["step"] == step
     assert torch.equal(
@@ -312,9 +300,7 @@ def assert_holds_kill_step(checkpoint) -> None:
     assert checkpoint.config == {"step": step}
 
 
-def kill_one_save(
-    server, reader: LineReader, start: int, wait_for_one: bool, chooser: random.Random
-) -> int:
+def kill_one_save(server, reader: LineReader, start: int, wait_for_one: bool, chooser: random.Random) -> int:
     """Start a saving child at step `start`, SIGKILL it 0-200 ms later; return the newest
     step it reported saved. With `wait_for_one` the delay starts after its first save,
     so the run makes progress however slow the machine is."""
@@ -330,9 +316,7 @@ def kill_one_save(
     os.kill(pid, signal.SIGKILL)
     while (line := reader.readline()).startswith("saved"):
         newest = int(line.split()[1])
-    assert line == f"done {signal.SIGKILL}", (
-        f"the saving child did not die by SIGKILL: {line}"
-    )
+    assert line == f"done {signal.SIGKILL}", f"the saving child did not die by SIGKILL: {line}"
     return newest
 
 
@@ -341,16 +325,12 @@ def test_sigkill_during_save_never_leaves_a_partial_checkpoint(tmp_path: Path) -
     folder = tmp_path / "checkpoints"
     env = {**os.environ, "PYTHONPATH": str(SRC.parent), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-c", SERVER, str(folder)]
-    server = subprocess.Popen(
-        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
-    )
+    server = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
     reader, chooser = LineReader(server.stdout), random.Random(1234)
     next_step, newest_saved, kills_inside_save = 0, -1, 0
     try:
         for trial in range(50):
-            newest_in_trial = kill_one_save(
-                server, reader, next_step, trial % 2 == 1, chooser
-            )
+            newest_in_trial = kill_one_save(server, reader, next_step, trial % 2 == 1, chooser)
             newest_saved = max(newest_saved, newest_in_trial)
             kills_inside_save += folder.exists() and bool(temp_entries(folder))
             try:
@@ -358,9 +338,7 @@ def test_sigkill_during_save_never_leaves_a_partial_checkpoint(tmp_path: Path) -
                     warnings.simplefilter("ignore", CheckpointWarning)
                     found = find_resumable(folder)
             except TrainingFailure:
-                assert newest_saved < 0, (
-                    "no checkpoint found after one was reported saved"
-                )
+                assert newest_saved < 0, "no checkpoint found after one was reported saved"
                 continue
             assert found.step >= newest_saved, "a checkpoint reported as saved was lost"
             assert_holds_kill_step(found)
@@ -378,14 +356,10 @@ def test_sigkill_during_save_never_leaves_a_partial_checkpoint(tmp_path: Path) -
             server.kill()
             server.wait()
     assert next_step >= 25, "too few saves completed for the kills to mean anything"
-    assert kills_inside_save >= 10, (
-        f"only {kills_inside_save} kills landed inside a save"
-    )
+    assert kills_inside_save >= 10, f"only {kills_inside_save} kills landed inside a save"
 
 
-def test_recovers_a_save_killed_between_the_two_renames(
-    tmp_path: Path, monkeypatch
-) -> None:
+def test_recovers_a_save_killed_between_the_two_renames(tmp_path: Path, monkeypatch) -> None:
     folder, kept = tmp_path / "a", tmp_path / "b"
     save_step(folder, 1, name="last")
     real_rename = os.rename
@@ -447,9 +421,7 @@ def test_every_flipped_byte_or_truncation_is_detected(tmp_path: Path) -> None:
             load_checkpoint(path)
         assert file.name in str(caught.value)
         if file.name != MANIFEST_FILE:  # the message gives both digests
-            assert expected_digest in str(caught.value) and sha256_file(file) in str(
-                caught.value
-            )
+            assert expected_digest in str(caught.value) and sha256_file(file) in str(caught.value)
         with pytest.warns(CheckpointWarning, match=f"step-000002.*{file.name}"):
             assert_holds_step(find_resumable(tmp_path), 1)
         file.write_bytes(original)
@@ -469,9 +441,7 @@ def test_no_checkpoint_at_all_is_a_clear_failure(tmp_path: Path) -> None:
     with pytest.raises(TrainingFailure, match="does not exist"):
         find_resumable(tmp_path / "missing")
     (tmp_path / ".tmp-last-123").mkdir()
-    with pytest.raises(
-        TrainingFailure, match=r"no complete, verified checkpoint.*--resume"
-    ):
+    with pytest.raises(TrainingFailure, match=r"no complete, verified checkpoint.*--resume"):
         find_resumable(tmp_path)
     assert list(tmp_path.iterdir()) == []
 
@@ -491,9 +461,7 @@ def test_pickle_payload_in_training_state_is_refused(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     save_step(tmp_path, 1)
     path = save_step(tmp_path, 2)
-    torch.save(
-        {"step": 2, "payload": CreatesFileWhenUnpickled(marker)}, path / "training.pt"
-    )
+    torch.save({"step": 2, "payload": CreatesFileWhenUnpickled(marker)}, path / "training.pt")
     ckpt_module._write_manifest(path)  # an attacker can rewrite the digests too
     ckpt_module.verify_checkpoint(path)
 
@@ -510,9 +478,7 @@ def test_pickle_payload_in_training_state_is_refused(tmp_path: Path) -> None:
 def test_python_tag_in_checkpoint_config_is_refused(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     path = save_step(tmp_path, 1)
-    (path / "config.yaml").write_text(
-        f"lr: !!python/object/apply:os.system ['touch {marker}']\n"
-    )
+    (path / "config.yaml").write_text(f"lr: !!python/object/apply:os.system ['touch {marker}']\n")
     ckpt_module._write_manifest(path)
     with pytest.raises(UnsafeCheckpoint, match=r"config\.yaml.*line 1.*python"):
         load_checkpoint(path)
@@ -528,9 +494,7 @@ def no_space(*args, **kwargs):
 
 @pytest.mark.parametrize("name", ["step-000002", "last"])
 @pytest.mark.parametrize("failing", ["write", "rename", "latest"])
-def test_disk_full_keeps_the_previous_checkpoint(
-    tmp_path: Path, monkeypatch, failing: str, name: str
-) -> None:
+def test_disk_full_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch, failing: str, name: str) -> None:
     save_step(tmp_path, 1)
     save_step(tmp_path, 1, name="last")
     real_rename, real_replace = os.rename, os.replace
@@ -578,9 +542,7 @@ def test_read_only_folder_keeps_the_previous_checkpoint(tmp_path: Path) -> None:
             pass
         else:
             pytest.skip("chmod does not stop this user from writing (running as root)")
-        with pytest.raises(
-            TrainingFailure, match=f"{tmp_path / 'step-000002'}.*Permission denied"
-        ):
+        with pytest.raises(TrainingFailure, match=f"{tmp_path / 'step-000002'}.*Permission denied"):
             save_step(tmp_path, 2)
     finally:
         tmp_path.chmod(0o700)

@@ -64,8 +64,16 @@ def test_train_writes_the_run_directory(tmp_path: Path, capsys: pytest.CaptureFi
     run = tmp_path / "run"
     code, out, err = run_cli(["train", "--max-steps", "60", "--run-dir", str(run), "--quiet"], capsys)
     assert code == 0, err
-    for name in ("config.yaml", "metrics.csv", "model.safetensors", "summary.json", "preprocessing.json",
-                 "model_summary.txt", "report.html", "predictions.safetensors"):
+    for name in (
+        "config.yaml",
+        "metrics.csv",
+        "model.safetensors",
+        "summary.json",
+        "preprocessing.json",
+        "model_summary.txt",
+        "report.html",
+        "predictions.safetensors",
+    ):
         assert (run / name).is_file(), name
     assert list((run / "tb").iterdir())
     summary = json.loads((run / "summary.json").read_text())
@@ -104,8 +112,9 @@ def test_config_replays_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[st
         (["--recipe", "mnist-fats"], "unknown recipe"),
     ],
 )
-def test_usage_errors_exit_2_without_traceback(args: list[str], message: str, tmp_path: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_usage_errors_exit_2_without_traceback(
+    args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, _, err = run_cli(["train", "--run-dir", str(tmp_path / "r"), "--max-steps", "1", *args], capsys)
     assert code == 2
     assert message in err and "Traceback" not in err
@@ -115,19 +124,31 @@ def test_tutorial_simplenet_trains_unchanged(tmp_path: Path, capsys: pytest.Capt
     path = tmp_path / "tutorial.py"
     path.write_text(TUTORIAL_SIMPLENET)
     run = tmp_path / "run"
-    code, _, err = run_cli(["train", "--model", f"{path}:SimpleNet", "--epochs", "1", "--run-dir", str(run),
-                            "--quiet"], capsys)
+    code, _, err = run_cli(
+        ["train", "--model", f"{path}:SimpleNet", "--epochs", "1", "--run-dir", str(run), "--quiet"], capsys
+    )
     assert code == 0, err
     assert json.loads((run / "summary.json").read_text())["test"]["accuracy"] > 0.85
 
 
-def test_tutorial_convnet_on_cifar_shapes_stops_before_training(tmp_path: Path,
-                                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_tutorial_convnet_on_cifar_shapes_stops_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "tutorial.py"
     path.write_text(TUTORIAL_CONVNET)
     write_image_tree(tmp_path / "images", classes=10, per_class=8, size=32)
-    code, _, err = run_cli(["train", "--model", f"{path}:ConvNet", "--data", f"imagefolder:{tmp_path / 'images'}",
-                            "--run-dir", str(tmp_path / "run")], capsys)
+    code, _, err = run_cli(
+        [
+            "train",
+            "--model",
+            f"{path}:ConvNet",
+            "--data",
+            f"imagefolder:{tmp_path / 'images'}",
+            "--run-dir",
+            str(tmp_path / "run"),
+        ],
+        capsys,
+    )
     assert code == 2
     assert "fc1" in err and "2048" in err and "8192" in err and "batch" in err
     assert "Traceback" not in err
@@ -140,14 +161,15 @@ def test_list_commands(capsys: pytest.CaptureFixture[str]) -> None:
         assert code == 0 and expected in out
 
 
-def test_failure_during_training_keeps_the_run_directory(tmp_path: Path,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_failure_during_training_keeps_the_run_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "bad.py"
-    path.write_text("import torch\nfrom torch import nn\nclass Net(nn.Module):\n"
-                    "    def __init__(self):\n        super().__init__()\n        self.fc = nn.Linear(784, 10)\n"
-                    "        self.calls = 0\n"
-                    "    def forward(self, x):\n        self.calls += 1\n        out = self.fc(x.flatten(1))\n"
-                    "        return out * float('nan') if self.calls > 20 else out\n")
+    path.write_text(
+        "import torch\nfrom torch import nn\nclass Net(nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n        self.fc = nn.Linear(784, 10)\n"
+        "        self.calls = 0\n"
+        "    def forward(self, x):\n        self.calls += 1\n        out = self.fc(x.flatten(1))\n"
+        "        return out * float('nan') if self.calls > 20 else out\n"
+    )
     run = tmp_path / "run"
     code, _, err = run_cli(["train", "--model", f"{path}:Net", "--run-dir", str(run), "--quiet"], capsys)
     assert code == 1 and "non-finite" in err.lower() and "Traceback" not in err

@@ -20,8 +20,9 @@ def test_unknown_key_suggests_close_match() -> None:
 
 def test_all_errors_reported_at_once() -> None:
     with pytest.raises(UsageError) as info:
-        RunConfig.from_dict({"train": {"batch_size": 0, "max_epochs": "ten", "precision": "fp8"},
-                             "optim": {"lr": -1.0}, "modle": {}})
+        RunConfig.from_dict(
+            {"train": {"batch_size": 0, "max_epochs": "ten", "precision": "fp8"}, "optim": {"lr": -1.0}, "modle": {}}
+        )
     message = str(info.value)
     assert "--batch-size (train.batch_size) must be a positive integer, got 0" in message
     assert "'train.max_epochs' must be int, got 'ten'" in message
@@ -32,8 +33,11 @@ def test_all_errors_reported_at_once() -> None:
 
 def test_parse_set_nests_and_parses_scalars() -> None:
     assert parse_set(["optim.lr=0.05", "model.args.width=64", "train.compile=true", "data.dir=a b"]) == {
-        "optim": {"lr": 0.05}, "model": {"args": {"width": 64}}, "train": {"compile": True},
-        "data": {"dir": "a b"}}
+        "optim": {"lr": 0.05},
+        "model": {"args": {"width": 64}},
+        "train": {"compile": True},
+        "data": {"dir": "a b"},
+    }
     with pytest.raises(UsageError, match="--set expects key=value"):
         parse_set(["optim.lr"])
 

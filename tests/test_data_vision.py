@@ -95,5 +95,15 @@ def test_real_cifar10_tree_reads_as_expected() -> None:
     root = shared_dataset("cifar10-jpeg")
     from torchsmith.data.vision import class_folders
 
-    assert class_folders(root / "train") == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
-                                             "horse", "ship", "truck"]
+    assert class_folders(root / "train") == [
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ]

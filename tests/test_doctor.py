@@ -130,19 +130,12 @@ def test_functional_pooling_still_counts_features_per_sample() -> None:
     x, y = images(8, 32)
     findings = preflight(FunctionalPoolNet(), x, y, num_classes=10, loss_fn=CE)
     message = findings[0].message
-    assert (
-        "expects 8192 input features but received 2048 features per sample" in message
-    )
+    assert "expects 8192 input features but received 2048 features per sample" in message
     assert "`conv3` returned (8, 128, 8, 8)" in message
     assert "`nn.Linear(2048, 128)`" in message
     x, y = images(6, 32)
-    message = preflight(FunctionalPoolNet(), x, y, num_classes=10, loss_fn=CE)[
-        0
-    ].message
-    assert (
-        "each sample has 2048 features" in message
-        and "`nn.Linear(2048, 128)`" in message
-    )
+    message = preflight(FunctionalPoolNet(), x, y, num_classes=10, loss_fn=CE)[0].message
+    assert "each sample has 2048 features" in message and "`nn.Linear(2048, 128)`" in message
 
 
 def test_tutorial_convnet_fits_64x64_images() -> None:
@@ -168,10 +161,7 @@ def test_indivisible_batch_view_error_is_explained() -> None:
     findings = preflight(model, x, y, num_classes=10, loss_fn=CE)
     assert [f.code for f in findings] == ["forward-failed"]
     message = findings[0].message
-    assert (
-        "`TutorialConvNet.forward` failed after `pool` returned (6, 128, 4, 4)"
-        in message
-    )
+    assert "`TutorialConvNet.forward` failed after `pool` returned (6, 128, 4, 4)" in message
     assert "rows of 8192 values (what `TutorialConvNet.fc1` expects)" in message
     assert "each sample has 2048 features" in message
     assert "merges the batch dimension" in message
@@ -186,10 +176,7 @@ def test_linear_shape_crash_names_the_layer() -> None:
     findings = preflight(model, x, y, num_classes=10, loss_fn=CE)
     assert [f.code for f in findings] == ["forward-failed"]
     message = findings[0].message
-    assert (
-        "`TutorialConvNet.fc1` (Linear) expects 8192 input features but received 2048"
-        in message
-    )
+    assert "`TutorialConvNet.fc1` (Linear) expects 8192 input features but received 2048" in message
     assert "mat1 and mat2 shapes cannot be multiplied" in message
     assert "`nn.Linear(128*4*4, 128)`" in message
     assert_no_hooks(model)
@@ -200,18 +187,13 @@ def test_module_that_changes_batch_dim_is_named() -> None:
     labels = torch.zeros(8, dtype=torch.long)
     findings = preflight(model, torch.randn(8, 4), labels, num_classes=12, loss_fn=CE)
     assert [f.code for f in findings] == ["batch-dim-changed"]
-    assert (
-        "`Sequential.1` (Flatten) received 8 samples (8, 6) but returned (48,)"
-        in findings[0].message
-    )
+    assert "`Sequential.1` (Flatten) received 8 samples (8, 6) but returned (48,)" in findings[0].message
 
 
 def test_output_width_mismatch_names_both_counts() -> None:
     torch.manual_seed(0)
     model = Mlp(out_features=5)
-    findings = preflight(
-        model, torch.randn(8, 4), torch.arange(8), num_classes=10, loss_fn=CE
-    )
+    findings = preflight(model, torch.randn(8, 4), torch.arange(8), num_classes=10, loss_fn=CE)
     assert [f.code for f in findings] == ["output-width"]
     message = findings[0].message
     assert "outputs 5 values per sample but the data has 10 classes" in message
@@ -227,9 +209,7 @@ def test_labels_out_of_range_and_wrong_dtype() -> None:
     assert "[0, 10)" in findings[0].message
     assert "labels from 0 to 10" in findings[0].message
     assert "2 of 8 samples" in findings[0].message
-    findings = preflight(
-        model, torch.randn(8, 4), labels.float(), num_classes=10, loss_fn=CE
-    )
+    findings = preflight(model, torch.randn(8, 4), labels.float(), num_classes=10, loss_fn=CE)
     assert [f.code for f in findings] == ["label-dtype"]
     assert "float32" in findings[0].message
 
@@ -379,9 +359,7 @@ def localize(model, loss_fn, x, y, **kwargs) -> NanReport:
     """localize_nonfinite, checking it leaves weights, .grad, hooks and RNG alone."""
     before = prepared(model)
     rng = rng_states(x.device)
-    report = localize_nonfinite(
-        model, loss_fn, x, y, step=kwargs.pop("step", 7), epoch=1, **kwargs
-    )
+    report = localize_nonfinite(model, loss_fn, x, y, step=kwargs.pop("step", 7), epoch=1, **kwargs)
     assert_unchanged(model, before)
     assert all(map(torch.equal, rng_states(x.device), rng))
     json.dumps(report.to_dict(), allow_nan=False)  # strict JSON
@@ -483,10 +461,7 @@ def test_exploding_gradient_history_suggests_lower_lr() -> None:
     model = nn.Linear(4, 3)
     with torch.no_grad():
         model.weight.fill_(1e38)  # weights after a divergence: the forward overflows
-    history = [
-        {"step": s, "loss": 1.0 + s, "grad_norm": 10.0 * 4**s, "lr": 0.5}
-        for s in range(6)
-    ]
+    history = [{"step": s, "loss": 1.0 + s, "grad_norm": 10.0 * 4**s, "lr": 0.5} for s in range(6)]
     x, y = torch.full((4, 4), 10.0), torch.tensor([0, 1, 2, 0])
     report = localize(model, CE, x, y, history=history)
     assert report.stage == "forward" and report.stats["output"]["inf"] > 0
@@ -568,18 +543,14 @@ def test_scan_data_finds_every_problem() -> None:
     assert "outside [0, 3) (found min 0, max 7) in samples: 5" in text
     saved = json.loads(json.dumps(report.to_dict(), allow_nan=False))
     assert saved["duplicate_groups"] == [[3, 5]] and saved["has_errors"] is True
-    clean = scan_data(
-        torch.randn(6, 4), torch.tensor([0, 0, 0, 0, 0, 1]), num_classes=3
-    )
+    clean = scan_data(torch.randn(6, 4), torch.tensor([0, 0, 0, 0, 0, 1]), num_classes=3)
     assert not clean.has_errors and clean.missing_classes == [2]
     assert clean.imbalance_ratio is None
 
 
 def test_duplicates_exact_on_larger_uint8_data() -> None:
     generator = torch.Generator().manual_seed(0)
-    data = torch.randint(
-        0, 256, (3000, 1, 28, 28), dtype=torch.uint8, generator=generator
-    )
+    data = torch.randint(0, 256, (3000, 1, 28, 28), dtype=torch.uint8, generator=generator)
     data[2999] = data[10]
     data[1500] = data[10]
     data[7] = data[8]
@@ -599,9 +570,7 @@ def test_duplicates_survive_hash_collisions(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_tensor_stats_ignore_nonfinite_values() -> None:
-    stats = tensor_stats(
-        torch.tensor([1.0, float("nan"), 3.0, float("inf"), -float("inf")])
-    )
+    stats = tensor_stats(torch.tensor([1.0, float("nan"), 3.0, float("inf"), -float("inf")]))
     assert stats == {
         "shape": [5],
         "dtype": "float32",
@@ -640,7 +609,5 @@ def test_doctor_on_cuda_keeps_cuda_rng_and_finds_fp16_overflow() -> None:
     report = localize(model, CE, x, y, precision="fp16")
     assert report.cause == "fp16 overflow" and report.fp32_finite is True
     model = Mlp().to(device)  # dropout draws from the CUDA generator
-    report = localize(
-        model, CE, torch.randn(8, 4, device=device), torch.arange(8, device=device)
-    )
+    report = localize(model, CE, torch.randn(8, 4, device=device), torch.arange(8, device=device))
     assert report.cause == "not reproduced"

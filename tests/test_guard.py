@@ -114,8 +114,22 @@ def test_d_inf_loss(blobs) -> None:
 def test_e_exploding_gradient_on_real_mnist(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data_dir = shared_dataset("mnist")
     run = tmp_path / "run"
-    code = main(["train", "--data", "mnist", "--data-dir", str(data_dir), "--optimizer", "sgd", "--lr", "10000",
-                 "--run-dir", str(run), "--quiet"])
+    code = main(
+        [
+            "train",
+            "--data",
+            "mnist",
+            "--data-dir",
+            str(data_dir),
+            "--optimizer",
+            "sgd",
+            "--lr",
+            "10000",
+            "--run-dir",
+            str(run),
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err
     event = json.loads((run / "doctor.json").read_text())["events"][0]
@@ -134,8 +148,17 @@ def poisoned(blobs, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
 
 def accuracy_after(policy: str, data, tmp_path: Path, **extra) -> Trainer:
     callbacks = [Checkpointer(tmp_path, {}, every_steps=4)] if policy == "rollback" else []
-    trainer = Trainer(tiny_mlp(), optimizer="adamw", optim=OptimConfig(lr=0.02, scheduler="none"), max_epochs=4, batch_size=32,
-                      progress="none", on_nan=policy, callbacks=callbacks, **extra)
+    trainer = Trainer(
+        tiny_mlp(),
+        optimizer="adamw",
+        optim=OptimConfig(lr=0.02, scheduler="none"),
+        max_epochs=4,
+        batch_size=32,
+        progress="none",
+        on_nan=policy,
+        callbacks=callbacks,
+        **extra,
+    )
     trainer.fit(data)
     return trainer
 
@@ -169,8 +192,15 @@ def test_sync_free_guard_skips_the_step_on_the_device(blobs) -> None:
     and the run stops at the next check, naming the step."""
     x, y = poisoned(blobs, [40])
     snapshots = Snapshots()
-    trainer = Trainer(tiny_mlp(), optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, fused=True),
-                      max_epochs=2, batch_size=32, progress="none", nan_check_every=4, callbacks=[snapshots])
+    trainer = Trainer(
+        tiny_mlp(),
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, fused=True),
+        max_epochs=2,
+        batch_size=32,
+        progress="none",
+        nan_check_every=4,
+        callbacks=[snapshots],
+    )
     with pytest.raises(TrainingFailure, match="skipped that step on the device"):
         trainer.fit((x, y))
     bad = trainer.state.nan_events[0]["step"]

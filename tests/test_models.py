@@ -48,9 +48,11 @@ def test_unknown_model_suggests() -> None:
 
 def test_user_file_class(tmp_path) -> None:
     path = tmp_path / "nets.py"
-    path.write_text("from torch import nn\nclass Tiny(nn.Module):\n    def __init__(self, width=4):\n"
-                    "        super().__init__()\n        self.fc = nn.Linear(784, width)\n"
-                    "    def forward(self, x):\n        return self.fc(x.flatten(1))\n")
+    path.write_text(
+        "from torch import nn\nclass Tiny(nn.Module):\n    def __init__(self, width=4):\n"
+        "        super().__init__()\n        self.fc = nn.Linear(784, width)\n"
+        "    def forward(self, x):\n        return self.fc(x.flatten(1))\n"
+    )
     model = build_model(f"{path}:Tiny", MNIST, {"width": 7})
     assert model.fc.out_features == 7
     with pytest.raises(UsageError, match=r"has no class 'Tinny'\. Did you mean 'Tiny'"):

@@ -126,10 +126,7 @@ def test_curves_are_embedded_and_saved_beside_the_report(image_run) -> None:
         assert len(sources) == 1
         assert sources[0].startswith("data:image/png;base64,")
         png = base64.b64decode(sources[0].split(",", 1)[1])
-        assert (
-            png.startswith(b"\x89PNG")
-            and png == (run / f"plots/{section}.png").read_bytes()
-        )
+        assert png.startswith(b"\x89PNG") and png == (run / f"plots/{section}.png").read_bytes()
 
 
 def test_confusion_matrix_and_per_class_metrics_match_hand_counts(image_run) -> None:
@@ -155,9 +152,7 @@ def test_confusion_matrix_and_per_class_metrics_match_hand_counts(image_run) -> 
         f1 = 2 * precision * recall / (precision + recall)
         cells = [text for _, text in row]
         assert cells[0] == CLASS_NAMES[c]
-        assert [float(v) for v in cells[1:4]] == pytest.approx(
-            [precision, recall, f1], abs=5e-5
-        )
+        assert [float(v) for v in cells[1:4]] == pytest.approx([precision, recall, f1], abs=5e-5)
         assert int(cells[4]) == support
 
 
@@ -165,18 +160,13 @@ def test_mistakes_grid_holds_the_most_confident_wrong_examples(image_run) -> Non
     _, page = image_run
     assert page.figures.count("mistakes") == 16
     images = [src for where, src in page.images if where == "mistakes"]
-    assert len(images) == 16 and all(
-        s.startswith("data:image/png;base64,") for s in images
-    )
+    assert len(images) == 16 and all(s.startswith("data:image/png;base64,") for s in images)
     targets, probabilities = predictions()
     confidence, predicted = probabilities.max(dim=1)
     wrong = [i for i in range(NUM_SAMPLES) if predicted[i] != targets[i]]
     top = max(wrong, key=lambda i: confidence[i])
     name = CLASS_NAMES[int(predicted[top])]
-    assert (
-        f"#{top}: true {CLASS_NAMES[int(targets[top])]}, predicted {name}"
-        in (page.text["mistakes"])
-    )
+    assert f"#{top}: true {CLASS_NAMES[int(targets[top])]}, predicted {name}" in (page.text["mistakes"])
 
 
 def test_report_is_self_contained_and_shows_every_input(image_run) -> None:
@@ -188,10 +178,7 @@ def test_report_is_self_contained_and_shows_every_input(image_run) -> None:
     for section in ["config", "environment", "curves", "optimization", "predictions"]:
         assert section in page.sections
     assert "lr: 0.01" in page.text["config"]
-    assert (
-        "cpu" in page.text["environment"]
-        and torch.__version__ in page.text["environment"]
-    )
+    assert "cpu" in page.text["environment"] and torch.__version__ in page.text["environment"]
     assert "fc  Linear <b>" in page.text["model-summary"]  # escaped, shown as text
     assert "loss became NaN" in page.text["doctor"]
 
@@ -263,9 +250,7 @@ def test_most_confident_mistakes_by_hand() -> None:
 def test_save_predictions_rejects_inconsistent_inputs(tmp_path: Path) -> None:
     targets, probabilities = predictions()
     with pytest.raises(UsageError, match="softmax"):
-        save_predictions(
-            tmp_path, targets, torch.log(probabilities), CLASS_NAMES, "image"
-        )
+        save_predictions(tmp_path, targets, torch.log(probabilities), CLASS_NAMES, "image")
     with pytest.raises(UsageError, match="2 class names for 3 classes"):
         save_predictions(tmp_path, targets, probabilities, ["a", "b"], "image")
     with pytest.raises(UsageError, match="modality"):
@@ -285,13 +270,9 @@ def test_save_predictions_rejects_inconsistent_inputs(tmp_path: Path) -> None:
 def test_compare_shows_differing_config_and_curves(tmp_path: Path) -> None:
     write_run(tmp_path / "a", lr=0.01)
     write_run(tmp_path / "b", lr=0.05, epochs=3)
-    output = write_comparison(
-        [tmp_path / "a", tmp_path / "b"], tmp_path / "out/cmp.html"
-    )
+    output = write_comparison([tmp_path / "a", tmp_path / "b"], tmp_path / "out/cmp.html")
     page = Page(output.read_text())
-    diff = {
-        row[0][1]: [text for _, text in row[1:]] for row in page.tables["config-diff"]
-    }
+    diff = {row[0][1]: [text for _, text in row[1:]] for row in page.tables["config-diff"]}
     assert diff["optim.lr"] == ["0.01", "0.05"]
     assert "model.name" not in diff and "optim.name" not in diff
     metrics = page.tables["final-metrics"]
@@ -312,9 +293,7 @@ def test_compare_shows_differing_config_and_curves(tmp_path: Path) -> None:
 def test_compare_rejects_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
     write_run(tmp_path / "a")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(
-        UsageError, match=r"empty is not a run directory: no summary\.json"
-    ):
+    with pytest.raises(UsageError, match=r"empty is not a run directory: no summary\.json"):
         write_comparison([tmp_path / "a", tmp_path / "empty"], tmp_path / "cmp.html")
     with pytest.raises(UsageError, match="does not exist"):
         write_comparison([tmp_path / "a", tmp_path / "missing"], tmp_path / "cmp.html")

@@ -35,8 +35,9 @@ def data() -> tuple[ImageTensors, ImageTensors]:
 
 def model() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.3),
-                         nn.Flatten(), nn.Linear(256, 3))
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.3), nn.Flatten(), nn.Linear(256, 3)
+    )
 
 
 class Record(Callback):
@@ -52,8 +53,16 @@ class Record(Callback):
 def run(run_dir: Path, losses: list[float], stop_at: int | None = None, resume: bool = False) -> Trainer:
     train, val = data()
     callbacks = [Checkpointer(run_dir, {}, every_steps=None), Record(losses, stop_at)]
-    trainer = Trainer(model(), optimizer="adamw", optim=OptimConfig(lr=0.01, scheduler="cosine", warmup_steps=3),
-                      max_epochs=3, batch_size=16, log_every=1, progress="none", callbacks=callbacks)
+    trainer = Trainer(
+        model(),
+        optimizer="adamw",
+        optim=OptimConfig(lr=0.01, scheduler="cosine", warmup_steps=3),
+        max_epochs=3,
+        batch_size=16,
+        log_every=1,
+        progress="none",
+        callbacks=callbacks,
+    )
     trainer.fit(train, val, resume=resume)
     return trainer
 
@@ -66,8 +75,9 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[float], di
     return losses, {k: v.clone() for k, v in trainer.model.state_dict().items()}, trainer.state.history
 
 
-@pytest.mark.parametrize("stop_at", [3, STEPS_PER_EPOCH, STEPS_PER_EPOCH + 1], ids=["mid-epoch", "epoch-end",
-                                                                                   "epoch-start"])
+@pytest.mark.parametrize(
+    "stop_at", [3, STEPS_PER_EPOCH, STEPS_PER_EPOCH + 1], ids=["mid-epoch", "epoch-end", "epoch-start"]
+)
 def test_resume_equals_uninterrupted(tmp_path: Path, reference, stop_at: int) -> None:
     expected_losses, expected_weights, expected_history = reference
     losses: list[float] = []
@@ -103,10 +113,25 @@ def test_resume_without_checkpoints_is_a_clear_error(tmp_path: Path) -> None:
 
 def _train(run_dir: Path, *extra: str) -> subprocess.Popen:
     # SimpleNet with batch 8: 1,800 short steps, so the signal lands mid-epoch.
-    command = [sys.executable, "-m", "torchsmith", "train", "--batch-size", "8", "--epochs", "1",
-               "--checkpoint-every", "200", "--run-dir", str(run_dir), "--quiet", *extra]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    command = [
+        sys.executable,
+        "-m",
+        "torchsmith",
+        "train",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "1",
+        "--checkpoint-every",
+        "200",
+        "--run-dir",
+        str(run_dir),
+        "--quiet",
+        *extra,
+    ]
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
 
 
 def test_sigterm_saves_and_resume_reproduces_the_run(tmp_path: Path) -> None:
@@ -123,8 +148,12 @@ def test_sigterm_saves_and_resume_reproduces_the_run(tmp_path: Path) -> None:
     assert process.returncode == 143, err
     summary = json.loads((stopped_dir / "summary.json").read_text())
     assert summary["status"] == "stopped" and 200 <= summary["steps"] < 1800
-    resumed = subprocess.run([sys.executable, "-m", "torchsmith", "train", "--run-dir", str(stopped_dir),
-                              "--resume", "--quiet"], capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "torchsmith", "train", "--run-dir", str(stopped_dir), "--resume", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stderr
     expected = load_file(str(tmp_path / "reference" / "model.safetensors"))
     actual = load_file(str(stopped_dir / "model.safetensors"))

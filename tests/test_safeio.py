@@ -33,10 +33,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "torchsmith"
 def test_sha256_file_matches_the_standard_digest(tmp_path: Path) -> None:
     path = tmp_path / "abc"
     path.write_bytes(b"abc")
-    assert (
-        sha256_file(path)
-        == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-    )
+    assert sha256_file(path) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     big = os.urandom(3 * (1 << 20) + 17)  # spans several read chunks
     path.write_bytes(big)
     assert sha256_file(path) == hashlib.sha256(big).hexdigest()
@@ -110,9 +107,7 @@ def make_tar(path: Path, members: list[tarfile.TarInfo]) -> Path:
     return path
 
 
-def tar_member(
-    name: str, kind: bytes = tarfile.REGTYPE, link: str = ""
-) -> tarfile.TarInfo:
+def tar_member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
     member = tarfile.TarInfo(name)
     member.type, member.linkname = kind, link
     return member
@@ -131,9 +126,7 @@ UNSAFE_TARS = {
 
 @pytest.mark.parametrize("kind", sorted(UNSAFE_TARS))
 def test_unsafe_tar_is_refused_before_writing(tmp_path: Path, kind: str) -> None:
-    archive = make_tar(
-        tmp_path / "bad.tar.gz", [tar_member("ok.txt"), *UNSAFE_TARS[kind]]
-    )
+    archive = make_tar(tmp_path / "bad.tar.gz", [tar_member("ok.txt"), *UNSAFE_TARS[kind]])
     target = tmp_path / "out"
     with pytest.raises(UsageError, match=r"bad\.tar\.gz: refusing"):
         safe_extract(archive, target)
@@ -171,9 +164,7 @@ def test_unsafe_zip_is_refused(tmp_path: Path, name: str) -> None:
 
 
 def test_good_zip_is_extracted_and_garbage_is_a_usage_error(tmp_path: Path) -> None:
-    target = safe_extract(
-        make_zip(tmp_path / "good.zip", ["a.txt", "sub/b.txt"]), tmp_path / "out"
-    )
+    target = safe_extract(make_zip(tmp_path / "good.zip", ["a.txt", "sub/b.txt"]), tmp_path / "out")
     assert (target / "sub/b.txt").read_bytes() == b"payload"
     garbage = tmp_path / "garbage.bin"
     garbage.write_bytes(b"not an archive" * 100)
@@ -204,9 +195,7 @@ def test_download_verifies_and_moves_into_place(tmp_path: Path, source: Path) ->
     assert download(source.as_uri(), target, digest) == target
 
 
-def test_download_with_wrong_checksum_leaves_no_file(
-    tmp_path: Path, source: Path
-) -> None:
+def test_download_with_wrong_checksum_leaves_no_file(tmp_path: Path, source: Path) -> None:
     actual = hashlib.sha256(source.read_bytes()).hexdigest()
     wrong = "0" * 64
     target = tmp_path / "data" / "mnist.npz"
@@ -256,18 +245,11 @@ def dotted(node: ast.expr) -> str:
 
 
 def keyword_is_true(call: ast.Call, name: str) -> bool:
-    return any(
-        k.arg == name and isinstance(k.value, ast.Constant) and k.value.value is True
-        for k in call.keywords
-    )
+    return any(k.arg == name and isinstance(k.value, ast.Constant) and k.value.value is True for k in call.keywords)
 
 
 def import_problem(node: ast.Import | ast.ImportFrom) -> str | None:
-    modules = (
-        [a.name for a in node.names]
-        if isinstance(node, ast.Import)
-        else [node.module or ""]
-    )
+    modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
     if any(module.split(".")[0] in UNSAFE_MODULES for module in modules):
         return f"import of {', '.join(modules)}"
     names = [a.name for a in node.names]
@@ -323,12 +305,7 @@ def test_source_scan_catches_each_unsafe_pattern() -> None:
     ]
     for line in unsafe:
         assert unsafe_calls(line, "snippet.py"), f"not caught: {line}"
-    safe = (
-        "model.eval()\n"
-        "torch.load(f, map_location='cpu', weights_only=True)\n"
-        "yaml.safe_load(text)\n"
-        "np.load(f)\n"
-    )
+    safe = "model.eval()\ntorch.load(f, map_location='cpu', weights_only=True)\nyaml.safe_load(text)\nnp.load(f)\n"
     assert unsafe_calls(safe, "snippet.py") == []
 
 

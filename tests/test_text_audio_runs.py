@@ -29,15 +29,35 @@ def write_sentiment(folder: Path) -> Path:
 def test_text_classification_run_predicts_sentences(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = write_sentiment(tmp_path / "sentiment")
     run = tmp_path / "run"
-    assert main(["train", "--data", f"tsv:{data}", "--model", "bow", "--epochs", "15", "--lr", "0.05",
-                 "--run-dir", str(run), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                f"tsv:{data}",
+                "--model",
+                "bow",
+                "--epochs",
+                "15",
+                "--lr",
+                "0.05",
+                "--run-dir",
+                str(run),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     inputs = tmp_path / "inputs.txt"
     inputs.write_text("wonderful and moving\n\nboring and stupid\n")
     assert main(["predict", str(run), "a gorgeous , witty film", str(inputs)]) == 0
     lines = [line.split("\t") for line in capsys.readouterr().out.strip().splitlines()]
     assert [(line[0], line[1]) for line in lines] == [
-        ("a gorgeous , witty film", "1"), ("wonderful and moving", "1"), ("boring and stupid", "0")]
+        ("a gorgeous , witty film", "1"),
+        ("wonderful and moving", "1"),
+        ("boring and stupid", "0"),
+    ]
     assert all(0.5 < float(line[2]) <= 1.0 for line in lines)
 
 
@@ -59,8 +79,27 @@ def test_speech_run_predicts_wav_files(tmp_path: Path, capsys: pytest.CaptureFix
             for i in range(count):
                 write_tone(folder / f"{i}.wav", frequency * (1 + 0.02 * i))
     run = tmp_path / "run"
-    assert main(["train", "--data", f"wavfolder:{tmp_path / 'tones'}", "--model", "audiocnn", "--epochs", "8",
-                 "--lr", "0.01", "--batch-size", "8", "--run-dir", str(run), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                f"wavfolder:{tmp_path / 'tones'}",
+                "--model",
+                "audiocnn",
+                "--epochs",
+                "8",
+                "--lr",
+                "0.01",
+                "--batch-size",
+                "8",
+                "--run-dir",
+                str(run),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     low, high = tmp_path / "tones" / "test" / "low" / "1.wav", tmp_path / "tones" / "test" / "high" / "2.wav"
     assert main(["predict", str(run), str(low), str(high)]) == 0
@@ -70,14 +109,35 @@ def test_speech_run_predicts_wav_files(tmp_path: Path, capsys: pytest.CaptureFix
         torchsmith.load(run).predict([str(tmp_path / "missing.wav")])
 
 
-def test_generate_is_deterministic_and_starts_with_the_prompt(tmp_path: Path,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_generate_is_deterministic_and_starts_with_the_prompt(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     text = tmp_path / "poem.txt"
     text.write_text("ROMEO: what light through yonder window breaks?\n" * 200)
     run = tmp_path / "run"
-    assert main(["train", "--data", f"textfile:{text}", "--model", "char-gpt", "--model-args",
-                 '{"num_layers": 1, "embed_dim": 32, "num_heads": 2}', "--set", "data.options.block_size=32",
-                 "--max-steps", "40", "--lr", "0.01", "--run-dir", str(run), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                f"textfile:{text}",
+                "--model",
+                "char-gpt",
+                "--model-args",
+                '{"num_layers": 1, "embed_dim": 32, "num_heads": 2}',
+                "--set",
+                "data.options.block_size=32",
+                "--max-steps",
+                "40",
+                "--lr",
+                "0.01",
+                "--run-dir",
+                str(run),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     outputs = []
     for seed in (1, 1, 2):

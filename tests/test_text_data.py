@@ -161,13 +161,9 @@ def test_tokenizer_splits_punctuation_and_round_trips_through_json() -> None:
     assert PAD_ID not in ids and UNK_ID not in ids
     assert tokenizer.decode(ids) == "a fine film !"
     assert tokenizer.encode("a zebra") == [tokenizer.index["a"], UNK_ID]
-    restored = WordTokenizer.from_state_dict(
-        json.loads(json.dumps(tokenizer.state_dict()))
-    )
+    restored = WordTokenizer.from_state_dict(json.loads(json.dumps(tokenizer.state_dict())))
     assert restored.tokens == tokenizer.tokens
-    assert restored.encode("a dull , fine film") == tokenizer.encode(
-        "a dull , fine film"
-    )
+    assert restored.encode("a dull , fine film") == tokenizer.encode("a dull , fine film")
     small = WordTokenizer.build(texts, min_freq=2)
     assert small.tokens == ["<pad>", "<unk>", "fine", "a", "film"]
     assert len(WordTokenizer.build(texts, max_vocab=4)) == 4
@@ -191,12 +187,8 @@ def write(path: Path, text: str) -> Path:
 
 
 def test_read_table_finds_columns_and_skips_empty_text(tmp_path: Path) -> None:
-    path = write(
-        tmp_path / "d.tsv", "id\tReview\tlabel\n1\tgood\t1\n2\t  \t0\n3\tbad\t0\n\n"
-    )
-    with pytest.warns(
-        UserWarning, match=r"skipped 2 rows with empty text \(lines 3, 5\)"
-    ):
+    path = write(tmp_path / "d.tsv", "id\tReview\tlabel\n1\tgood\t1\n2\t  \t0\n3\tbad\t0\n\n")
+    with pytest.warns(UserWarning, match=r"skipped 2 rows with empty text \(lines 3, 5\)"):
         table = read_table(path)
     assert table.texts == ["good", "bad"] and table.labels == [1, 0]
     assert table.class_names == ["0", "1"] and table.skipped_lines == [3, 5]
@@ -215,15 +207,11 @@ def test_read_table_class_names_and_csv_quoting(tmp_path: Path) -> None:
 
 def test_read_table_errors_name_file_and_line(tmp_path: Path) -> None:
     no_label = write(tmp_path / "a.tsv", "sentence\tscore\nok\t1\n")
-    with pytest.raises(
-        UsageError, match=r"a\.tsv, line 1: no label column.*label_column"
-    ):
+    with pytest.raises(UsageError, match=r"a\.tsv, line 1: no label column.*label_column"):
         read_table(no_label)
     with pytest.raises(UsageError, match="did you mean 'score'"):
         read_table(no_label, label_column="scor")
-    mixed = write(
-        tmp_path / "b.tsv", "sentence\tlabel\nx\t0\ny\t1\nz\tpositive\nw\t1\n"
-    )
+    mixed = write(tmp_path / "b.tsv", "sentence\tlabel\nx\t0\ny\t1\nz\tpositive\nw\t1\n")
     with pytest.raises(UsageError, match=r"b\.tsv, line 4: label 'positive'"):
         read_table(mixed)
     fractional = write(tmp_path / "c.tsv", "sentence\tlabel\nx\t0\ny\t1.5\nz\t1\n")
@@ -238,9 +226,7 @@ def test_read_table_errors_name_file_and_line(tmp_path: Path) -> None:
 
 
 def test_folder_vocabulary_comes_from_train_only(tmp_path: Path) -> None:
-    write(
-        tmp_path / "train.tsv", "sentence\tlabel\n" + "good film\t1\nbad film\t0\n" * 5
-    )
+    write(tmp_path / "train.tsv", "sentence\tlabel\n" + "good film\t1\nbad film\t0\n" * 5)
     write(tmp_path / "dev.tsv", "sentence\tlabel\nzebra film\t1\n")
     write(tmp_path / "test.tsv", "sentence\tlabel\ngood zebra\t1\nbad\t0\n")
     bundle = load_table_dataset(tmp_path, kind="tsv", max_len=8)
@@ -260,9 +246,7 @@ def test_single_file_is_split_by_seed(tmp_path: Path) -> None:
     other = load_table_dataset(path, max_len=3, val_fraction=0.25, seed=2)
     assert len(first.train) == 30 and len(first.val) == 10 and first.test is None
     assert torch.equal(first.val.ids, again.val.ids)
-    assert not torch.equal(first.val.labels, other.val.labels) or not torch.equal(
-        first.val.ids, other.val.ids
-    )
+    assert not torch.equal(first.val.labels, other.val.labels) or not torch.equal(first.val.ids, other.val.ids)
     assert first.train.ids.shape[1] == 3  # capped by max_len
     # Carved validation words are not in the vocabulary built from the training rows.
     assert first.val.ids[:, 0].eq(UNK_ID).all()

@@ -49,9 +49,7 @@ def test_changing_a_later_token_never_changes_earlier_logits(index: int) -> None
         changed = ids.clone()
         changed[:, position] = (changed[:, position] + 1) % VOCAB
         new_logits = model(changed)
-        torch.testing.assert_close(
-            new_logits[:, :position], logits[:, :position], atol=1e-6, rtol=0
-        )
+        torch.testing.assert_close(new_logits[:, :position], logits[:, :position], atol=1e-6, rtol=0)
         # ... and the changed position itself does see its own token.
         assert (new_logits[:, position] - logits[:, position]).abs().max() > 1e-4
 
@@ -89,12 +87,8 @@ def test_generation_is_deterministic_for_a_seed(index: int) -> None:
 
 def test_gpt_generation_crops_the_context_to_block_size() -> None:
     model = char_models()[0]
-    prompt = torch.randint(
-        0, VOCAB, (2, 50), generator=torch.Generator().manual_seed(3)
-    )
-    out = generate(
-        model, prompt, 10, top_k=5, generator=torch.Generator().manual_seed(0)
-    )
+    prompt = torch.randint(0, VOCAB, (2, 50), generator=torch.Generator().manual_seed(3))
+    out = generate(model, prompt, 10, top_k=5, generator=torch.Generator().manual_seed(0))
     assert out.shape == (2, 60) and torch.equal(out[:, :50], prompt)
     with pytest.raises(UsageError, match="temperature"):
         generate(model, prompt, 1, temperature=-1.0)
@@ -156,9 +150,7 @@ def test_char_gpt_learns_a_periodic_text() -> None:
     model = CharGPT(13, block_size=16, num_layers=1, num_heads=2, embed_dim=32)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     for step in range(40):
-        x, y = windows.get_batch(
-            torch.arange(32), torch.Generator().manual_seed(step), True
-        )
+        x, y = windows.get_batch(torch.arange(32), torch.Generator().manual_seed(step), True)
         loss = F.cross_entropy(model(x).view(-1, 13), y.view(-1))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

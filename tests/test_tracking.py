@@ -17,8 +17,12 @@ from torchsmith.cli import main
 @pytest.fixture(scope="module")
 def mnist_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("runs") / "a"
-    assert main(["train", "--epochs", "2", "--lr", "0.002", "--run-dir", str(run), "--quiet",
-                 "--set", "train.log_every=40"]) == 0
+    assert (
+        main(
+            ["train", "--epochs", "2", "--lr", "0.002", "--run-dir", str(run), "--quiet", "--set", "train.log_every=40"]
+        )
+        == 0
+    )
     return run
 
 
@@ -94,8 +98,9 @@ def test_report_after_a_real_mnist_run(mnist_run: Path) -> None:
     assert (mnist_run / "plots" / "curves.png").is_file()
 
 
-def test_compare_shows_the_learning_rate_difference(mnist_run: Path, tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_compare_shows_the_learning_rate_difference(
+    mnist_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     other = tmp_path / "b"
     assert main(["train", "--max-steps", "100", "--lr", "0.0005", "--run-dir", str(other), "--quiet"]) == 0
     output = tmp_path / "compare.html"

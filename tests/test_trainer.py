@@ -14,8 +14,7 @@ from torchsmith.errors import TrainingFailure
 
 def make(model: nn.Module | None = None, **options) -> Trainer:
     options.setdefault("progress", "none")
-    return Trainer(model or tiny_mlp(), loss="cross_entropy", optimizer="adamw", optim=OptimConfig(lr=0.03),
-                   **options)
+    return Trainer(model or tiny_mlp(), loss="cross_entropy", optimizer="adamw", optim=OptimConfig(lr=0.03), **options)
 
 
 def test_fit_learns_and_reports_history(blobs) -> None:
@@ -79,8 +78,14 @@ def test_epoch_scheduler_steps_per_epoch_and_onecycle_per_step(blobs) -> None:
     x, y = blobs
     model = tiny_mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-    trainer = Trainer(model, optimizer=optimizer, max_epochs=3, batch_size=64, progress="none",
-                      scheduler=torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5))
+    trainer = Trainer(
+        model,
+        optimizer=optimizer,
+        max_epochs=3,
+        batch_size=64,
+        progress="none",
+        scheduler=torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5),
+    )
     trainer.fit((x, y))
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.125)
     model = tiny_mlp()
@@ -144,8 +149,13 @@ def test_nan_guard_stops_before_the_weights_change(blobs) -> None:
 def test_early_stopping_requests_stop(blobs) -> None:
     x, y = blobs
     model = tiny_mlp()
-    trainer = Trainer(model, optimizer=lambda p: torch.optim.SGD(p, lr=0.0), max_epochs=20,
-                      callbacks=[EarlyStopping("val_loss", patience=2)], progress="none")
+    trainer = Trainer(
+        model,
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.0),
+        max_epochs=20,
+        callbacks=[EarlyStopping("val_loss", patience=2)],
+        progress="none",
+    )
     trainer.fit((x, y), (x, y))
     assert trainer.state.epoch == 3 and trainer.state.status == "stopped"
 
@@ -162,5 +172,12 @@ def test_hooks_run_in_order(blobs) -> None:
 
     trainer = make(max_epochs=1, batch_size=128, callbacks=[Recorder()])
     trainer.fit((x, y), (x, y))
-    assert calls == ["on_fit_start", "on_epoch_start", "on_step_end", "on_step_end", "on_eval_end",
-                     "on_epoch_end", "on_fit_end"]
+    assert calls == [
+        "on_fit_start",
+        "on_epoch_start",
+        "on_step_end",
+        "on_step_end",
+        "on_eval_end",
+        "on_epoch_end",
+        "on_fit_end",
+    ]

@@ -26,8 +26,7 @@ def pack(root: Path, output: Path) -> None:
         tensors[f"{split}/sizes"] = sizes
         names[split] = [str(f.relative_to(root / split)) for f in files]
     save_file(tensors, str(output), metadata={"names": json.dumps(names)})
-    print(f"packed {sum(len(v) for v in names.values())} files into {output} "
-          f"({output.stat().st_size / 1e6:.1f} MB)")
+    print(f"packed {sum(len(v) for v in names.values())} files into {output} ({output.stat().st_size / 1e6:.1f} MB)")
 
 
 def unpack(packed: Path, root: Path) -> None:

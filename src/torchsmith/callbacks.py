@@ -69,9 +69,16 @@ class ProgressPrinter(Callback):
             from tqdm import tqdm
 
             state = trainer.state
-            self.bar = tqdm(total=state.steps_per_epoch, initial=state.position, file=self.stream,
-                            desc=f"Epoch {state.epoch + 1}/{state.max_epochs}", unit="step",
-                            dynamic_ncols=True, leave=False, mininterval=0.2)
+            self.bar = tqdm(
+                total=state.steps_per_epoch,
+                initial=state.position,
+                file=self.stream,
+                desc=f"Epoch {state.epoch + 1}/{state.max_epochs}",
+                unit="step",
+                dynamic_ncols=True,
+                leave=False,
+                mininterval=0.2,
+            )
 
     def on_step_end(self, trainer: Trainer) -> None:
         if self.bar is not None:
@@ -91,8 +98,7 @@ class ProgressPrinter(Callback):
         state = trainer.state
         line = format_metrics(state.metrics, EPOCH_KEYS)
         seconds = state.metrics.get("epoch_time_s", 0.0)
-        print(f"Epoch {state.epoch + 1}/{state.max_epochs}  {line}  {seconds:.1f} s", file=self.stream,
-              flush=True)
+        print(f"Epoch {state.epoch + 1}/{state.max_epochs}  {line}  {seconds:.1f} s", file=self.stream, flush=True)
 
     def on_exception(self, trainer: Trainer, error: BaseException) -> None:
         if self.bar is not None:
@@ -117,16 +123,19 @@ class EarlyStopping(Callback):
     def on_epoch_end(self, trainer: Trainer) -> None:
         value = trainer.state.metrics.get(self.monitor)
         if value is None:
-            raise ValueError(f"EarlyStopping monitors '{self.monitor}', which is not among the metrics "
-                             f"{sorted(trainer.state.metrics)}; pass validation data or another metric")
+            raise ValueError(
+                f"EarlyStopping monitors '{self.monitor}', which is not among the metrics "
+                f"{sorted(trainer.state.metrics)}; pass validation data or another metric"
+            )
         sign = -1.0 if self.lower_is_better else 1.0
         if self.best is None or sign * (value - self.best) > self.min_delta:
             self.best, self.bad_epochs = value, 0
         else:
             self.bad_epochs += 1
             if self.bad_epochs >= self.patience:
-                trainer.state.request_stop(f"early stopping: {self.monitor} did not improve for "
-                                           f"{self.patience} epochs (best {self.best:.4f})")
+                trainer.state.request_stop(
+                    f"early stopping: {self.monitor} did not improve for {self.patience} epochs (best {self.best:.4f})"
+                )
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "bad_epochs": self.bad_epochs}

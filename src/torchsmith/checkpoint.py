@@ -153,22 +153,16 @@ def save_checkpoint(
     return final
 
 
-def _check_save_arguments(
-    name: str, meta: dict[str, Any], keep_last: int | None
-) -> None:
+def _check_save_arguments(name: str, meta: dict[str, Any], keep_last: int | None) -> None:
     if not _NAME_PATTERN.fullmatch(name) or name == LATEST_FILE:
         raise UsageError(
             f"checkpoint name {name!r} is not allowed: use letters, digits, '-' and '_' "
             f"(not starting with '-' or '_'), and not {LATEST_FILE!r}."
         )
     if not isinstance(meta.get("step"), int) or isinstance(meta.get("step"), bool):
-        raise UsageError(
-            f"meta must hold the optimizer step as an int, got meta={meta!r}."
-        )
+        raise UsageError(f"meta must hold the optimizer step as an int, got meta={meta!r}.")
     if keep_last is not None and keep_last < 1:
-        raise UsageError(
-            f"keep_last must be at least 1 (or None to keep all), got {keep_last}."
-        )
+        raise UsageError(f"keep_last must be at least 1 (or None to keep all), got {keep_last}.")
 
 
 def plain_tensors(model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -220,10 +214,7 @@ def _serialize_texts(name: str, config: dict, meta: dict) -> dict[str, str]:
             META_FILE: json.dumps(meta, indent=2) + "\n",
         }
     except (yaml.YAMLError, TypeError, ValueError) as error:
-        raise UsageError(
-            f"config and meta must hold plain values (numbers, strings, lists, dicts): "
-            f"{error}"
-        ) from error
+        raise UsageError(f"config and meta must hold plain values (numbers, strings, lists, dicts): {error}") from error
 
 
 def _write_files(
@@ -232,9 +223,7 @@ def _write_files(
     training_state: dict[str, Any],
     texts: dict[str, str],
 ) -> None:
-    safetensors.torch.save_file(
-        tensors, str(folder / MODEL_FILE), metadata={"format": "pt"}
-    )
+    safetensors.torch.save_file(tensors, str(folder / MODEL_FILE), metadata={"format": "pt"})
     with open(folder / MODEL_FILE, "rb+") as file:  # save_file does not fsync
         os.fsync(file.fileno())
     with open(folder / TRAINING_FILE, "wb") as file:
@@ -315,9 +304,7 @@ def verify_checkpoint(path: Path) -> None:
     try:
         raw = manifest_path.read_bytes()
     except FileNotFoundError:
-        raise CheckpointCorrupt(
-            f"checkpoint {path} is incomplete: it has no {MANIFEST_FILE}."
-        ) from None
+        raise CheckpointCorrupt(f"checkpoint {path} is incomplete: it has no {MANIFEST_FILE}.") from None
     try:
         entries = json.loads(raw)["files"]
         valid = (
@@ -328,9 +315,7 @@ def verify_checkpoint(path: Path) -> None:
     except (ValueError, KeyError, TypeError, AttributeError):
         valid = False
     if not valid:
-        raise CheckpointCorrupt(
-            f"checkpoint {manifest_path} is damaged or was edited by hand."
-        )
+        raise CheckpointCorrupt(f"checkpoint {manifest_path} is damaged or was edited by hand.")
     for file_name in DATA_FILES:
         _verify_file(path / file_name, entries[file_name])
 
@@ -355,13 +340,9 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> Che
     """
     path = Path(path)
     verify_checkpoint(path)
-    model_state = safetensors.torch.load_file(
-        str(path / MODEL_FILE), device=str(map_location)
-    )
+    model_state = safetensors.torch.load_file(str(path / MODEL_FILE), device=str(map_location))
     try:
-        training_state = torch.load(
-            path / TRAINING_FILE, map_location=map_location, weights_only=True
-        )
+        training_state = torch.load(path / TRAINING_FILE, map_location=map_location, weights_only=True)
     except Exception as error:
         # matched by name: importing pickle anywhere in the package is banned by a test
         if type(error).__name__ != "UnpicklingError":
@@ -373,9 +354,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> Che
     try:
         config = safe_load_yaml(path / CONFIG_FILE) or {}
     except UsageError as error:
-        raise UnsafeCheckpoint(
-            f"refused to load {path / CONFIG_FILE}: {error}"
-        ) from error
+        raise UnsafeCheckpoint(f"refused to load {path / CONFIG_FILE}: {error}") from error
     meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
     if not isinstance(meta.get("step"), int):
         raise CheckpointCorrupt(f"{path / META_FILE} has no integer 'step'.")
@@ -456,23 +435,15 @@ def _verifies(path: Path) -> bool:
 
 def _candidates(checkpoints_dir: Path) -> list[Path]:
     latest_file = checkpoints_dir / LATEST_FILE
-    latest = (
-        latest_file.read_text(encoding="utf-8").strip() if latest_file.is_file() else ""
-    )
-    folders = [
-        p
-        for p in checkpoints_dir.iterdir()
-        if p.is_dir() and not p.name.startswith(".")
-    ]
+    latest = latest_file.read_text(encoding="utf-8").strip() if latest_file.is_file() else ""
+    folders = [p for p in checkpoints_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
     if latest and latest not in {p.name for p in folders}:
         warnings.warn(
             f"{latest_file} names {latest!r}, which does not exist; using the newest other checkpoint.",
             CheckpointWarning,
             stacklevel=3,
         )
-    return sorted(
-        folders, key=lambda p: (_meta_step(p), p.name == latest), reverse=True
-    )
+    return sorted(folders, key=lambda p: (_meta_step(p), p.name == latest), reverse=True)
 
 
 def _meta_step(path: Path) -> float:

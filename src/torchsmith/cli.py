@@ -20,8 +20,12 @@ TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--data": ("data.name", str, "dataset name, or kind:PATH (e.g. imagefolder:photos/)"),
     "--data-dir": ("data.dir", str, "folder holding a local copy of the dataset"),
     "--val-fraction": ("data.val_fraction", float, "fraction of training data held out for validation"),
-    "--augment": ("data.augment", str, "batched augmentation: none, flip, crop, crop-flip, translate, "
-                  "flip-translate (images); any other value than none turns speech augmentation on"),
+    "--augment": (
+        "data.augment",
+        str,
+        "batched augmentation: none, flip, crop, crop-flip, translate, "
+        "flip-translate (images); any other value than none turns speech augmentation on",
+    ),
     "--split": ("data.split", str, "how to split the data, e.g. speaker:NAME to hold one speaker out"),
     "--epochs": ("train.max_epochs", int, "number of epochs"),
     "--max-steps": ("train.max_steps", int, "stop after this many optimizer steps"),
@@ -110,8 +114,12 @@ def add_after_training_parsers(sub: Any) -> None:
     evaluate.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
     predict = sub.add_parser("predict", help="class labels and probabilities for input files")
     predict.add_argument("run_dir", metavar="RUN", help="a run directory written by train")
-    predict.add_argument("inputs", nargs="+", metavar="INPUT",
-                         help="image files (PNG, JPEG), texts or a .txt file with one per line, or WAV files")
+    predict.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="image files (PNG, JPEG), texts or a .txt file with one per line, or WAV files",
+    )
     predict.add_argument("--top-k", type=int, default=1, help="label/probability pairs per input")
     predict.add_argument("--checkpoint", **CHECKPOINT_FLAG)
     predict.add_argument("--output", default=None, metavar="FILE.csv", help="write a CSV file instead of printing")
@@ -262,6 +270,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:  # a bug of ours or of a library: say so plainly, keep the exit code
         if debug:
             raise
-        print(f"internal error: {type(error).__name__}: {error}\n(run again with --debug for the traceback, "
-              f"and please report it)", file=sys.stderr)
+        print(
+            f"internal error: {type(error).__name__}: {error}\n(run again with --debug for the traceback, "
+            f"and please report it)",
+            file=sys.stderr,
+        )
         return 1

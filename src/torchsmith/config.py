@@ -172,14 +172,19 @@ def validate(config: RunConfig) -> list[str]:
     """Value checks beyond types; returns every problem found."""
     errors = []
     train, optim = config.train, config.optim
-    positive = {"--epochs (train.max_epochs)": train.max_epochs, "--batch-size (train.batch_size)": train.batch_size,
-                "train.eval_batch_size": train.eval_batch_size, "train.log_every": train.log_every}
+    positive = {
+        "--epochs (train.max_epochs)": train.max_epochs,
+        "--batch-size (train.batch_size)": train.batch_size,
+        "train.eval_batch_size": train.eval_batch_size,
+        "train.log_every": train.log_every,
+    }
     for name, value in positive.items():
         if value is not None and value <= 0:
             errors.append(f"{name} must be a positive integer, got {value}")
-    for name, value in {"--max-steps": train.max_steps, "train.checkpoint_every": train.checkpoint_every}.items():
-        if value is not None and value <= 0:
-            errors.append(f"{name} must be a positive integer, got {value}")
+    optional: dict[str, int | None] = {"--max-steps": train.max_steps, "train.checkpoint_every": train.checkpoint_every}
+    for name, optional_value in optional.items():
+        if optional_value is not None and optional_value <= 0:
+            errors.append(f"{name} must be a positive integer, got {optional_value}")
     if optim.lr is not None and optim.lr <= 0:
         errors.append(f"--lr (optim.lr) must be positive, got {optim.lr}")
     if optim.weight_decay is not None and optim.weight_decay < 0:

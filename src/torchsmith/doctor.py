@@ -80,18 +80,14 @@ def raise_for_errors(findings: Sequence[Finding]) -> None:
     """
     errors = [finding.message for finding in findings if finding.level == "error"]
     if errors:
-        raise UsageError(
-            "The pre-flight check on the first batch failed:\n- " + "\n- ".join(errors)
-        )
+        raise UsageError("The pre-flight check on the first batch failed:\n- " + "\n- ".join(errors))
 
 
 def _error(code: str, message: str) -> list[Finding]:
     return [Finding("error", code, message)]
 
 
-def _shape_pass(
-    model: nn.Module, inputs: Any, batch: int
-) -> tuple[Any, list[Finding], ShapeTracer]:
+def _shape_pass(model: nn.Module, inputs: Any, batch: int) -> tuple[Any, list[Finding], ShapeTracer]:
     """Forward once with shape hooks; explain a crash or a lost batch dimension."""
     tracer = ShapeTracer(model)
     try:
@@ -154,43 +150,30 @@ def _check_outputs(
     return []
 
 
-def _check_targets(
-    targets: Any, batch: int, task: str, num_classes: int, loss_fn: LossFn
-) -> list[Finding]:
+def _check_targets(targets: Any, batch: int, task: str, num_classes: int, loss_fn: LossFn) -> list[Finding]:
     """Same batch size as the inputs, integer labels, every label in [0, num_classes)."""
     if not isinstance(targets, torch.Tensor) or targets.ndim == 0:
         message = f"Targets must be a tensor with one row per sample, got {type(targets).__name__}."
         return _error("targets", message)
     if targets.shape[0] != batch:
-        message = (
-            f"The batch has {batch} inputs but {targets.shape[0]} targets; both need the "
-            "same size in dim 0."
-        )
+        message = f"The batch has {batch} inputs but {targets.shape[0]} targets; both need the same size in dim 0."
         return _error("target-batch", message)
     if task == "classification" and targets.is_floating_point() and targets.ndim == 2:
         return []  # soft labels (mixup, label smoothing): probabilities, not indices
-    if (
-        targets.is_floating_point()
-        or targets.is_complex()
-        or targets.dtype == torch.bool
-    ):
+    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
         dtype = str(targets.dtype).replace("torch.", "")
         message = (
             f"Labels must be integer class indices (torch.long) in [0, {num_classes}), got "
             f"dtype {dtype}. Fix: `targets.long()` if they hold whole numbers."
         )
         return _error("label-dtype", message)
-    ignore_index = getattr(
-        loss_fn, "ignore_index", -100
-    )  # cross entropy's padding label
+    ignore_index = getattr(loss_fn, "ignore_index", -100)  # cross entropy's padding label
     bad = out_of_range_rows(targets, num_classes, ignore_index)
     if not bad:
         return []
     valid = targets[targets != ignore_index]
     low, high = int(valid.min()), int(valid.max())
-    hint = (
-        " Labels look 1-based: subtract 1." if low >= 1 and high == num_classes else ""
-    )
+    hint = " Labels look 1-based: subtract 1." if low >= 1 and high == num_classes else ""
     message = (
         f"Labels must lie in [0, {num_classes}) for {num_classes} classes, but the first "
         f"batch holds labels from {low} to {high} ({len(bad)} of {batch} samples out of "
@@ -211,15 +194,9 @@ def _check_first_loss(
     try:
         loss = loss_fn(model(inputs), targets)
     except Exception as error:  # the user's model or loss failing is reported
-        return _error(
-            "loss-failed", f"The loss function failed on the first batch: {error}"
-        )
+        return _error("loss-failed", f"The loss function failed on the first batch: {error}")
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-        got = (
-            fmt(tuple(loss.shape))
-            if isinstance(loss, torch.Tensor)
-            else type(loss).__name__
-        )
+        got = fmt(tuple(loss.shape)) if isinstance(loss, torch.Tensor) else type(loss).__name__
         message = f"The loss function must return one number, got {got}. Use reduction='mean'."
         return _error("loss-not-scalar", message)
     value = loss.detach().float().item()
@@ -269,8 +246,7 @@ def preflight(
     sizes = [t.shape[0] for t in tensors_in(inputs) if t.ndim > 0]
     if not sizes:
         raise UsageError(
-            "inputs must be a tensor (or hold tensors) with a batch dimension, got "
-            f"{type(inputs).__name__}"
+            f"inputs must be a tensor (or hold tensors) with a batch dimension, got {type(inputs).__name__}"
         )
     batch, device = sizes[0], device_of(inputs)
     findings = _check_targets(targets, batch, task, num_classes, loss_fn)
@@ -281,9 +257,7 @@ def preflight(
         return findings
     findings += _check_outputs(model, tracer, outputs, targets, task, num_classes)
     if any(finding.level == "error" for finding in findings):
-        return (
-            findings  # a bad label would make the loss fail (a device assert on CUDA)
-        )
+        return findings  # a bad label would make the loss fail (a device assert on CUDA)
     with state_kept(model, device, train=True), torch.no_grad():
         findings += _check_first_loss(model, inputs, targets, loss_fn, num_classes)
     return findings

@@ -80,9 +80,7 @@ def nonfinite_rows(tensor: torch.Tensor) -> list[int]:
     return bad.nonzero().flatten().tolist()
 
 
-def out_of_range_rows(
-    targets: torch.Tensor, num_classes: int, ignore_index: int | None = None
-) -> list[int]:
+def out_of_range_rows(targets: torch.Tensor, num_classes: int, ignore_index: int | None = None) -> list[int]:
     """Positions whose label (any label, for per-position targets) is outside [0, num_classes).
 
     Labels equal to `ignore_index` (e.g. -100, padding for cross entropy) are accepted.
@@ -107,9 +105,7 @@ def _row_hashes(flat: torch.Tensor) -> torch.Tensor:
         chunk = torch.cat([chunk, pad], dim=1)  # a fresh, 8-byte aligned copy
         words = chunk.view(torch.int64)  # (rows, bytes / 8)
         if start == 0:
-            coefficients = torch.randint(
-                -(2**62), 2**62, (words.shape[1],), generator=generator
-            )
+            coefficients = torch.randint(-(2**62), 2**62, (words.shape[1],), generator=generator)
             coefficients |= 1  # odd multipliers keep every word's bits in play
         hashes.append((words * coefficients).sum(dim=1))
     return torch.cat(hashes) if hashes else torch.empty(0, dtype=torch.int64)
@@ -126,9 +122,7 @@ def duplicate_groups(inputs: torch.Tensor) -> list[list[int]]:
     flat = inputs.detach().reshape(inputs.shape[0], -1)
     if flat.dtype == torch.bool:
         flat = flat.to(torch.uint8)
-    _, inverse, counts = torch.unique(
-        _row_hashes(flat), return_inverse=True, return_counts=True
-    )
+    _, inverse, counts = torch.unique(_row_hashes(flat), return_inverse=True, return_counts=True)
     groups: list[list[int]] = []
     for bucket in (counts > 1).nonzero().flatten().tolist():
         members = (inverse == bucket).nonzero().flatten().tolist()
@@ -195,29 +189,21 @@ class DataScanReport:
             shown = "; ".join(_short(g) for g in self.duplicate_groups[:_TEXT_LIMIT])
             lines.append(f"warning: {extra} exact duplicate samples, groups: {shown}")
         if self.conflicting_duplicates:
-            shown = "; ".join(
-                _short(g) for g in self.conflicting_duplicates[:_TEXT_LIMIT]
-            )
+            shown = "; ".join(_short(g) for g in self.conflicting_duplicates[:_TEXT_LIMIT])
             lines.append(f"warning: identical inputs with different labels: {shown}")
         if self.class_counts:
             lines.append(f"class counts: {self.class_counts}")
         if self.missing_classes:
-            lines.append(
-                f"warning: classes with no samples: {_short(self.missing_classes)}"
-            )
+            lines.append(f"warning: classes with no samples: {_short(self.missing_classes)}")
         elif self.imbalance_ratio is not None:
-            lines.append(
-                f"imbalance ratio (largest/smallest class): {self.imbalance_ratio:.2f}"
-            )
+            lines.append(f"imbalance ratio (largest/smallest class): {self.imbalance_ratio:.2f}")
         lines.extend(self.notes)
         return "\n".join(lines)
 
 
 def _short(indices: list[int]) -> str:
     shown = ", ".join(str(i) for i in indices[:_TEXT_LIMIT])
-    return shown + (
-        f", ... ({len(indices)} in all)" if len(indices) > _TEXT_LIMIT else ""
-    )
+    return shown + (f", ... ({len(indices)} in all)" if len(indices) > _TEXT_LIMIT else "")
 
 
 def _list_line(lines: list[str], title: str, indices: list[int]) -> None:
@@ -225,9 +211,7 @@ def _list_line(lines: list[str], title: str, indices: list[int]) -> None:
         lines.append(f"{title}: {_short(indices)}")
 
 
-def scan_data(
-    inputs: torch.Tensor, targets: torch.Tensor, num_classes: int | None = None
-) -> DataScanReport:
+def scan_data(inputs: torch.Tensor, targets: torch.Tensor, num_classes: int | None = None) -> DataScanReport:
     """Scan a whole split held in tensors for problems that break or bias training.
 
     Finds samples with NaN/Inf, constant (zero-variance) samples, labels outside
@@ -249,9 +233,7 @@ def scan_data(
     if inputs.ndim > 1 and inputs[0].numel() > 1:
         flat = inputs.detach().reshape(inputs.shape[0], -1)
         flat = flat.to(torch.uint8) if flat.dtype == torch.bool else flat
-        report.constant = (
-            (flat.amax(dim=1) == flat.amin(dim=1)).nonzero().flatten().tolist()
-        )
+        report.constant = (flat.amax(dim=1) == flat.amin(dim=1)).nonzero().flatten().tolist()
     report.duplicate_groups = duplicate_groups(inputs)
     if targets.is_floating_point():
         report.notes.append("targets are floating point: label checks skipped")
@@ -262,17 +244,13 @@ def scan_data(
     return report
 
 
-def _scan_labels(
-    report: DataScanReport, targets: torch.Tensor, num_classes: int | None
-) -> None:
+def _scan_labels(report: DataScanReport, targets: torch.Tensor, num_classes: int | None) -> None:
     if targets.numel() == 0:
         return
     report.label_min, report.label_max = int(targets.min()), int(targets.max())
     if num_classes is None:
         num_classes = max(report.label_max + 1, 1)
-        report.notes.append(
-            f"num_classes not given: assumed {num_classes} from the largest label"
-        )
+        report.notes.append(f"num_classes not given: assumed {num_classes} from the largest label")
     report.label_out_of_range = out_of_range_rows(targets, num_classes)
     if targets.ndim == 1:
         labels = targets.detach().cpu().long()
@@ -283,7 +261,5 @@ def _scan_labels(
         if not report.missing_classes:
             report.imbalance_ratio = max(counts) / min(counts)
         report.conflicting_duplicates = [
-            group
-            for group in report.duplicate_groups
-            if len(set(labels[group].tolist())) > 1
+            group for group in report.duplicate_groups if len(set(labels[group].tolist())) > 1
         ]

@@ -56,17 +56,12 @@ class NanReport:
 
     def to_dict(self) -> dict[str, Any]:
         """Strict-JSON dict: non-finite floats become "nan", "inf" or "-inf"."""
-        return _json_safe(
-            {key: getattr(self, key) for key in self.__dataclass_fields__}
-        )
+        return _json_safe({key: getattr(self, key) for key in self.__dataclass_fields__})
 
     def to_text(self) -> str:
         """A console message: what was found, the cause, advice and recent steps."""
         lines = [
-            (
-                f"Non-finite values at step {self.step} (epoch {self.epoch}, "
-                f"precision {self.precision})."
-            ),
+            (f"Non-finite values at step {self.step} (epoch {self.epoch}, precision {self.precision})."),
             f"Found: {_found_text(self)}",
         ]
         lines += [f"  {name:<12}{format_stats(s)}" for name, s in self.stats.items()]
@@ -78,10 +73,7 @@ class NanReport:
         if self.history:
             lines.append("Recent steps:")
         for entry in self.history[-5:]:
-            values = (
-                f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                for k, v in entry.items()
-            )
+            values = (f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items())
             lines.append("  " + "  ".join(values))
         return "\n".join(lines)
 
@@ -104,17 +96,12 @@ def _found_text(report: NanReport) -> str:
         return f"weights or buffers hold NaN/Inf before the step: {names}."
     if report.stage == "forward":
         after = f", right after `{report.after}`" if report.after else ""
-        return (
-            f"the forward of {report.where()} turned finite inputs into NaN/Inf{after}."
-        )
+        return f"the forward of {report.where()} turned finite inputs into NaN/Inf{after}."
     if report.stage == "loss":
         return f"the model outputs are finite but the loss is {report.loss}."
     if report.stage == "backward":
         where = report.where() or "the loss function"
-        return (
-            f"the forward and loss are finite; the backward of {where} produced the "
-            f"first NaN/Inf ({report.detail})."
-        )
+        return f"the forward and loss are finite; the backward of {where} produced the first NaN/Inf ({report.detail})."
     return "the replay of this step was finite in every module, the loss and the gradients."
 
 
@@ -155,10 +142,7 @@ _ADVICE = {
     ],
     "fp16 overflow": [
         "The same step is finite in fp32 but not in fp16, whose largest value is 65504.",
-        (
-            "Use `--precision bf16` (fp32's range in 16 bits), or `--precision fp32` on GPUs "
-            "without bf16."
-        ),
+        ("Use `--precision bf16` (fp32's range in 16 bits), or `--precision fp32` on GPUs without bf16."),
     ],
     "non-finite loss": [
         (
@@ -172,10 +156,7 @@ _ADVICE = {
             "something the replay does not repeat (non-deterministic kernels, changed data, "
             "another precision)."
         ),
-        (
-            "Lower the learning rate or add `--clip-grad-norm 1.0`; rerun with the same seed "
-            "to confirm."
-        ),
+        ("Lower the learning rate or add `--clip-grad-norm 1.0`; rerun with the same seed to confirm."),
     ],
 }
 
@@ -194,10 +175,7 @@ def _data_advice(report: NanReport) -> list[str]:
             f"The batch holds NaN/Inf before the model runs, at {kind} "
             f"{report.samples or report.positions}: clean or remove them."
         ),
-        (
-            "Run `torchsmith doctor data` to list every non-finite, constant or "
-            "mislabelled sample."
-        ),
+        ("Run `torchsmith doctor data` to list every non-finite, constant or mislabelled sample."),
         "If a transform produces the data, look for division by a zero std or log of 0.",
     ]
 
@@ -206,10 +184,7 @@ def _exploding_advice(report: NanReport) -> list[str]:
     lr = _current_lr(report)
     lower = f"`--lr {lr / 10:g}` (it was {lr:g})" if lr else "a 10x smaller `--lr`"
     return [
-        (
-            "Gradient norms grew over the last steps until values overflowed: lower the "
-            f"learning rate, e.g. {lower}."
-        ),
+        (f"Gradient norms grew over the last steps until values overflowed: lower the learning rate, e.g. {lower}."),
         "Clip gradients with `--clip-grad-norm 1.0`, and consider a learning-rate warmup.",
     ]
 
@@ -229,11 +204,7 @@ def _module_advice(report: NanReport) -> tuple[str, list[str]]:
                 "(`F.log_softmax`, `F.softplus`, `torch.logsumexp`)."
             ),
         ]
-    name = (
-        "the loss function"
-        if report.module is None
-        else report.module or report.module_type
-    )
+    name = "the loss function" if report.module is None else report.module or report.module_type
     return f"backward-only non-finite in {name}", [
         (
             f"The forward of {where or 'the loss function'} is finite but its gradient is "

@@ -31,20 +31,14 @@ def device_of(inputs: Any) -> torch.device:
 
 
 @contextmanager
-def state_kept(
-    model: nn.Module, device: torch.device, *, train: bool
-) -> Iterator[Callable[[], None]]:
+def state_kept(model: nn.Module, device: torch.device, *, train: bool) -> Iterator[Callable[[], None]]:
     """Run in train or eval mode, then restore the mode, every buffer and the RNG.
 
     Yields a function that resets the RNG (CPU, and CUDA for `device`) to its state
     at entry, so a second replay draws the same dropout masks.
     """
     was_training = model.training
-    saved = [
-        (buffer, buffer.detach().clone())
-        for buffer in model.buffers()
-        if not nn.parameter.is_lazy(buffer)
-    ]
+    saved = [(buffer, buffer.detach().clone()) for buffer in model.buffers() if not nn.parameter.is_lazy(buffer)]
     cpu_rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
 
@@ -84,9 +78,7 @@ class _NonFiniteTracer:
         self.handles: list[Any] = []
         seen: set[int] = set()
         for name, module in model.named_modules():
-            self.handles.append(
-                module.register_forward_pre_hook(partial(self._enter, name))
-            )
+            self.handles.append(module.register_forward_pre_hook(partial(self._enter, name)))
             self.handles.append(module.register_forward_hook(partial(self._exit, name)))
             for param_name, param in module.named_parameters(recurse=False):
                 if param.requires_grad and id(param) not in seen:
@@ -178,9 +170,7 @@ def _scalar(loss: torch.Tensor) -> torch.Tensor:
     return loss if loss.ndim == 0 else loss.mean()
 
 
-def _replay(
-    model: nn.Module, loss_fn: LossFn, inputs: Any, targets: Any, report: NanReport
-) -> None:
+def _replay(model: nn.Module, loss_fn: LossFn, inputs: Any, targets: Any, report: NanReport) -> None:
     """One forward, loss and backward with hooks; fills the report's stage and stats."""
     tracer = _NonFiniteTracer(model)
     try:
@@ -207,20 +197,14 @@ def _replay(
         tracer.remove()
 
 
-def _fill(
-    report: NanReport, stage: str, event: dict[str, Any], types: dict[str, str]
-) -> None:
+def _fill(report: NanReport, stage: str, event: dict[str, Any], types: dict[str, str]) -> None:
     report.stage, report.module = stage, event["module"]
-    report.module_type = (
-        types.get(event["module"]) if event["module"] is not None else None
-    )
+    report.module_type = types.get(event["module"]) if event["module"] is not None else None
     report.stats, report.detail = event["stats"], event.get("detail", "")
     report.after, report.positions = event.get("after"), event.get("positions", [])
 
 
-def _replay_is_finite(
-    model: nn.Module, loss_fn: LossFn, inputs: Any, targets: Any
-) -> bool:
+def _replay_is_finite(model: nn.Module, loss_fn: LossFn, inputs: Any, targets: Any) -> bool:
     """Forward, loss and gradients in full precision, without hooks: all finite?"""
     loss = _scalar(loss_fn(model(inputs), targets))
     params = [p for p in model.parameters() if p.requires_grad]
@@ -247,9 +231,7 @@ def _check_weights(report: NanReport, model: nn.Module) -> bool:
     report.bad_parameters = [
         name
         for name, tensor in named
-        if tensor.is_floating_point()
-        and not nn.parameter.is_lazy(tensor)
-        and not bool(torch.isfinite(tensor).all())
+        if tensor.is_floating_point() and not nn.parameter.is_lazy(tensor) and not bool(torch.isfinite(tensor).all())
     ]
     if report.bad_parameters:
         report.stage = "parameters"

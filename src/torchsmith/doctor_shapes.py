@@ -19,10 +19,7 @@ from torchsmith.doctor_data import tensors_in
 
 # the message `Tensor.view`/`reshape` raises when the sizes do not divide
 _VIEW_ERROR = re.compile(r"shape '\[([-\d, ]+)\]' is invalid for input of size (\d+)")
-_FLATTEN = (
-    "Fix: flatten with `torch.flatten(x, 1)` (or `x.view(x.size(0), -1)`), "
-    "which keeps the batch dimension"
-)
+_FLATTEN = "Fix: flatten with `torch.flatten(x, 1)` (or `x.view(x.size(0), -1)`), which keeps the batch dimension"
 
 
 def shape_of(obj: Any) -> tuple[int, ...] | None:
@@ -68,16 +65,12 @@ class ShapeTracer:
         self.stack: list[Call] = []
         self.handles: list[Any] = []
         for name, module in model.named_modules():
-            seq_first = any(
-                getattr(m, "batch_first", True) is False for m in module.modules()
-            )
+            seq_first = any(getattr(m, "batch_first", True) is False for m in module.modules())
             enter = partial(self._enter, name, not seq_first)
             self.handles.append(module.register_forward_pre_hook(enter))
             self.handles.append(module.register_forward_hook(self._exit))
 
-    def _enter(
-        self, name: str, batch_known: bool, module: nn.Module, args: Any
-    ) -> None:
+    def _enter(self, name: str, batch_known: bool, module: nn.Module, args: Any) -> None:
         caller = self.stack[-1] if self.stack else None
         call = Call(name, module, caller, batch_known, shape_of(args))
         self.stack.append(call)
@@ -106,12 +99,7 @@ class ShapeTracer:
 
 def _per_sample(call: Call | None, batch: int) -> tuple[int | None, str]:
     """Values per sample in `call`'s output and how to write them: (2048, "128*4*4")."""
-    if (
-        call is None
-        or call.output_shape is None
-        or rows_of(call.output_shape) != batch
-        or len(call.output_shape) < 2
-    ):
+    if call is None or call.output_shape is None or rows_of(call.output_shape) != batch or len(call.output_shape) < 2:
         return None, ""
     dims = call.output_shape[1:]
     return math.prod(dims), "*".join(str(d) for d in dims)
@@ -138,17 +126,13 @@ def _features(prev: Call | None, batch: int, total: int) -> tuple[int | None, st
     return None, ""
 
 
-def _explain_merge(
-    model: nn.Module, tracer: ShapeTracer, call: Call, batch: int
-) -> str:
+def _explain_merge(model: nn.Module, tracer: ShapeTracer, call: Call, batch: int) -> str:
     """`call` got a different number of rows than the batch: the code before it reshaped."""
     prev = tracer.last_output_before(call)
     assert call.input_shape is not None  # only calls that recorded an input get here
     rows, width = call.input_shape[0], math.prod(call.input_shape[1:])
     # a merge starves the layer of features; a split (rows > batch) is a layout problem
-    per_sample, dims = (
-        _features(prev, batch, rows * width) if rows < batch else (None, "")
-    )
+    per_sample, dims = _features(prev, batch, rows * width) if rows < batch else (None, "")
     label = module_label(model, call.name)
     where = module_label(model, call.caller.name if call.caller else "")
     if isinstance(call.module, nn.Linear) and per_sample is not None:
@@ -163,11 +147,7 @@ def _explain_merge(
         )
     if prev is not None:
         message += f"`{prev.name}` returned {fmt(prev.output_shape)}, and "
-    change = (
-        "merged the batch dimension into the features"
-        if rows < batch
-        else "split samples across rows"
-    )
+    change = "merged the batch dimension into the features" if rows < batch else "split samples across rows"
     message += (
         f"a `view`/`reshape` in `{where}.forward` before `{call.name}` {change} "
         f"({batch} samples became {rows} rows of {width}), so the model returns "
@@ -176,9 +156,7 @@ def _explain_merge(
     return message + _fix_text(per_sample, dims, call.module)
 
 
-def explain_batch_change(
-    model: nn.Module, tracer: ShapeTracer, batch: int, out_shape: tuple[int, ...]
-) -> str:
+def explain_batch_change(model: nn.Module, tracer: ShapeTracer, batch: int, out_shape: tuple[int, ...]) -> str:
     """Why the output has `out_shape[0]` rows for `batch` samples, from a traced forward.
 
     The first module that received a wrong row count is blamed on the code before it
@@ -193,11 +171,7 @@ def explain_batch_change(
         changed = rows_of(call.output_shape) != batch
         if kind == "out" and rows_of(call.input_shape) == batch and changed:
             prev = tracer.last_output_before(call) if call.name == "" else None
-            inside = (
-                f" after `{prev.name}` returned {fmt(prev.output_shape)}"
-                if prev
-                else ""
-            )
+            inside = f" after `{prev.name}` returned {fmt(prev.output_shape)}" if prev else ""
             return (
                 f"`{module_label(model, call.name)}` ({type(call.module).__name__}) "
                 f"received {batch} samples {fmt(call.input_shape)} but returned "
@@ -212,9 +186,7 @@ def explain_batch_change(
     )
 
 
-def _explain_linear_crash(
-    model: nn.Module, failing: Call, prev: Call | None, batch: int, text: str
-) -> str:
+def _explain_linear_crash(model: nn.Module, failing: Call, prev: Call | None, batch: int, text: str) -> str:
     assert failing.input_shape is not None  # only calls that recorded an input get here
     got = failing.input_shape[-1]
     per_sample, dims = _per_sample(prev, batch)
@@ -226,29 +198,18 @@ def _explain_linear_crash(
         f"so the forward failed: {text}. "
     )
     if prev is not None:
-        message += (
-            f"The layer before it, `{prev.name}`, returned {fmt(prev.output_shape)}. "
-        )
+        message += f"The layer before it, `{prev.name}`, returned {fmt(prev.output_shape)}. "
     out = linear.out_features
-    return (
-        message
-        + f"Fix: `nn.Linear({dims}, {out})`, or let PyTorch infer it with `nn.LazyLinear({out})`."
-    )
+    return message + f"Fix: `nn.Linear({dims}, {out})`, or let PyTorch infer it with `nn.LazyLinear({out})`."
 
 
-def explain_crash(
-    model: nn.Module, tracer: ShapeTracer, error: Exception, batch: int
-) -> str:
+def explain_crash(model: nn.Module, tracer: ShapeTracer, error: Exception, batch: int) -> str:
     """Explain an exception raised by the traced forward, naming the failing module.
 
     A Linear with the wrong `in_features` and a `view(-1, n)` whose sizes do not divide
     get a specific explanation and fix; anything else names the module and its input.
     """
-    text = (
-        str(error).strip().splitlines()[0]
-        if str(error).strip()
-        else type(error).__name__
-    )
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     failing = tracer.stack[-1] if tracer.stack else None
     if failing is None:
         return f"The model's forward failed on the first batch: {text}"
@@ -257,13 +218,9 @@ def explain_crash(
         return _explain_linear_crash(model, failing, prev, batch, text)
     after = f" after `{prev.name}` returned {fmt(prev.output_shape)}" if prev else ""
     kind = "" if failing.name == "" else f" ({type(failing.module).__name__})"
-    message = (
-        f"`{module_label(model, failing.name)}.forward`{kind} failed{after}: {text}."
-    )
+    message = f"`{module_label(model, failing.name)}.forward`{kind} failed{after}: {text}."
     match = _VIEW_ERROR.search(str(error))
-    per_sample, dims = (
-        _features(prev, batch, int(match.group(2))) if match else (None, "")
-    )
+    per_sample, dims = _features(prev, batch, int(match.group(2))) if match else (None, "")
     if per_sample is None:
         return message + f" Its input had shape {fmt(failing.input_shape)}."
     assert match is not None  # per_sample is None without a match

@@ -16,13 +16,15 @@ from torchsmith.doctor import NanReport, localize_nonfinite
 from torchsmith.errors import TrainingFailure
 
 if TYPE_CHECKING:
+    from torchsmith.state import TrainState
     from torchsmith.trainer import Trainer
 
 ROLLBACK_LR_FACTOR = 0.5
 
 
-def investigate(trainer: Trainer, inputs: Any, targets: Any, indices: torch.Tensor | None,
-                history: list[dict[str, float]]) -> NanReport:
+def investigate(
+    trainer: Trainer, inputs: Any, targets: Any, indices: torch.Tensor | None, history: list[dict[str, float]]
+) -> NanReport:
     """Replay the failing step (same weights, batch and random seed) with hooks on every module."""
     state = trainer.state
 
@@ -31,8 +33,18 @@ def investigate(trainer: Trainer, inputs: Any, targets: Any, indices: torch.Tens
 
     trainer._seed_step()  # the failing step's dropout masks
     lr = trainer.optimizer.param_groups[0]["lr"] if trainer.optimizer else None
-    return localize_nonfinite(trainer.model, loss_fn, inputs, targets, step=state.step, epoch=state.epoch + 1,
-                              sample_indices=indices, history=history, precision=trainer.config.precision, lr=lr)
+    return localize_nonfinite(
+        trainer.model,
+        loss_fn,
+        inputs,
+        targets,
+        step=state.step,
+        epoch=state.epoch + 1,
+        sample_indices=indices,
+        history=history,
+        precision=trainer.config.precision,
+        lr=lr,
+    )
 
 
 def apply_nan_policy(trainer: Trainer, report: NanReport) -> None:
@@ -41,8 +53,11 @@ def apply_nan_policy(trainer: Trainer, report: NanReport) -> None:
     max_skips, max_rollbacks = trainer.config.nan_max_skips, trainer.config.nan_max_rollbacks
     if policy == "skip" and state.skipped_steps < max_skips:
         state.skipped_steps += 1
-        print(f"warning: skipped step {state.step} (epoch {state.epoch + 1}, batch {state.position}): "
-              f"{report.cause}; {state.skipped_steps} skipped so far", file=sys.stderr)
+        print(
+            f"warning: skipped step {state.step} (epoch {state.epoch + 1}, batch {state.position}): "
+            f"{report.cause}; {state.skipped_steps} skipped so far",
+            file=sys.stderr,
+        )
         state.position += 1
         return
     if policy == "rollback" and state.rollbacks < max_rollbacks:
@@ -76,7 +91,60 @@ def roll_back(trainer: Trainer, report: NanReport) -> None:
         group["lr"] *= ROLLBACK_LR_FACTOR
     if trainer.scheduler is not None and hasattr(trainer.scheduler, "base_lrs"):
         trainer.scheduler.base_lrs = [lr * ROLLBACK_LR_FACTOR for lr in trainer.scheduler.base_lrs]
-    print(f"warning: {report.cause} at step {report.step}; rolled back to step {state.step}, "
-          f"learning rate x{ROLLBACK_LR_FACTOR}, skipping batch {failed_at[1]} of epoch {failed_at[0] + 1} "
-          f"(rollback {rollbacks}/{trainer.config.nan_max_rollbacks})", file=sys.stderr)
+    print(
+        f"warning: {report.cause} at step {report.step}; rolled back to step {state.step}, "
+        f"learning rate x{ROLLBACK_LR_FACTOR}, skipping batch {failed_at[1]} of epoch {failed_at[0] + 1} "
+        f"(rollback {rollbacks}/{trainer.config.nan_max_rollbacks})",
+        file=sys.stderr,
+    )
     raise RolledBack()
+
+
+def flag_on_device(trainer: Trainer, found: torch.Tensor) -> None:
+    """The guard without a host sync: hand the device flag to the fused optimizer, which skips
+    a flagged step on the device, and remember the first flagged step."""
+    trainer.optimizer.found_inf = found  # type: ignore[union-attr]  # read by fused optimizers
+    first = trainer._first_bad_step
+    first.copy_(torch.where((first < 0) & (found[0] > 0), trainer.state.step, first))
+
+
+def check_device_flags(trainer: Trainer) -> None:
+    """Read the device guard's record (one sync per check interval); stop if a step was flagged."""
+    state = trainer.state
+    bad = int(trainer._first_bad_step)
+    if bad < 0:
+        return
+    cause = "non-finite loss or gradient (checked on the device)"
+    state.nan_events.append({"step": bad, "epoch": state.epoch + 1, "stage": "unknown", "cause": cause})
+    state.status = "failed"
+    raise TrainingFailure(
+        f"Non-finite loss or gradient at step {bad}. The optimizer skipped that step on the device, so the "
+        f"weights never saw it; the guard is read every {trainer.config.nan_check_every} steps, so "
+        f"{state.step - bad - 1} more steps ran. Rerun with --set train.nan_check_every=1 to stop "
+        f"within the failing step and have the doctor replay it."
+    )
+
+
+def known_bad(state: TrainState, indices: torch.Tensor | None) -> bool:
+    """A batch an earlier rollback found non-finite, or holding a sample it excluded."""
+    if [state.epoch, state.position] in state.poisoned:
+        return True
+    if state.excluded_samples and indices is not None:
+        return bool(torch.isin(indices.cpu(), torch.tensor(state.excluded_samples)).any())
+    return False
+
+
+def loss_history(trainer: Trainer) -> list[dict[str, float]]:
+    """The losses of the last steps (kept on the device) and the last logged gradient norms."""
+    from torchsmith.trainer import RECENT
+
+    state = trainer.state
+    history = []
+    for step in range(max(0, state.step - RECENT), state.step):
+        loss = trainer._recent_losses[step % RECENT]
+        if loss is not None:
+            history.append({"step": step, "loss": float(loss)})
+    for row in state.history[-3:]:
+        if "grad_norm" in row:
+            history.insert(0, {"step": row["step"], "grad_norm": row["grad_norm"], "lr": row.get("lr", 0.0)})
+    return history

@@ -23,7 +23,7 @@ class _Kernels(TypedDict, total=False):
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" picks cuda, then mps, then cpu; anything else must be available."""
+    """ "auto" picks cuda, then mps, then cpu; anything else must be available."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -52,8 +52,9 @@ def build_optimizer(
         from torchsmith.speed_parts import speed_sgd
 
         # lr and weight decay in airbench's decoupled units (per 1024 samples)
-        return speed_sgd(model, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
-                         batch_size=batch_size)
+        return speed_sgd(
+            model, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, batch_size=batch_size
+        )
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise UsageError("the model has no trainable parameters")
@@ -73,13 +74,13 @@ def optimizer_by_name(name: str, params: Iterable[nn.Parameter], config: OptimCo
     else:
         fused = {"foreach": True}
     makers: dict[str, Callable[[], torch.optim.Optimizer]] = {
-        "sgd": lambda: torch.optim.SGD(params, lr=lr, momentum=config.momentum, nesterov=config.nesterov,
-                                       weight_decay=wd, **fused),
+        "sgd": lambda: torch.optim.SGD(
+            params, lr=lr, momentum=config.momentum, nesterov=config.nesterov, weight_decay=wd, **fused
+        ),
         "adamw": lambda: torch.optim.AdamW(params, lr=lr, weight_decay=wd, **fused),
         "adam": lambda: torch.optim.Adam(params, lr=lr, weight_decay=wd, **fused),
         "adadelta": lambda: torch.optim.Adadelta(params, lr=lr, weight_decay=wd, foreach=True),
-        "rmsprop": lambda: torch.optim.RMSprop(params, lr=lr, weight_decay=wd, momentum=config.momentum,
-                                               foreach=True),
+        "rmsprop": lambda: torch.optim.RMSprop(params, lr=lr, weight_decay=wd, momentum=config.momentum, foreach=True),
         "adagrad": lambda: torch.optim.Adagrad(params, lr=lr, weight_decay=wd, **fused),
     }
     if name not in makers:
@@ -91,8 +92,7 @@ def optimizer_by_name(name: str, params: Iterable[nn.Parameter], config: OptimCo
     return makers[name]()
 
 
-def schedule_factor(name: str, step: int, total: int, warmup: int, min_ratio: float, start_ratio: float = 0.0
-                    ) -> float:
+def schedule_factor(name: str, step: int, total: int, warmup: int, min_ratio: float, start_ratio: float = 0.0) -> float:
     """LR multiplier at `step` (0-based) of `total` steps for a named schedule."""
     if warmup > 0 and step < warmup:
         return start_ratio + (1 - start_ratio) * (step + 1) / warmup
@@ -116,12 +116,13 @@ def build_schedule(config: OptimConfig, optimizer: torch.optim.Optimizer, total_
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lrs, total_steps=max(total_steps, 2))
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda step: schedule_factor(config.scheduler, step, total_steps, warmup, config.min_lr_ratio,
-                                     config.warmup_start_ratio),
+        lambda step: schedule_factor(
+            config.scheduler, step, total_steps, warmup, config.min_lr_ratio, config.warmup_start_ratio
+        ),
     )
 
 
 def steps_per_call(scheduler: Any) -> str:
-    """"step" for schedules defined over optimizer steps, "epoch" for the rest."""
+    """ "step" for schedules defined over optimizer steps, "epoch" for the rest."""
     per_step = (torch.optim.lr_scheduler.OneCycleLR, torch.optim.lr_scheduler.CyclicLR)
     return "step" if isinstance(scheduler, per_step) else "epoch"

@@ -75,18 +75,14 @@ def save_predictions(
     if preds.indices is not None:
         tensors["example_indices"] = preds.indices
     run.mkdir(parents=True, exist_ok=True)
-    save_file(
-        {k: v.contiguous() for k, v in tensors.items()}, run / "predictions.safetensors"
-    )
+    save_file({k: v.contiguous() for k, v in tensors.items()}, run / "predictions.safetensors")
     meta = {"class_names": preds.class_names, "modality": modality}
     meta |= {"example_texts": preds.texts, "example_names": preds.names}
     (run / "predictions.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
     return run / "predictions.safetensors"
 
 
-def most_confident_mistakes(
-    targets: torch.Tensor, probabilities: torch.Tensor, k: int = 16
-) -> torch.Tensor:
+def most_confident_mistakes(targets: torch.Tensor, probabilities: torch.Tensor, k: int = 16) -> torch.Tensor:
     """Indices (int64) of the at most `k` wrong predictions with the highest confidence.
 
     Example:
@@ -100,9 +96,7 @@ def most_confident_mistakes(
     return wrong[order[:k]].long()
 
 
-def confusion_matrix(
-    targets: torch.Tensor, predicted: torch.Tensor, num_classes: int
-) -> torch.Tensor:
+def confusion_matrix(targets: torch.Tensor, predicted: torch.Tensor, num_classes: int) -> torch.Tensor:
     """(C, C) int64 counts: row = true class, column = predicted class.
 
     Example:
@@ -137,9 +131,7 @@ def _read_predictions(run: Path) -> _Predictions | None:
         return None
     tensors, meta = load_file(path), _read_json(run / "predictions.json")
     if "targets" not in tensors or "probabilities" not in tensors:
-        raise UsageError(
-            f"{path} lacks 'targets' or 'probabilities': {sorted(tensors)}."
-        )
+        raise UsageError(f"{path} lacks 'targets' or 'probabilities': {sorted(tensors)}.")
     probabilities = tensors["probabilities"].float()
     names = meta.get("class_names") or range(probabilities.shape[-1])
     preds = _Predictions(
@@ -157,17 +149,11 @@ def _check(p: _Predictions, where: str) -> None:
     n, probs, problems = len(p.targets), p.probabilities, []
     if probs.dim() != 2 or len(probs) != n:
         problems.append(f"probabilities must be (N={n}, C), got {tuple(probs.shape)}")
-    elif (probs < 0).any() or not torch.allclose(
-        probs.sum(1), torch.ones(n), atol=1e-3
-    ):
-        problems.append(
-            "probability rows must be >= 0 and sum to 1 (softmax the logits)"
-        )
+    elif (probs < 0).any() or not torch.allclose(probs.sum(1), torch.ones(n), atol=1e-3):
+        problems.append("probability rows must be >= 0 and sum to 1 (softmax the logits)")
     else:
         if len(p.class_names) != probs.shape[1]:
-            problems.append(
-                f"{len(p.class_names)} class names for {probs.shape[1]} classes"
-            )
+            problems.append(f"{len(p.class_names)} class names for {probs.shape[1]} classes")
         if n and (p.targets.min() < 0 or p.targets.max() >= probs.shape[1]):
             problems.append(f"targets must lie in [0, {probs.shape[1]})")
     if p.modality not in MODALITIES:

@@ -96,12 +96,8 @@ def write_report(run_dir: str | Path) -> Path:
         _overview(run, summary),
         _section("config", "Config", _pre(run / "config.yaml")),
         _environment(summary),
-        _plot_section(
-            run, "curves", "Training curves", rows, {g: groups[g] for g in order}
-        ),
-        _plot_section(
-            run, "optimization", "Learning rate and gradient norm", rows, optim
-        ),
+        _plot_section(run, "curves", "Training curves", rows, {g: groups[g] for g in order}),
+        _plot_section(run, "optimization", "Learning rate and gradient norm", rows, optim),
         *_prediction_sections(_read_predictions(run)),
         _section("model-summary", "Model summary", _pre(run / "model_summary.txt")),
         _doctor(run / "doctor.json"),
@@ -119,17 +115,13 @@ def write_comparison(run_dirs: list[Path], output: Path) -> Path:
         PosixPath('compare.html')
     """
     if len(run_dirs) < 2:
-        raise UsageError(
-            f"compare needs two or more run directories, got {len(run_dirs)}."
-        )
+        raise UsageError(f"compare needs two or more run directories, got {len(run_dirs)}.")
     runs = [_require_run(Path(d)) for d in run_dirs]
     labels = [r.name for r in runs]
     labels = labels if len(set(labels)) == len(labels) else [str(r) for r in runs]
     curves = [_read_metrics(r / "metrics.csv") for r in runs]
     panels = {
-        metric: [
-            (n, *_series(rows, metric, "epoch")[1:]) for n, rows in zip(labels, curves, strict=True)
-        ]
+        metric: [(n, *_series(rows, metric, "epoch")[1:]) for n, rows in zip(labels, curves, strict=True)]
         for metric in ("val_loss", "val_accuracy")
         if any(metric in row for rows in curves for row in rows)
     }
@@ -146,18 +138,14 @@ def write_comparison(run_dirs: list[Path], output: Path) -> Path:
     ]
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(
-        _page("Comparison: " + ", ".join(labels), sections), encoding="utf-8"
-    )
+    output.write_text(_page("Comparison: " + ", ".join(labels), sections), encoding="utf-8")
     return output
 
 
 def _final_metrics(runs: list[Path], labels: list[str]) -> str:
     results = [_flatten(_read_json(r / "summary.json")) for r in runs]
     keys = _union(k for res in results for k in res if not k.startswith("versions."))
-    rows = [
-        [n] + [_fmt(res.get(k, "")) for k in keys] for n, res in zip(labels, results, strict=True)
-    ]
+    rows = [[n] + [_fmt(res.get(k, "")) for k in keys] for n, res in zip(labels, results, strict=True)]
     return _table(["run", *keys], rows, "final-metrics")
 
 
@@ -169,10 +157,7 @@ def _config_differences(runs: list[Path], labels: list[str]) -> str:
         for k in _union(k for c in configs for k in c)
         if len({json.dumps(c.get(k, "-"), default=str) for c in configs}) > 1
     ]
-    exact = [
-        [json.dumps(c[k], default=str) if k in c else "-" for c in configs]
-        for k in keys
-    ]
+    exact = [[json.dumps(c[k], default=str) if k in c else "-" for c in configs] for k in keys]
     rows = [[k] + [v.strip('"') for v in values] for k, values in zip(keys, exact, strict=True)]
     return _table(["key", *labels], rows, "config-diff") if rows else ""
 
@@ -185,8 +170,7 @@ def _require_run(run: Path) -> Path:
     if not run.is_dir() or missing:
         why = "it does not exist" if not run.is_dir() else "no " + " or ".join(missing)
         raise UsageError(
-            f"{run} is not a run directory: {why}. "
-            "Pass a folder written by `torchsmith train` (its --run-dir)."
+            f"{run} is not a run directory: {why}. Pass a folder written by `torchsmith train` (its --run-dir)."
         )
     return run
 
@@ -211,25 +195,17 @@ def _read_metrics(path: Path) -> list[dict[str, float]]:
 
 
 def _overview(run: Path, summary: dict[str, Any]) -> str:
-    facts = [
-        f"{k} {_fmt(summary[k])}" for k in ("model", "data", "status") if k in summary
-    ]
+    facts = [f"{k} {_fmt(summary[k])}" for k in ("model", "data", "status") if k in summary]
     facts += [f"test {k} {_fmt(v)}" for k, v in (summary.get("test") or {}).items()]
     return _section("overview", "Overview", f"<p>{escape(', '.join(facts))}</p>")
 
 
 def _environment(summary: dict[str, Any]) -> str:
     flat = _flatten(summary)
-    results = [
-        [k, _fmt(v)]
-        for k, v in flat.items()
-        if k.split(".")[0] not in ("versions", "device")
-    ]
+    results = [[k, _fmt(v)] for k, v in flat.items() if k.split(".")[0] not in ("versions", "device")]
     environment = [["device", _fmt(summary.get("device", "unknown"))]]
     environment += [[k, _fmt(v)] for k, v in (summary.get("versions") or {}).items()]
-    body = _table(["result", "value"], results) + _table(
-        ["environment", ""], environment
-    )
+    body = _table(["result", "value"], results) + _table(["environment", ""], environment)
     return _section("environment", "Results and environment", body)
 
 
@@ -266,18 +242,13 @@ def _confusion_table(cm: torch.Tensor, names: list[str]) -> str:
         for name, counts, fractions in zip(names, cm, share, strict=True)
     ]
     head = "".join(f"<th>{escape(n)}</th>" for n in names)
-    return (
-        f'<table id="confusion-matrix"><tr><th>true \\ predicted</th>{head}</tr>'
-        f"{''.join(rows)}</table>"
-    )
+    return f'<table id="confusion-matrix"><tr><th>true \\ predicted</th>{head}</tr>{"".join(rows)}</table>'
 
 
 def _per_class_table(cm: torch.Tensor, names: list[str]) -> str:
     stats = per_class_metrics(cm)
     rows = [
-        [name]
-        + [f"{float(stats[m][i]):.4f}" for m in ("precision", "recall", "f1")]
-        + [str(int(stats["support"][i]))]
+        [name] + [f"{float(stats[m][i]):.4f}" for m in ("precision", "recall", "f1")] + [str(int(stats["support"][i]))]
         for i, name in enumerate(names)
     ]
     header = ["class", "precision", "recall", "f1", "support"]
@@ -290,27 +261,17 @@ def _mistakes(p: _Predictions, predicted: torch.Tensor) -> str:
         indices = most_confident_mistakes(p.targets, p.probabilities)
     items = []
     for pos, index in enumerate(indices.tolist()):
-        content = (
-            ""
-            if p.examples is None
-            else _img(_example_png(p.examples[pos], p.modality), f"#{index}", "example")
-        )
+        content = "" if p.examples is None else _img(_example_png(p.examples[pos], p.modality), f"#{index}", "example")
         content += f"<blockquote>{escape(p.texts[pos])}</blockquote>" if p.texts else ""
         content += f"<code>{escape(p.names[pos])}</code>" if p.names else ""
         true, guess = int(p.targets[index]), int(predicted[index])
         confidence = float(p.probabilities[index, guess])
         caption = (
-            f"#{index}: true {escape(p.class_names[true])}, predicted "
-            f"{escape(p.class_names[guess])} ({confidence:.2f})"
+            f"#{index}: true {escape(p.class_names[true])}, predicted {escape(p.class_names[guess])} ({confidence:.2f})"
         )
-        items.append(
-            f'<figure class="mistake">{content}'
-            f"<figcaption>{caption}</figcaption></figure>"
-        )
+        items.append(f'<figure class="mistake">{content}<figcaption>{caption}</figcaption></figure>')
     grid = f'<div class="grid">{"".join(items)}</div>' if items else ""
-    return _section(
-        "mistakes", "Most confident mistakes", grid, "No wrong predictions."
-    )
+    return _section("mistakes", "Most confident mistakes", grid, "No wrong predictions.")
 
 
 def _doctor(path: Path) -> str:
@@ -337,18 +298,14 @@ def _plot_section(
     if not panels:
         return _section(name, title, "", f"No {title.lower()} in metrics.csv.")
     x_key = _x_key(rows, [c for columns in panels.values() for c in columns])
-    png = _figure(
-        {t: [_series(rows, c, x_key) for c in cs] for t, cs in panels.items()}, x_key
-    )
+    png = _figure({t: [_series(rows, c, x_key) for c in cs] for t, cs in panels.items()}, x_key)
     (run / "plots").mkdir(exist_ok=True)
     (run / "plots" / f"{name}.png").write_bytes(png)
     return _section(name, title, _img(png, title))
 
 
 def _series(rows: list[dict[str, float]], column: str, x_key: str) -> Series:
-    points = [
-        (row.get(x_key, i), row[column]) for i, row in enumerate(rows) if column in row
-    ]
+    points = [(row.get(x_key, i), row[column]) for i, row in enumerate(rows) if column in row]
     return column, [x for x, _ in points], [y for _, y in points]
 
 
@@ -364,9 +321,7 @@ def _x_key(rows: list[dict[str, float]], columns: list[str]) -> str:
 def _figure(panels: dict[str, list[Series]], x_label: str) -> bytes:
     """PNG of one row of line plots; Figure() renders with Agg, no pyplot state."""
     figure = Figure(figsize=(4.6 * len(panels), 3.4), layout="constrained")
-    for axes, (title, series) in zip(
-        figure.subplots(1, len(panels), squeeze=False)[0], panels.items(), strict=True
-    ):
+    for axes, (title, series) in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels.items(), strict=True):
         for label, xs, ys in series:
             axes.plot(xs, ys, marker="." if len(xs) < 50 else None, label=label)
         axes.set(title=title, xlabel=x_label)
@@ -380,23 +335,13 @@ def _figure(panels: dict[str, list[Series]], x_label: str) -> bytes:
 def _example_png(example: torch.Tensor, modality: str) -> bytes:
     """PNG of one input: (C, H, W) image, or (1, M, T) spectrogram, low bins down."""
     x = example.detach().cpu().float()
-    x = (
-        x.permute(1, 2, 0)
-        if x.dim() == 3 and x.shape[0] == 3
-        else x.reshape(-1, x.shape[-1])
-    )
+    x = x.permute(1, 2, 0) if x.dim() == 3 and x.shape[0] == 3 else x.reshape(-1, x.shape[-1])
     # uint8 pixels keep their brightness; normalised floats are stretched to [0, 1]
-    x = (
-        x / 255
-        if example.dtype == torch.uint8
-        else (x - x.min()) / (x.max() - x.min()).clamp(min=1e-12)
-    )
+    x = x / 255 if example.dtype == torch.uint8 else (x - x.min()) / (x.max() - x.min()).clamp(min=1e-12)
     buffer, audio = io.BytesIO(), modality == "audio"
     cmap = "magma" if audio else "gray"
     origin: Literal["upper", "lower"] = "lower" if audio else "upper"
-    matplotlib.image.imsave(
-        buffer, x.clamp(0, 1).numpy(), format="png", cmap=cmap, origin=origin
-    )
+    matplotlib.image.imsave(buffer, x.clamp(0, 1).numpy(), format="png", cmap=cmap, origin=origin)
     return buffer.getvalue()
 
 
@@ -422,13 +367,9 @@ def _pre(path: Path) -> str:
 
 def _table(header: list[str], rows: list[list[str]], table_id: str = "") -> str:
     head = "".join(f"<th>{escape(h)}</th>" for h in header)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in rows
-    )
+    body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in rows)
     attribute = f' id="{table_id}"' if table_id else ""
-    return (
-        f"<table{attribute}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-    )
+    return f"<table{attribute}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _page(title: str, sections: list[str]) -> str:
@@ -446,9 +387,7 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in data.items():
         name = f"{prefix}{key}"
-        flat |= (
-            _flatten(value, name + ".") if isinstance(value, dict) else {name: value}
-        )
+        flat |= _flatten(value, name + ".") if isinstance(value, dict) else {name: value}
     return flat
 
 

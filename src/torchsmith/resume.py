@@ -40,8 +40,11 @@ def training_state(trainer: Trainer, all_ranks: bool = True) -> dict[str, Any]:
     metric sums are those of all ranks, so the checkpoint resumes on any number of processes.
     """
     state = trainer.state.state_dict()
-    pending = (trainer.dist.global_meter_state(trainer.meter) if trainer.dist is not None and all_ranks
-               else trainer.meter.state_dict())
+    pending = (
+        trainer.dist.global_meter_state(trainer.meter)
+        if trainer.dist is not None and all_ranks
+        else trainer.meter.state_dict()
+    )
     totals = dict(trainer.epoch_totals)
     if state["position"] >= state["steps_per_epoch"] > 0:  # saved at an epoch's end
         state["epoch"], state["position"] = state["epoch"] + 1, 0
@@ -89,8 +92,14 @@ class Checkpointer(Callback):
     """Writes `checkpoints/step-NNNNNN` every N steps or at each epoch's end, and `last`
     when training ends, stops or fails; `best` when the monitored metric improves."""
 
-    def __init__(self, run_dir: Path, config: dict[str, Any], every_steps: int | None = None,
-                 keep_last: int = 2, monitor: str = "val_loss") -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        config: dict[str, Any],
+        every_steps: int | None = None,
+        keep_last: int = 2,
+        monitor: str = "val_loss",
+    ) -> None:
         self.folder = Path(run_dir) / "checkpoints"
         self.config, self.every_steps, self.keep_last = config, every_steps, keep_last
         self.monitor = monitor
@@ -104,9 +113,15 @@ class Checkpointer(Callback):
         path = None
         if distributed.is_writer():
             model_state = {k: v.detach() for k, v in trainer.model.state_dict().items()}
-            path = save_checkpoint(self.folder, name, model_state=model_state, training_state=training,
-                                   config=self.config, meta={"step": state.step, "epoch": state.epoch},
-                                   keep_last=self.keep_last if name.startswith("step-") else None)
+            path = save_checkpoint(
+                self.folder,
+                name,
+                model_state=model_state,
+                training_state=training,
+                config=self.config,
+                meta={"step": state.step, "epoch": state.epoch},
+                keep_last=self.keep_last if name.startswith("step-") else None,
+            )
         if all_ranks:
             distributed.barrier()
         return path

@@ -63,9 +63,7 @@ def capture_rng_state() -> dict[str, Any]:
 def restore_rng_state(state: dict[str, Any]) -> None:
     """Restore generators captured by `capture_rng_state` (see there for an example)."""
     python = state["python"]
-    random.setstate(
-        (python["version"], tuple(python["state"].tolist()), python["gauss_next"])
-    )
+    random.setstate((python["version"], tuple(python["state"].tolist()), python["gauss_next"]))
     numpy = dict(state["numpy"])
     numpy["keys"] = numpy["keys"].cpu().numpy().astype(np.uint32)
     np.random.set_state(tuple(numpy[key] for key in _NUMPY_STATE_KEYS))

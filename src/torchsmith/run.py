@@ -23,8 +23,8 @@ from torchsmith.data.registry import load_data
 from torchsmith.errors import Interrupted, TorchsmithError, TrainingFailure, UsageError
 from torchsmith.models.registry import build_model
 from torchsmith.report import most_confident_mistakes, save_predictions, write_report
-from torchsmith.summary import summary as model_summary
 from torchsmith.resume import Checkpointer, StopOnSignal
+from torchsmith.summary import summary as model_summary
 from torchsmith.tracking import MetricsLogger, write_json
 from torchsmith.trainer import Trainer
 
@@ -59,8 +59,15 @@ def train_run(config: RunConfig, *, quiet: bool = False, resume: bool = False) -
     if quiet:
         config.train.progress = "none"
     callbacks = make_callbacks(config, run_dir)
-    trainer = Trainer(model, loss=config.loss, optimizer=config.optim.name, task=bundle.info.task,
-                      config=config.train, optim=config.optim, callbacks=callbacks)
+    trainer = Trainer(
+        model,
+        loss=config.loss,
+        optimizer=config.optim.name,
+        task=bundle.info.task,
+        config=config.train,
+        optim=config.optim,
+        callbacks=callbacks,
+    )
     findings = preflight(trainer, bundle)
     config.run_dir = str(run_dir)
     if writer:
@@ -79,8 +86,9 @@ def train_run(config: RunConfig, *, quiet: bool = False, resume: bool = False) -
         raise
     except Exception as error:  # an error inside the user's model or loss, or a lost process
         finish(run_dir, trainer, summary, "failed", error=f"{type(error).__name__}: {error}")
-        raise TrainingFailure(f"training failed at step {trainer.state.step}: {type(error).__name__}: "
-                              f"{error}") from error
+        raise TrainingFailure(
+            f"training failed at step {trainer.state.step}: {type(error).__name__}: {error}"
+        ) from error
     stop_signal = trainer.state.stop_signal  # under DDP: agreed, the same on every rank
     if stop_signal:
         finish(run_dir, trainer, summary, "stopped")
@@ -115,16 +123,27 @@ def test_and_save_predictions(trainer: Trainer, bundle: DataBundle, run_dir: Pat
     """Evaluate the test split once; keep its class probabilities for the report."""
     collected: list[tuple[torch.Tensor, torch.Tensor]] = []
     metrics = trainer.evaluate(bundle.test, collect=collected)
-    if not distributed.is_writer() or bundle.info.task != "classification" or not collected \
-            or collected[0][0].dim() != 2:
+    if (
+        not distributed.is_writer()
+        or bundle.info.task != "classification"
+        or not collected
+        or collected[0][0].dim() != 2
+    ):
         return metrics
     targets = torch.cat([t for _, t in collected])
     probabilities = torch.cat([o for o, _ in collected]).softmax(dim=1)
     indices = most_confident_mistakes(targets, probabilities, k=16)
     describe = getattr(bundle.test, "examples", None)
     extra = describe(indices) if describe is not None and len(indices) else {}
-    save_predictions(run_dir, targets, probabilities, bundle.info.class_names, bundle.info.modality,
-                     example_indices=indices if extra else None, **extra)
+    save_predictions(
+        run_dir,
+        targets,
+        probabilities,
+        bundle.info.class_names,
+        bundle.info.modality,
+        example_indices=indices if extra else None,
+        **extra,
+    )
     return metrics
 
 
@@ -146,9 +165,14 @@ def preflight(trainer: Trainer, bundle: DataBundle) -> list[Any]:
     batches = trainer._batches(bundle.train, train=False)
     inputs, targets, _ = next(iter(batches.epoch(0)))
     trainer.setup(for_training=False)
-    findings = doctor.preflight(trainer.model, trainer._to_device(inputs), trainer._to_device(targets),
-                                task=bundle.info.task, num_classes=bundle.info.num_classes,
-                                loss_fn=lambda o, t: trainer.loss_fn(*trainer.task.loss_view(o, t)))
+    findings = doctor.preflight(
+        trainer.model,
+        trainer._to_device(inputs),
+        trainer._to_device(targets),
+        task=bundle.info.task,
+        num_classes=bundle.info.num_classes,
+        loss_fn=lambda o, t: trainer.loss_fn(*trainer.task.loss_view(o, t)),
+    )
     for finding in findings if distributed.is_writer() else ():
         if finding.level == "warning":
             print(f"warning: {finding.message}", file=sys.stderr)
@@ -175,8 +199,11 @@ def make_callbacks(config: RunConfig, run_dir: Path) -> list[Callback]:
     if train.ema_decay is not None:
         from torchsmith.callbacks_ema import EMACallback
 
-        callbacks.append(EMACallback(train.ema_decay, train.ema_every, lookahead=train.ema_lookahead,
-                                     warmup_power=train.ema_warmup_power))
+        callbacks.append(
+            EMACallback(
+                train.ema_decay, train.ema_every, lookahead=train.ema_lookahead, warmup_power=train.ema_warmup_power
+            )
+        )
     if train.freeze_whitening_bias_after is not None:
         from torchsmith.speed_parts import WhitenBiasFreeze
 
@@ -188,17 +215,24 @@ def make_callbacks(config: RunConfig, run_dir: Path) -> list[Callback]:
 
 def info_dict(bundle: DataBundle) -> dict[str, Any]:
     info = bundle.info
-    return {"modality": info.modality, "task": info.task, "num_classes": info.num_classes,
-            "class_names": info.class_names, "input_shape": list(info.input_shape),
-            "preprocessing": info.preprocessing}
+    return {
+        "modality": info.modality,
+        "task": info.task,
+        "num_classes": info.num_classes,
+        "class_names": info.class_names,
+        "input_shape": list(info.input_shape),
+        "preprocessing": info.preprocessing,
+    }
 
 
 def base_summary(config: RunConfig, trainer: Trainer) -> dict[str, Any]:
     return {
-        "status": "running", "model": config.model.name, "data": config.data.name,
-        "device": str(trainer.device), "processes": trainer.dist.world_size if trainer.dist else 1,
-        "versions": {"torchsmith": __version__, "torch": torch.__version__,
-                     "python": platform.python_version()},
+        "status": "running",
+        "model": config.model.name,
+        "data": config.data.name,
+        "device": str(trainer.device),
+        "processes": trainer.dist.world_size if trainer.dist else 1,
+        "versions": {"torchsmith": __version__, "torch": torch.__version__, "python": platform.python_version()},
     }
 
 
@@ -206,14 +240,18 @@ def finish(run_dir: Path, trainer: Trainer, summary: dict[str, Any], status: str
     """Write summary.json and the final weights; nothing already in the run directory is removed."""
     state = trainer.state
     metrics = state.history[-1] if state.history else state.metrics
-    summary.update({
-        "status": status, "epochs": state.epoch, "steps": state.step,
-        "train": {k[6:]: v for k, v in metrics.items() if k.startswith("train_")},
-        "val": {k[4:]: v for k, v in metrics.items() if k.startswith("val_")},
-        "best": best_epoch(state.history, trainer.config.monitor),
-        "train_time_s": round(state.train_time_s, 3),
-        "samples_per_s": round(state.samples_seen / state.train_time_s, 1) if state.train_time_s else 0.0,
-    })
+    summary.update(
+        {
+            "status": status,
+            "epochs": state.epoch,
+            "steps": state.step,
+            "train": {k[6:]: v for k, v in metrics.items() if k.startswith("train_")},
+            "val": {k[4:]: v for k, v in metrics.items() if k.startswith("val_")},
+            "best": best_epoch(state.history, trainer.config.monitor),
+            "train_time_s": round(state.train_time_s, 3),
+            "samples_per_s": round(state.samples_seen / state.train_time_s, 1) if state.train_time_s else 0.0,
+        }
+    )
     if error:
         summary["error"] = error
     if state.stop_reason:

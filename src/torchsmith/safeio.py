@@ -52,9 +52,7 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
     """Flush a folder's entries to disk, so that a rename inside it survives a power cut."""
-    if (
-        os.name != "posix"
-    ):  # Windows cannot open a folder; its renames are journaled anyway
+    if os.name != "posix":  # Windows cannot open a folder; its renames are journaled anyway
         return
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -132,9 +130,7 @@ def _describe_yaml_error(name: str, error: yaml.YAMLError) -> str:
     return f"{where}: invalid YAML: {problem}. Fix the syntax at that line."
 
 
-def safe_extract(
-    archive: str | os.PathLike[str], target_dir: str | os.PathLike[str]
-) -> Path:
+def safe_extract(archive: str | os.PathLike[str], target_dir: str | os.PathLike[str]) -> Path:
     """Extract a tar (any compression) or zip archive into `target_dir`, refusing unsafe members.
 
     Every member is checked before anything is written: absolute paths, `..`
@@ -176,9 +172,7 @@ def _check_member_path(archive: Path, name: str) -> None:
     if name.startswith(("/", "\\")) or os.path.isabs(name) or drive:
         raise UsageError(f"{archive}: refusing member {name!r} with an absolute path.")
     if ".." in parts:
-        raise UsageError(
-            f"{archive}: refusing member {name!r}: '..' would write outside the target."
-        )
+        raise UsageError(f"{archive}: refusing member {name!r}: '..' would write outside the target.")
 
 
 def _check_tar_member(archive: Path, member: tarfile.TarInfo) -> None:
@@ -189,25 +183,17 @@ def _check_tar_member(archive: Path, member: tarfile.TarInfo) -> None:
         # a symlink target is relative to the link's folder, a hard link's to the archive root
         base = posixpath.dirname(member.name) if member.issym() else ""
         resolved = posixpath.normpath(posixpath.join(base, member.linkname))
-        if (
-            member.linkname.startswith("/")
-            or resolved == ".."
-            or resolved.startswith("../")
-        ):
+        if member.linkname.startswith("/") or resolved == ".." or resolved.startswith("../"):
             raise UsageError(
-                f"{archive}: refusing link {member.name!r} -> {member.linkname!r}: "
-                "it points outside the target folder."
+                f"{archive}: refusing link {member.name!r} -> {member.linkname!r}: it points outside the target folder."
             )
         return
     raise UsageError(
-        f"{archive}: refusing member {member.name!r}: devices, FIFOs and other special "
-        "files are never extracted."
+        f"{archive}: refusing member {member.name!r}: devices, FIFOs and other special files are never extracted."
     )
 
 
-def download(
-    url: str, path: str | os.PathLike[str], sha256: str, timeout: float = 60.0
-) -> Path:
+def download(url: str, path: str | os.PathLike[str], sha256: str, timeout: float = 60.0) -> Path:
     """Download `url` to `path`, verify its SHA-256, then move it into place atomically.
 
     A file already at `path` with the right digest is kept without downloading. On a
@@ -221,9 +207,7 @@ def download(
     if len(expected) != 64 or any(c not in "0123456789abcdef" for c in expected):
         raise UsageError(f"sha256 must be 64 hex digits, got {sha256!r}.")
     if not url.startswith(("https://", "http://", "file://")):
-        raise UsageError(
-            f"cannot download {url!r}: only https://, http:// and file:// URLs are supported."
-        )
+        raise UsageError(f"cannot download {url!r}: only https://, http:// and file:// URLs are supported.")
     if path.is_file() and sha256_file(path) == expected:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -59,12 +59,7 @@ class MemoryEstimate:
 
     @property
     def total_bytes(self) -> int:
-        return (
-            self.weights_bytes
-            + self.gradients_bytes
-            + self.optimizer_bytes
-            + self.activations_bytes
-        )
+        return self.weights_bytes + self.gradients_bytes + self.optimizer_bytes + self.activations_bytes
 
 
 @dataclass
@@ -97,8 +92,11 @@ class ModelSummary:
             header = ["Layer", "Type", "Output shape", "Params (subtree)", "FLOPs"]
             body = [
                 [
-                    r.name or self.model_name, r.type, r.output_shape,
-                    f"{self._subtree_params(r):,}", _si(r.flops),
+                    r.name or self.model_name,
+                    r.type,
+                    r.output_shape,
+                    f"{self._subtree_params(r):,}",
+                    _si(r.flops),
                 ]
                 for r in self.rows
                 if r.depth == 1 or len(self.rows) == 1
@@ -107,8 +105,12 @@ class ModelSummary:
             header = ["Layer", "Type", "Output shape", "Params", "Trainable", "FLOPs"]
             body = [
                 [
-                    "  " * r.depth + (r.name or self.model_name), r.type,
-                    r.output_shape, f"{r.params:,}", r.trainable, _si(r.flops),
+                    "  " * r.depth + (r.name or self.model_name),
+                    r.type,
+                    r.output_shape,
+                    f"{r.params:,}",
+                    r.trainable,
+                    _si(r.flops),
                 ]
                 for r in self.rows
             ]
@@ -116,9 +118,7 @@ class ModelSummary:
 
     def _subtree_params(self, row: LayerRow) -> int:
         prefix = row.name + "."
-        inside = [
-            r for r in self.rows if r.name == row.name or r.name.startswith(prefix)
-        ]
+        inside = [r for r in self.rows if r.name == row.name or r.name.startswith(prefix)]
         return self.total_params if not row.name else sum(r.params for r in inside)
 
     def _totals_text(self) -> str:
@@ -150,16 +150,11 @@ def parse_shape(text: str) -> tuple[int, ...]:
     """
     parts = [p.strip() for p in re.split(r"[xX,]", str(text).strip())]
     if not parts or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise UsageError(
-            f"Input shape must be positive integers separated by 'x', like 3x32x32, "
-            f"got {text!r}."
-        )
+        raise UsageError(f"Input shape must be positive integers separated by 'x', like 3x32x32, got {text!r}.")
     return tuple(int(p) for p in parts)
 
 
-def summary(
-    model: nn.Module, example_input: Tensor | tuple, batch_size: int | None = None
-) -> ModelSummary:
+def summary(model: nn.Module, example_input: Tensor | tuple, batch_size: int | None = None) -> ModelSummary:
     """Run one forward pass of `model` on `example_input` and tabulate every module.
 
     `example_input` is a batch tensor (batch dimension first), a tuple of tensors
@@ -187,9 +182,7 @@ def summary(
         total_params=sum(p.numel() for p in model.parameters()),
         trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
         total_flops=total_flops,
-        memory=_memory(
-            model, recorder.activation_bytes(), scale, batch_size or example_batch
-        ),
+        memory=_memory(model, recorder.activation_bytes(), scale, batch_size or example_batch),
     )
 
 
@@ -305,9 +298,7 @@ def _rows(modules: dict[str, nn.Module], recorder: _Recorder) -> list[LayerRow]:
         own = [p for p in module.parameters(recurse=False) if id(p) not in seen]
         seen.update(id(p) for p in own)
         flags = {p.requires_grad for p in own}
-        trainable = {(): "", (True,): "yes", (False,): "no"}.get(
-            tuple(flags), "partial"
-        )
+        trainable = {(): "", (True,): "yes", (False,): "no"}.get(tuple(flags), "partial")
         shapes = recorder.shapes[name]
         shape = shapes[0] if len(set(shapes)) == 1 else " | ".join(shapes) or "-"
         if len(shapes) > 1:
@@ -327,14 +318,10 @@ def _rows(modules: dict[str, nn.Module], recorder: _Recorder) -> list[LayerRow]:
     return rows
 
 
-def _memory(
-    model: nn.Module, activation_bytes: int, scale: float, batch_size: int
-) -> MemoryEstimate:
+def _memory(model: nn.Module, activation_bytes: int, scale: float, batch_size: int) -> MemoryEstimate:
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     weights += sum(b.numel() * b.element_size() for b in model.buffers())
-    trainable = sum(
-        p.numel() * p.element_size() for p in model.parameters() if p.requires_grad
-    )
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     return MemoryEstimate(
         batch_size=batch_size,
         weights_bytes=weights,
@@ -384,10 +371,7 @@ def _table(header: list[str], body: list[list[str]]) -> str:
     numeric = {i for i, h in enumerate(header) if h.startswith(("Params", "FLOPs"))}
 
     def line(row: list[str]) -> str:
-        cells = [
-            c.rjust(w) if i in numeric else c.ljust(w)
-            for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        ]
+        cells = [c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
         return "  ".join(cells).rstrip()
 
     rule = "-" * len(line(header))

@@ -135,8 +135,11 @@ class MetricAccumulator:
     def state_dict(self) -> dict[str, Any]:
         """The unfinished interval's sums, so a resumed run logs exactly the same values."""
         loss_sum = self.loss_sum.detach().cpu() if isinstance(self.loss_sum, torch.Tensor) else self.loss_sum
-        return {"loss_sum": loss_sum, "count": self.count,
-                "totals": {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in self.totals.items()}}
+        return {
+            "loss_sum": loss_sum,
+            "count": self.count,
+            "totals": {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in self.totals.items()},
+        }
 
     def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
         def to(value: Any) -> Any:

@@ -53,8 +53,9 @@ def prepare_logmel(items: list[Any], preprocessing: dict[str, Any], info: DataIn
     return preprocess_files(paths, preprocessing)
 
 
-def generate_text(predictor: Predictor, prompt: str, length: int, temperature: float = 1.0,
-                  top_k: int | None = None, seed: int = 0) -> str:
+def generate_text(
+    predictor: Predictor, prompt: str, length: int, temperature: float = 1.0, top_k: int | None = None, seed: int = 0
+) -> str:
     """Sample `length` characters after `prompt` from a character-level run; same seed, same text."""
     from torchsmith.data.text import decode, encode
     from torchsmith.models.text import generate
@@ -68,6 +69,5 @@ def generate_text(predictor: Predictor, prompt: str, length: int, temperature: f
     prompt_ids = encode(prompt or vocabulary[0], vocabulary).to(predictor.device)
     generator = torch.Generator(device=predictor.device).manual_seed(seed)
     with torch.no_grad():
-        out = generate(predictor.model, prompt_ids, length, temperature=temperature, top_k=top_k,
-                       generator=generator)
+        out = generate(predictor.model, prompt_ids, length, temperature=temperature, top_k=top_k, generator=generator)
     return decode(out.flatten().cpu(), vocabulary)

@@ -10,7 +10,6 @@ import contextlib
 import dataclasses
 import difflib
 import gc
-import math
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -24,11 +23,11 @@ from torchsmith.callbacks import Callback, ProgressPrinter
 from torchsmith.config import OptimConfig, TrainConfig
 from torchsmith.data.loaders import make_batches
 from torchsmith.data.order import derive_seed
-from torchsmith.errors import TrainingFailure, UsageError
+from torchsmith.errors import UsageError
+from torchsmith.guard import check_device_flags, flag_on_device, known_bad, loss_history
 from torchsmith.optim import build_optimizer, build_schedule, resolve_device, steps_per_call
 from torchsmith.state import TrainState
 from torchsmith.tasks import LossFn, MetricAccumulator, Task, resolve_loss, resolve_task
-
 
 RECENT = 16  # losses kept on the device for the doctor's history
 
@@ -72,8 +71,11 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
         self.callbacks = list(callbacks)
-        if (self.config.progress != "none" and distributed.is_writer()
-                and not any(isinstance(c, ProgressPrinter) for c in callbacks)):
+        if (
+            self.config.progress != "none"
+            and distributed.is_writer()
+            and not any(isinstance(c, ProgressPrinter) for c in callbacks)
+        ):
             self.callbacks.append(ProgressPrinter(self.config.progress))
         self.state = TrainState()
         self.forward_model: nn.Module = model  # compiled or DDP-wrapped view used for training
@@ -111,7 +113,7 @@ class Trainer:
                 self.forward_model.train()  # once per epoch: evaluation and the doctor restore it
                 try:
                     for inputs, targets, indices in self.train_batches.epoch(state.epoch, state.position):
-                        if state.poisoned and self._known_bad(indices):
+                        if state.poisoned and known_bad(self.state, indices):
                             state.position += 1  # a batch a rollback found non-finite
                             continue
                         self._train_one(inputs, targets, indices)
@@ -148,7 +150,7 @@ class Trainer:
         if cfg.clip_grad_norm is not None or state.step % cfg.log_every == cfg.log_every - 1:
             self.grad_norm = self._grad_norm(cfg.clip_grad_norm)
         if self._device_guard:
-            self._flag_on_device(loss)  # the fused optimizer skips the step if flagged
+            flag_on_device(self, self._nonfinite(loss))  # the fused optimizer skips the step if flagged
         elif not self._may_step(loss):
             self._on_nonfinite(inputs, targets, indices)
             return
@@ -165,7 +167,7 @@ class Trainer:
         state.samples_seen += batch_samples
         state.metrics_updated = state.step % cfg.log_every == 0
         if self._device_guard and state.step % cfg.nan_check_every == 0:
-            self._check_device_flags()
+            check_device_flags(self)
         if state.metrics_updated:
             self._log_train()
         self._call("on_step_end")
@@ -198,8 +200,7 @@ class Trainer:
         self.epoch_totals = {}
 
     # ----------------------------------------------------------------- evaluate / predict
-    def evaluate(self, data: Any, collect: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-                 ) -> dict[str, float]:
+    def evaluate(self, data: Any, collect: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> dict[str, float]:
         """Loss and the task's metrics over `data` (all samples, each counted once).
 
         With `collect`, each batch's `(outputs, targets)` is appended to it (on the CPU).
@@ -267,7 +268,8 @@ class Trainer:
                 self.model.to(memory_format=torch.channels_last)
             if self.config.deterministic:
                 torch.use_deterministic_algorithms(True, warn_only=True)
-            self.forward_model = torch.compile(self.model) if self.config.compile else self.model
+            compiled: Any = torch.compile(self.model) if self.config.compile else self.model
+            self.forward_model = compiled
             self.eval_model = self.forward_model
         if not for_training:
             return
@@ -280,12 +282,16 @@ class Trainer:
         total = self.total_steps()
         self.scheduler = self._scheduler_spec or build_schedule(self.optim_config, self.optimizer, total)
         # The sync-free guard needs an optimizer that skips flagged steps itself (fused ones).
-        self._device_guard = (self.config.nan_guard and self.config.nan_check_every > 1
-                              and bool(getattr(self.optimizer, "_step_supports_amp_scaling", False))
-                              and any(g.get("fused") for g in self.optimizer.param_groups))
+        self._device_guard = (
+            self.config.nan_guard
+            and self.config.nan_check_every > 1
+            and bool(getattr(self.optimizer, "_step_supports_amp_scaling", False))
+            and any(g.get("fused") for g in self.optimizer.param_groups)
+        )
         if self.config.nan_guard and self.config.nan_check_every > 1 and not self._device_guard:
-            print("note: train.nan_check_every > 1 needs a fused optimizer on CUDA; checking every step",
-                  file=sys.stderr)
+            print(
+                "note: train.nan_check_every > 1 needs a fused optimizer on CUDA; checking every step", file=sys.stderr
+            )
         self._scheduler_interval = "step" if self._scheduler_spec is None else steps_per_call(self.scheduler)
         self.state.max_epochs, self.state.max_steps = self.config.max_epochs, self.config.max_steps
         self.state.steps_per_epoch = len(self.train_batches)
@@ -304,8 +310,15 @@ class Trainer:
     def _batches(self, data: Any, train: bool) -> Any:
         cfg = self.config
         rank, world_size = (self.dist.rank, self.dist.world_size) if self.dist else (0, 1)
-        return make_batches(data, batch_size=cfg.batch_size if train else cfg.eval_batch_size,
-                            train=train, seed=cfg.seed, device=self.device, rank=rank, world_size=world_size)
+        return make_batches(
+            data,
+            batch_size=cfg.batch_size if train else cfg.eval_batch_size,
+            train=train,
+            seed=cfg.seed,
+            device=self.device,
+            rank=rank,
+            world_size=world_size,
+        )
 
     def _to_device(self, value: Any) -> Any:
         if isinstance(value, torch.Tensor):
@@ -336,29 +349,6 @@ class Trainer:
             torch.cuda.default_generators[self.device.index or 0].manual_seed(seed)
         else:
             torch.default_generator.manual_seed(seed)
-
-    def _flag_on_device(self, loss: torch.Tensor) -> None:
-        """The guard without a host sync: flag non-finite values on the device, let the fused
-        optimizer skip the step there, and remember the first flagged step."""
-        found = self._nonfinite(loss)
-        self.optimizer.found_inf = found  # type: ignore[union-attr]  # read by fused optimizers
-        first = self._first_bad_step
-        first.copy_(torch.where((first < 0) & (found[0] > 0), self.state.step, first))
-
-    def _check_device_flags(self) -> None:
-        """Read the device guard's record (one sync per check interval)."""
-        bad = int(self._first_bad_step)
-        if bad < 0:
-            return
-        self.state.nan_events.append({"step": bad, "epoch": self.state.epoch + 1, "stage": "unknown",
-                                      "cause": "non-finite loss or gradient (checked on the device)"})
-        self.state.status = "failed"
-        raise TrainingFailure(
-            f"Non-finite loss or gradient at step {bad}. The optimizer skipped that step on the device, so the "
-            f"weights never saw it; the guard is read every {self.config.nan_check_every} steps, so "
-            f"{self.state.step - bad - 1} more steps ran. Rerun with --set train.nan_check_every=1 to stop "
-            f"within the failing step and have the doctor replay it."
-        )
 
     def _may_step(self, loss: torch.Tensor) -> bool:
         """The NaN guard's verdict, with one host read. Under DDP all ranks agree on it, and on
@@ -409,7 +399,7 @@ class Trainer:
             raise UsageError("no parameter received a gradient: does the loss depend on the model's output?")
         if max_norm is not None:
             return torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
-        return torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+        return torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None], foreach=True)
 
     def _clock(self) -> float:
         """Update `state.train_time_s`; returns the seconds spent in the current epoch."""
@@ -446,31 +436,10 @@ class Trainer:
 
         assert self.optimizer is not None
         self.optimizer.zero_grad(set_to_none=True)
-        report = investigate(self, inputs, targets, indices, self._loss_history())
+        report = investigate(self, inputs, targets, indices, loss_history(self))
         batch = indices.tolist() if indices is not None else None
         self.state.nan_events.append({"policy": self.config.on_nan, **report.to_dict(), "batch_indices": batch})
         apply_nan_policy(self, report)  # raises TrainingFailure or RolledBack, or returns to skip
-
-    def _known_bad(self, indices: torch.Tensor | None) -> bool:
-        """A batch an earlier rollback found non-finite, or holding a sample it excluded."""
-        state = self.state
-        if [state.epoch, state.position] in state.poisoned:
-            return True
-        if state.excluded_samples and indices is not None:
-            return bool(torch.isin(indices.cpu(), torch.tensor(state.excluded_samples)).any())
-        return False
-
-    def _loss_history(self) -> list[dict[str, float]]:
-        steps = range(max(0, self.state.step - RECENT), self.state.step)
-        history = []
-        for step in steps:
-            loss = self._recent_losses[step % RECENT]
-            if loss is not None:
-                history.append({"step": step, "loss": float(loss)})
-        for row in self.state.history[-3:]:
-            if "grad_norm" in row:
-                history.insert(0, {"step": row["step"], "grad_norm": row["grad_norm"], "lr": row.get("lr", 0.0)})
-        return history
 
     def resume_from_checkpoint(self) -> None:
         """Restore the newest complete checkpoint of the Checkpointer callback."""
@@ -490,7 +459,9 @@ def _with_options(config: TrainConfig, options: dict[str, Any]) -> TrainConfig:
     names = [f.name for f in dataclasses.fields(TrainConfig)]
     unknown = [k for k in options if k not in names]
     if unknown:
-        hints = [f"'{k}'" + (f" (did you mean '{m[0]}'?)" if (m := difflib.get_close_matches(k, names, 1))
-                             else "") for k in unknown]
+        hints = [
+            f"'{k}'" + (f" (did you mean '{m[0]}'?)" if (m := difflib.get_close_matches(k, names, 1)) else "")
+            for k in unknown
+        ]
         raise TypeError(f"Trainer got unknown option(s) {', '.join(hints)}; options are: {', '.join(names)}")
     return dataclasses.replace(config, **options)

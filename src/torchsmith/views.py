@@ -43,8 +43,9 @@ def command_summary(args: argparse.Namespace) -> int:
     model_args = json.loads(args.model_args) if args.model_args else {}
     if args.input_shape:
         shape = parse_shape(args.input_shape)
-        info = DataInfo(modality="image" if len(shape) == 3 else "tensor", num_classes=args.num_classes,
-                        input_shape=shape)
+        info = DataInfo(
+            modality="image" if len(shape) == 3 else "tensor", num_classes=args.num_classes, input_shape=shape
+        )
         example = torch.zeros(2, *shape)
     else:
         from torchsmith.data.registry import load_data

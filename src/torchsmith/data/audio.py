@@ -57,9 +57,7 @@ class AudioAugment:
     freq_mask_width: int = 6
 
 
-def _uniform(
-    generator: torch.Generator | None, shape: tuple[int, ...], device: torch.device
-) -> torch.Tensor:
+def _uniform(generator: torch.Generator | None, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
     # draw on the generator's own device (a CPU generator may drive a CUDA batch)
     source = generator.device if generator is not None else device
     return torch.rand(shape, generator=generator, device=source).to(device)
@@ -73,44 +71,30 @@ def warp_spectrograms(
 ) -> torch.Tensor:
     """Per-sample time shift, tempo and frequency warp of (B, n_mels, frames), one grid_sample."""
     batch, n_mels, frames = x.shape
-    amount = (_uniform(generator, (batch, 3), x.device) * 2 - 1).to(
-        x.dtype
-    )  # (B, 3) in [-1, 1)
+    amount = (_uniform(generator, (batch, 3), x.device) * 2 - 1).to(x.dtype)  # (B, 3) in [-1, 1)
     shift = torch.round(amount[:, :1] * augment.shift * frames)  # (B, 1) whole frames
     rate, alpha = 1 + amount[:, 1:2] * augment.tempo, 1 + amount[:, 2:3] * augment.warp
     centre = (frames - 1) / 2
     time = torch.arange(frames, device=x.device, dtype=x.dtype)
-    source_time = (
-        centre + (time - centre) * rate - shift
-    )  # (B, frames), frame read by each output frame
+    source_time = centre + (time - centre) * rate - shift  # (B, frames), frame read by each output frame
     # output band centred at f reads the input at f / alpha, as a fractional band index
     edges = _hz_to_mel(mel_frequencies(settings)).to(x)  # (n_mels + 2,), evenly spaced
     centres_hz = _mel_to_hz(edges[1:-1])
-    source_band = (_hz_to_mel(centres_hz / alpha) - edges[1]) / (
-        edges[2] - edges[1]
-    )  # (B, n_mels)
+    source_band = (_hz_to_mel(centres_hz / alpha) - edges[1]) / (edges[2] - edges[1])  # (B, n_mels)
     grid = torch.stack(
         [
-            (2 * source_time / max(frames - 1, 1) - 1)[:, None, :].expand(
-                -1, n_mels, -1
-            ),
-            (2 * source_band / max(n_mels - 1, 1) - 1)[:, :, None].expand(
-                -1, -1, frames
-            ),
+            (2 * source_time / max(frames - 1, 1) - 1)[:, None, :].expand(-1, n_mels, -1),
+            (2 * source_band / max(n_mels - 1, 1) - 1)[:, :, None].expand(-1, -1, frames),
         ],
         dim=-1,
     )  # (B, n_mels, frames, 2) as (x=time, y=band) in [-1, 1]
     # sample above the per-recording floor so what moves in from outside is silence
     floor = x.amin(dim=(1, 2), keepdim=True)
-    moved = F.grid_sample(
-        (x - floor)[:, None], grid, padding_mode="zeros", align_corners=True
-    )
+    moved = F.grid_sample((x - floor)[:, None], grid, padding_mode="zeros", align_corners=True)
     return moved[:, 0] + floor
 
 
-def mask_spectrograms(
-    x: torch.Tensor, augment: AudioAugment, generator: torch.Generator | None
-) -> torch.Tensor:
+def mask_spectrograms(x: torch.Tensor, augment: AudioAugment, generator: torch.Generator | None) -> torch.Tensor:
     """SpecAugment: zero (the normalised mean) random band and frame ranges, per sample."""
     batch, n_mels, frames = x.shape
     keep = torch.ones_like(x, dtype=torch.bool)
@@ -122,21 +106,15 @@ def mask_spectrograms(
         if count <= 0 or width <= 0:
             continue
         draw = _uniform(generator, (batch, count, 2), x.device)
-        widths = torch.floor(
-            draw[..., 0] * (min(width, size) + 1)
-        )  # (B, count) in [0, width]
+        widths = torch.floor(draw[..., 0] * (min(width, size) + 1))  # (B, count) in [0, width]
         starts = torch.floor(draw[..., 1] * (size - widths + 1))
         position = torch.arange(size, device=x.device)
-        hit = (position >= starts[..., None]) & (
-            position < (starts + widths)[..., None]
-        )
+        hit = (position >= starts[..., None]) & (position < (starts + widths)[..., None])
         keep &= ~hit.any(1).unsqueeze(3 - axis)  # (B, n_mels, 1) or (B, 1, frames)
     return x.masked_fill(~keep, 0.0)
 
 
-def normalize_spectrograms(
-    x: torch.Tensor, normalize: Literal["recording"] | tuple[float, float]
-) -> torch.Tensor:
+def normalize_spectrograms(x: torch.Tensor, normalize: Literal["recording"] | tuple[float, float]) -> torch.Tensor:
     """ "recording": each clip to zero mean, unit std (removes loudness and level);
     (mean, std): dataset-wide constants."""
     if normalize == "recording":
@@ -167,12 +145,8 @@ class SpectrogramBatches:
         augment: AudioAugment | None = None,
         normalize: Literal["recording"] | tuple[float, float] = "recording",
     ) -> None:
-        if normalize != "recording" and not (
-            isinstance(normalize, tuple) and len(normalize) == 2
-        ):
-            raise UsageError(
-                f"normalize must be 'recording' or (mean, std), got {normalize!r}."
-            )
+        if normalize != "recording" and not (isinstance(normalize, tuple) and len(normalize) == 2):
+            raise UsageError(f"normalize must be 'recording' or (mean, std), got {normalize!r}.")
         self.features, self.labels = features, labels
         self.settings, self.augment, self.normalize = settings, augment, normalize
 
@@ -218,9 +192,7 @@ class AudioOptions:
     cache_dir: str | None = None
 
 
-def load_fsdd(
-    data_dir: str | Path, split: str = "standard", options: AudioOptions | None = None
-) -> DataBundle:
+def load_fsdd(data_dir: str | Path, split: str = "standard", options: AudioOptions | None = None) -> DataBundle:
     """The Free Spoken Digit Dataset as log-mel spectrograms, classes "0".."9".
 
     `split="standard"`: takes 0-4 of every speaker are the test set, 5-49 train;
@@ -233,21 +205,15 @@ def load_fsdd(
     root = Path(data_dir)
     folder = root / "recordings" if (root / "recordings").is_dir() else root
     if not folder.is_dir():
-        raise UsageError(
-            f"FSDD folder {root} does not exist; expected fsdd/recordings/*.wav."
-        )
+        raise UsageError(f"FSDD folder {root} does not exist; expected fsdd/recordings/*.wav.")
     records = _match_files(folder, FSDD_PATTERN)
     if split == "standard":
         test = [int(record["take"]) < 5 for record in records]
     elif split.startswith("speaker:"):
         test = _speaker_mask(records, split)
     else:
-        raise UsageError(
-            f"FSDD split must be 'standard' or 'speaker:NAME', got {split!r}."
-        )
-    return _bundle(
-        records, test, [str(d) for d in range(10)], options or AudioOptions()
-    )
+        raise UsageError(f"FSDD split must be 'standard' or 'speaker:NAME', got {split!r}.")
+    return _bundle(records, test, [str(d) for d in range(10)], options or AudioOptions())
 
 
 def load_wavfolder(
@@ -273,14 +239,10 @@ def load_wavfolder(
         records = _match_files(root, pattern)
         test = _speaker_mask(records, split) if split else [False] * len(records)
     elif split is not None:
-        raise UsageError(
-            "split='speaker:NAME' needs a pattern with a (?P<speaker>...) group."
-        )
+        raise UsageError("split='speaker:NAME' needs a pattern with a (?P<speaker>...) group.")
     else:
         records, test = _tree_records(root)
-    names = sorted(
-        {r["label"] for r in records}, key=lambda n: (not n.isdigit(), n.zfill(12))
-    )
+    names = sorted({r["label"] for r in records}, key=lambda n: (not n.isdigit(), n.zfill(12)))
     return _bundle(records, test, names, options or AudioOptions())
 
 
@@ -288,16 +250,10 @@ def _match_files(folder: Path, pattern: str) -> list[dict[str, Any]]:
     try:
         regex = re.compile(pattern)
     except re.error as error:
-        raise UsageError(
-            f"file-name pattern {pattern!r} is not a valid regex: {error}."
-        ) from None
+        raise UsageError(f"file-name pattern {pattern!r} is not a valid regex: {error}.") from None
     if "label" not in regex.groupindex:
-        raise UsageError(
-            f"file-name pattern {pattern!r} needs a named group (?P<label>...)."
-        )
-    matches = [
-        (file, regex.fullmatch(file.name)) for file in sorted(folder.rglob("*.wav"))
-    ]
+        raise UsageError(f"file-name pattern {pattern!r} needs a named group (?P<label>...).")
+    matches = [(file, regex.fullmatch(file.name)) for file in sorted(folder.rglob("*.wav"))]
     if not matches:
         raise UsageError(f"no .wav files under {folder}; check the data directory.")
     unmatched = [file.name for file, match in matches if match is None]
@@ -317,14 +273,11 @@ def _speaker_mask(records: list[dict[str, Any]], split: str) -> list[bool]:
     speakers = sorted({r["speaker"] for r in records if r["speaker"] is not None})
     if not split.startswith("speaker:") or not speakers:
         raise UsageError(
-            f"split={split!r}: expected 'speaker:NAME' and a file-name pattern "
-            "with a (?P<speaker>...) group."
+            f"split={split!r}: expected 'speaker:NAME' and a file-name pattern with a (?P<speaker>...) group."
         )
     name = split.removeprefix("speaker:")
     if name not in speakers:
-        raise UsageError(
-            f"unknown speaker {name!r}; the speakers are: {', '.join(speakers)}."
-        )
+        raise UsageError(f"unknown speaker {name!r}; the speakers are: {', '.join(speakers)}.")
     return [record["speaker"] == name for record in records]
 
 
@@ -332,37 +285,25 @@ def _tree_records(root: Path) -> tuple[list[dict[str, Any]], list[bool]]:
     split_trees = [(root / "train", False), (root / "test", True)]
     records, test = [], []
     for tree, is_test in split_trees if (root / "train").is_dir() else [(root, False)]:
-        folders = (
-            sorted(p for p in tree.iterdir() if p.is_dir()) if tree.is_dir() else []
-        )
+        folders = sorted(p for p in tree.iterdir() if p.is_dir()) if tree.is_dir() else []
         for folder in folders:
             files = sorted(folder.rglob("*.wav"))
-            records += [
-                {"path": f, "label": folder.name, "speaker": None} for f in files
-            ]
+            records += [{"path": f, "label": folder.name, "speaker": None} for f in files]
             test += [is_test] * len(files)
     if not records:
-        raise UsageError(
-            f"no .wav files in class folders under {root}; expected <class>/*.wav."
-        )
+        raise UsageError(f"no .wav files in class folders under {root}; expected <class>/*.wav.")
     return records, test
 
 
-def _split(
-    test: list[bool], val_fraction: float, seed: int
-) -> tuple[torch.Tensor, ...]:
+def _split(test: list[bool], val_fraction: float, seed: int) -> tuple[torch.Tensor, ...]:
     """(train, val, test) indices; val is a seeded carve of the non-test recordings."""
     is_test = torch.tensor(test, dtype=torch.bool)
     pool = (~is_test).nonzero().flatten()
-    pool = pool[
-        torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))
-    ]
+    pool = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))]
     num_val = round(len(pool) * val_fraction)
     train, val = pool[num_val:].sort().values, pool[:num_val].sort().values
     if len(train) == 0:
-        raise UsageError(
-            "no training recordings are left after the test and validation splits."
-        )
+        raise UsageError("no training recordings are left after the test and validation splits.")
     return train, val, is_test.nonzero().flatten()
 
 
@@ -373,13 +314,9 @@ def _bundle(
     options: AudioOptions,
 ) -> DataBundle:
     if options.normalize not in ("recording", "dataset"):
-        raise UsageError(
-            f"normalize must be 'recording' or 'dataset', got {options.normalize!r}."
-        )
+        raise UsageError(f"normalize must be 'recording' or 'dataset', got {options.normalize!r}.")
     settings = options.features
-    features = logmel_features(
-        [r["path"] for r in records], settings, options.cache_dir
-    )
+    features = logmel_features([r["path"] for r in records], settings, options.cache_dir)
     labels = torch.tensor([names.index(record["label"]) for record in records])
     train, val, test_indices = _split(test, options.val_fraction, options.seed)
     stats: Any = "recording"
@@ -392,9 +329,7 @@ def _bundle(
     def source(indices: torch.Tensor, augment: AudioAugment | None) -> Any:
         if len(indices) == 0:
             return None
-        return SpectrogramBatches(
-            features[indices], labels[indices], settings, augment, stats
-        )
+        return SpectrogramBatches(features[indices], labels[indices], settings, augment, stats)
 
     normalize = stats if stats == "recording" else {"mean": stats[0], "std": stats[1]}
     info = DataInfo(
@@ -409,9 +344,7 @@ def _bundle(
     return DataBundle(*splits, info)
 
 
-def preprocess_files(
-    paths: Sequence[str | Path], preprocessing: dict[str, Any]
-) -> torch.Tensor:
+def preprocess_files(paths: Sequence[str | Path], preprocessing: dict[str, Any]) -> torch.Tensor:
     """Model inputs (B, 1, n_mels, frames) for WAV files, exactly as training built them.
 
     Example:
@@ -420,9 +353,7 @@ def preprocess_files(
     """
     settings = LogMel.from_dict(preprocessing)
     waves = torch.stack([_fixed_waveform(Path(path), settings) for path in paths])
-    features = (
-        log_mel(waves, settings).half().float()
-    )  # the float16 rounding of the cache
+    features = log_mel(waves, settings).half().float()  # the float16 rounding of the cache
     normalize = preprocessing["normalize"]
     if normalize != "recording":
         normalize = (normalize["mean"], normalize["std"])

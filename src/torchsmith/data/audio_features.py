@@ -52,9 +52,7 @@ def read_wav(path: str | Path) -> tuple[torch.Tensor, int]:
             "Convert it with `ffmpeg -i INPUT -ac 1 OUTPUT.wav`."
         )
     if len(raw) < width:
-        raise UsageError(
-            f"{path} is a zero-length recording; remove it or record it again."
-        )
+        raise UsageError(f"{path} is a zero-length recording; remove it or record it again.")
     return _pcm_to_float(raw, width, path), rate
 
 
@@ -66,13 +64,9 @@ def _pcm_to_float(raw: bytes, width: int, path: str | Path) -> torch.Tensor:
         values = padded.view("<i4")[:, 0].astype(np.float32) / 2.0**31
     elif width in _PCM_DTYPES:
         values = np.frombuffer(raw, dtype=_PCM_DTYPES[width]).astype(np.float32)
-        values = (
-            (values - 128.0) / 128.0 if width == 1 else values / 2.0 ** (8 * width - 1)
-        )
+        values = (values - 128.0) / 128.0 if width == 1 else values / 2.0 ** (8 * width - 1)
     else:
-        raise UsageError(
-            f"{path} uses {8 * width}-bit samples; expected 8, 16, 24 or 32."
-        )
+        raise UsageError(f"{path} uses {8 * width}-bit samples; expected 8, 16, 24 or 32.")
     return torch.from_numpy(values)
 
 
@@ -91,9 +85,7 @@ def resample(waveform: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Ten
         return waveform
     divisor = math.gcd(orig_rate, new_rate)
     orig, new = orig_rate // divisor, new_rate // divisor
-    kernel, width = _sinc_kernel(
-        orig, new, waveform.dtype
-    )  # (new, 1, 2 * width + orig)
+    kernel, width = _sinc_kernel(orig, new, waveform.dtype)  # (new, 1, 2 * width + orig)
     shape, length = waveform.shape[:-1], waveform.shape[-1]
     padded = F.pad(waveform.reshape(-1, 1, length), (width, width + orig))
     phases = F.conv1d(padded, kernel, stride=orig)  # (B, new, length // orig + 1)
@@ -106,14 +98,10 @@ def _sinc_kernel(orig: int, new: int, dtype: torch.dtype) -> tuple[torch.Tensor,
     cutoff = min(orig, new) * rolloff
     width = math.ceil(zeros * orig / cutoff)
     taps = torch.arange(-width, width + orig, dtype=torch.float64)[None, None] / orig
-    t = (
-        torch.arange(0, -new, -1, dtype=torch.float64)[:, None, None] / new + taps
-    ) * cutoff
+    t = (torch.arange(0, -new, -1, dtype=torch.float64)[:, None, None] / new + taps) * cutoff
     t = t.clamp(-zeros, zeros)
     window = torch.cos(t * math.pi / zeros / 2) ** 2
-    sinc = torch.where(
-        t == 0, torch.ones_like(t), torch.sin(t * math.pi) / (t * math.pi)
-    )
+    sinc = torch.where(t == 0, torch.ones_like(t), torch.sin(t * math.pi) / (t * math.pi))
     return (sinc * window * cutoff / orig).to(dtype), width
 
 
@@ -154,18 +142,14 @@ class LogMel:
     def __post_init__(self) -> None:
         for name in ("sample_rate", "n_fft", "hop_length", "n_mels"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) > 0):
-                raise UsageError(
-                    f"LogMel.{name} must be a positive integer, got {getattr(self, name)!r}."
-                )
+                raise UsageError(f"LogMel.{name} must be a positive integer, got {getattr(self, name)!r}.")
         if not 0 <= self.f_min < self.f_max <= self.sample_rate / 2:
             raise UsageError(
                 f"LogMel needs 0 <= f_min < f_max <= sample_rate / 2 = {self.sample_rate / 2}, "
                 f"got f_min={self.f_min}, f_max={self.f_max}."
             )
         if self.duration_s <= 0:
-            raise UsageError(
-                f"LogMel.duration_s must be positive, got {self.duration_s}."
-            )
+            raise UsageError(f"LogMel.duration_s must be positive, got {self.duration_s}.")
 
     @property
     def samples(self) -> int:
@@ -191,17 +175,13 @@ def _mel_to_hz(mel: torch.Tensor) -> torch.Tensor:
 
 def mel_frequencies(settings: LogMel) -> torch.Tensor:
     """Edge and centre frequencies in Hz of the mel bands, shape (n_mels + 2,)."""
-    low, high = _hz_to_mel(
-        torch.tensor([settings.f_min, settings.f_max], dtype=torch.float64)
-    )
+    low, high = _hz_to_mel(torch.tensor([settings.f_min, settings.f_max], dtype=torch.float64))
     return _mel_to_hz(torch.linspace(float(low), float(high), settings.n_mels + 2))
 
 
 def mel_filterbank(settings: LogMel) -> torch.Tensor:
     """Triangular HTK mel filters, shape (n_mels, n_fft // 2 + 1)."""
-    freqs = torch.linspace(
-        0, settings.sample_rate / 2, settings.n_fft // 2 + 1, dtype=torch.float64
-    )
+    freqs = torch.linspace(0, settings.sample_rate / 2, settings.n_fft // 2 + 1, dtype=torch.float64)
     edges = mel_frequencies(settings)[:, None]  # (n_mels + 2, 1)
     rising = (freqs - edges[:-2]) / (edges[1:-1] - edges[:-2])
     falling = (edges[2:] - freqs) / (edges[2:] - edges[1:-1])
@@ -237,14 +217,10 @@ def log_mel(waveforms: torch.Tensor, settings: LogMel) -> torch.Tensor:
 
 
 def default_cache_dir() -> Path:
-    return (
-        Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "torchsmith"
-    )
+    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "torchsmith"
 
 
-def logmel_features(
-    paths: list[Path], settings: LogMel, cache_dir: str | Path | None = None
-) -> torch.Tensor:
+def logmel_features(paths: list[Path], settings: LogMel, cache_dir: str | Path | None = None) -> torch.Tensor:
     """Log-mel features of every file, float16 (N, n_mels, frames), cached on disk.
 
     The cache key hashes each file's path, size and modification time together with
@@ -257,30 +233,20 @@ def logmel_features(
     from safetensors.torch import load_file, save_file
 
     key = _cache_key(paths, settings)
-    cache_file = (
-        Path(cache_dir or default_cache_dir()) / "audio" / f"logmel-{key}.safetensors"
-    )
+    cache_file = Path(cache_dir or default_cache_dir()) / "audio" / f"logmel-{key}.safetensors"
     if cache_file.exists():
         return load_file(cache_file)["features"]
-    waves = torch.stack(
-        [_fixed_waveform(path, settings) for path in paths]
-    )  # (N, samples)
+    waves = torch.stack([_fixed_waveform(path, settings) for path in paths])  # (N, samples)
     # float16 halves memory and disk; log-mel values lie in about [-14, 15], where
     # float16 keeps about 3 significant digits, far finer than the augmentation noise
-    features = torch.cat(
-        [log_mel(chunk, settings) for chunk in waves.split(256)]
-    ).half()
+    features = torch.cat([log_mel(chunk, settings) for chunk in waves.split(256)]).half()
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         partial = cache_file.with_suffix(f".{os.getpid()}.tmp")
         save_file({"features": features}, partial)
-        os.replace(
-            partial, cache_file
-        )  # atomic: a concurrent reader never sees half a file
+        os.replace(partial, cache_file)  # atomic: a concurrent reader never sees half a file
     except OSError as error:
-        warnings.warn(
-            f"could not write the feature cache {cache_file}: {error}", stacklevel=2
-        )
+        warnings.warn(f"could not write the feature cache {cache_file}: {error}", stacklevel=2)
     return features
 
 
@@ -288,9 +254,7 @@ def _cache_key(paths: list[Path], settings: LogMel) -> str:
     digest = hashlib.sha256(json.dumps([FEATURE_VERSION, asdict(settings)]).encode())
     for path in paths:
         stat = Path(path).stat()
-        digest.update(
-            f"{Path(path).resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode()
-        )
+        digest.update(f"{Path(path).resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:24]
 
 

@@ -47,9 +47,7 @@ def _gen_device(x: torch.Tensor, generator: torch.Generator | None) -> torch.dev
 AUGMENTATIONS = ("none", "flip", "crop", "crop-flip", "translate", "flip-translate")
 
 
-def augment_images(
-    x: torch.Tensor, policy: str, generator: torch.Generator | None, padding: int = 4
-) -> torch.Tensor:
+def augment_images(x: torch.Tensor, policy: str, generator: torch.Generator | None, padding: int = 4) -> torch.Tensor:
     """Apply a named policy to a batch (B, C, H, W): "crop" pads with zeros by `padding`,
     "translate" shifts by up to 2 pixels with reflection (airbench), "flip" mirrors."""
     if policy not in AUGMENTATIONS:

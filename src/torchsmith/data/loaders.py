@@ -59,8 +59,15 @@ class MemoryBatches:
 class DatasetBatches:
     """A map-style Dataset through DataLoader workers, in the order of a BatchOrder."""
 
-    def __init__(self, dataset: Dataset, order: BatchOrder, train: bool, seed: int,
-                 num_workers: int = 0, pin_memory: bool = False) -> None:
+    def __init__(
+        self,
+        dataset: Dataset,
+        order: BatchOrder,
+        train: bool,
+        seed: int,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+    ) -> None:
         self.dataset, self.order, self.train, self.seed = dataset, order, train, seed
         self.num_workers, self.pin_memory = num_workers, pin_memory
 
@@ -78,10 +85,15 @@ class DatasetBatches:
         # draws its own stream (per-sample transforms in workers cannot match a single process anyway).
         counters = (2, epoch, start) if self.order.world_size == 1 else (2, epoch, start, self.order.rank)
         generator = torch.Generator().manual_seed(derive_seed(self.seed, *counters))
-        loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
-                            pin_memory=self.pin_memory, generator=generator,
-                            persistent_workers=False)
-        for indices, (inputs, targets) in zip(batches, loader):
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=batches,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            generator=generator,
+            persistent_workers=False,
+        )
+        for indices, (inputs, targets) in zip(batches, loader, strict=True):
             yield inputs, targets, torch.tensor(indices)
 
 
@@ -105,24 +117,49 @@ class LoaderBatches:
                 yield inputs, targets, None
 
 
-def make_batches(data: Any, *, batch_size: int, train: bool, seed: int, device: torch.device,
-                 rank: int = 0, world_size: int = 1, num_workers: int = 0):  # noqa: ANN201
+def make_batches(
+    data: Any,
+    *,
+    batch_size: int,
+    train: bool,
+    seed: int,
+    device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
+    num_workers: int = 0,
+) -> MemoryBatches | DatasetBatches | LoaderBatches:
     """Wrap `(inputs, targets)` tensors, a MemorySource, a Dataset or a DataLoader."""
     if isinstance(data, DataLoader):
         if world_size > 1:
-            raise UsageError("under torchrun, pass a Dataset or (inputs, targets) tensors rather than a "
-                             "DataLoader: torchsmith gives each process its slice of every global batch")
+            raise UsageError(
+                "under torchrun, pass a Dataset or (inputs, targets) tensors rather than a "
+                "DataLoader: torchsmith gives each process its slice of every global batch"
+            )
         return LoaderBatches(data)
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
         data = TensorPairs(data[0], data[1])
     if isinstance(data, MemorySource):
-        order = BatchOrder(len(data), batch_size, shuffle=train, seed=seed, rank=rank, world_size=world_size,
-                           drop_last=_drops_last(len(data), batch_size, train, world_size))
+        order = BatchOrder(
+            len(data),
+            batch_size,
+            shuffle=train,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            drop_last=_drops_last(len(data), batch_size, train, world_size),
+        )
         return MemoryBatches(data.to(device), order, train, seed)
     if isinstance(data, Dataset):
-        order = BatchOrder(len(data), batch_size, shuffle=train, seed=seed,  # type: ignore[arg-type]
-                           rank=rank, world_size=world_size,
-                           drop_last=_drops_last(len(data), batch_size, train, world_size))  # type: ignore[arg-type]
+        size = len(data)  # type: ignore[arg-type]  # map-style datasets define __len__
+        order = BatchOrder(
+            size,
+            batch_size,
+            shuffle=train,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            drop_last=_drops_last(size, batch_size, train, world_size),
+        )
         return DatasetBatches(data, order, train, seed, num_workers, pin_memory=device.type == "cuda")
     raise TypeError(
         f"training data must be a DataLoader, a Dataset or an (inputs, targets) pair of tensors, "

@@ -104,7 +104,7 @@ def split_indices(num_samples: int, val_fraction: float, seed: int) -> tuple[tor
     """Seeded (train, val) index split; val gets round(num_samples * val_fraction) samples."""
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(num_samples, generator=generator)
-    num_val = int(round(num_samples * val_fraction))
+    num_val = round(num_samples * val_fraction)
     return order[num_val:].sort().values, order[:num_val].sort().values
 
 

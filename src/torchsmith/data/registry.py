@@ -59,16 +59,22 @@ def _audio_options(config: DataConfig, seed: int) -> AudioOptions:
     from torchsmith.data.audio import AudioAugment, AudioOptions
 
     augment = None if config.augment == "none" else AudioAugment()
-    return AudioOptions(augment=augment, val_fraction=config.val_fraction, seed=seed,
-                        normalize=config.options.get("normalize", "recording"))
+    return AudioOptions(
+        augment=augment,
+        val_fraction=config.val_fraction,
+        seed=seed,
+        normalize=config.options.get("normalize", "recording"),
+    )
 
 
 def _fsdd(config: DataConfig, path: str | None, seed: int) -> DataBundle:
     from torchsmith.data.audio import load_fsdd
 
     if not config.dir:
-        raise UsageError("fsdd needs --data-dir: the folder holding recordings/<digit>_<speaker>_<n>.wav "
-                         "(see https://github.com/Jakobovski/free-spoken-digit-dataset)")
+        raise UsageError(
+            "fsdd needs --data-dir: the folder holding recordings/<digit>_<speaker>_<n>.wav "
+            "(see https://github.com/Jakobovski/free-spoken-digit-dataset)"
+        )
     return load_fsdd(config.dir, config.split or "standard", _audio_options(config, seed))
 
 
@@ -87,8 +93,9 @@ def _textfile(config: DataConfig, path: str | None, seed: int) -> DataBundle:
     target = path or (f"{config.dir}/input.txt" if config.dir else None)
     if not target:
         raise UsageError("textfile needs a path: --data textfile:PATH (one UTF-8 text file)")
-    return load_textfile(target, block_size=int(config.options.get("block_size", 128)),
-                         val_fraction=config.val_fraction or 0.1)
+    return load_textfile(
+        target, block_size=int(config.options.get("block_size", 128)), val_fraction=config.val_fraction or 0.1
+    )
 
 
 def _table(kind: str) -> Loader:
@@ -99,10 +106,17 @@ def _table(kind: str) -> Loader:
         if not target:
             raise UsageError(f"{kind} needs a path: --data {kind}:PATH (a file, or a folder with train/dev files)")
         options = config.options
-        return load_table_dataset(target, kind=kind, max_len=int(options.get("max_len", 64)),
-                                  val_fraction=config.val_fraction or 0.1, seed=seed,
-                                  text_column=options.get("text_column"), label_column=options.get("label_column"),
-                                  min_freq=int(options.get("min_freq", 1)), max_vocab=options.get("max_vocab"))
+        return load_table_dataset(
+            target,
+            kind=kind,
+            max_len=int(options.get("max_len", 64)),
+            val_fraction=config.val_fraction or 0.1,
+            seed=seed,
+            text_column=options.get("text_column"),
+            label_column=options.get("label_column"),
+            min_freq=int(options.get("min_freq", 1)),
+            max_vocab=options.get("max_vocab"),
+        )
 
     return load
 
@@ -112,34 +126,50 @@ def _sst2(config: DataConfig, path: str | None, seed: int) -> DataBundle:
 
     if not config.dir:
         raise UsageError("sst2 needs --data-dir: the folder holding GLUE's SST-2 train.tsv and dev.tsv")
-    return load_sst2(config.dir, max_len=int(config.options.get("max_len", 64)),
-                     val_fraction=config.val_fraction or 0.05, seed=seed)
+    return load_sst2(
+        config.dir, max_len=int(config.options.get("max_len", 64)), val_fraction=config.val_fraction or 0.05, seed=seed
+    )
 
 
 DATASETS: dict[str, DataEntry] = {
     entry.name: entry
     for entry in [
-        DataEntry("mnist-sample", "16,000 + 2,000 real MNIST digits shipped inside the package (offline)",
-                  _mnist_sample),
+        DataEntry(
+            "mnist-sample", "16,000 + 2,000 real MNIST digits shipped inside the package (offline)", _mnist_sample
+        ),
         DataEntry("mnist", "MNIST handwritten digits, 60,000 + 10,000, 1x28x28", _digits("mnist")),
-        DataEntry("fashion-mnist", "Fashion-MNIST clothing images, 60,000 + 10,000, 1x28x28",
-                  _digits("fashion-mnist")),
-        DataEntry("cifar10", "CIFAR-10, 50,000 + 10,000 colour images, 3x32x32 (download or image tree)",
-                  _cifar10),
-        DataEntry("imagefolder", "imagefolder:PATH, one folder per class (with train/ and test/, or split)",
-                  _imagefolder, takes_path=True),
-        DataEntry("textfile", "textfile:PATH, one UTF-8 text for character-level language models", _textfile,
-                  takes_path=True),
+        DataEntry("fashion-mnist", "Fashion-MNIST clothing images, 60,000 + 10,000, 1x28x28", _digits("fashion-mnist")),
+        DataEntry("cifar10", "CIFAR-10, 50,000 + 10,000 colour images, 3x32x32 (download or image tree)", _cifar10),
+        DataEntry(
+            "imagefolder",
+            "imagefolder:PATH, one folder per class (with train/ and test/, or split)",
+            _imagefolder,
+            takes_path=True,
+        ),
+        DataEntry(
+            "textfile", "textfile:PATH, one UTF-8 text for character-level language models", _textfile, takes_path=True
+        ),
         DataEntry("tinyshakespeare", "Tiny Shakespeare (--data-dir holds input.txt), character level", _textfile),
-        DataEntry("tsv", "tsv:PATH, text classification from a TSV file or a folder with train/dev files",
-                  _table("tsv"), takes_path=True),
-        DataEntry("csv", "csv:PATH, text classification from a CSV file or a folder with train/dev files",
-                  _table("csv"), takes_path=True),
+        DataEntry(
+            "tsv",
+            "tsv:PATH, text classification from a TSV file or a folder with train/dev files",
+            _table("tsv"),
+            takes_path=True,
+        ),
+        DataEntry(
+            "csv",
+            "csv:PATH, text classification from a CSV file or a folder with train/dev files",
+            _table("csv"),
+            takes_path=True,
+        ),
         DataEntry("sst2", "SST-2 sentiment (GLUE layout: train.tsv, dev.tsv as the test split)", _sst2),
-        DataEntry("fsdd", "Free Spoken Digit Dataset (WAV), log-mel features; --split standard|speaker:NAME",
-                  _fsdd),
-        DataEntry("wavfolder", "wavfolder:PATH, WAV files per class folder (or labels from --set "
-                  "data.options.pattern=REGEX)", _wavfolder, takes_path=True),
+        DataEntry("fsdd", "Free Spoken Digit Dataset (WAV), log-mel features; --split standard|speaker:NAME", _fsdd),
+        DataEntry(
+            "wavfolder",
+            "wavfolder:PATH, WAV files per class folder (or labels from --set data.options.pattern=REGEX)",
+            _wavfolder,
+            takes_path=True,
+        ),
     ]
 }
 

@@ -50,9 +50,7 @@ def decode(ids: torch.Tensor | Iterable[int], vocabulary: Sequence[str]) -> str:
     values = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
     bad = [value for value in values if not 0 <= value < len(vocabulary)]
     if bad:
-        raise UsageError(
-            f"id {bad[0]} is outside the vocabulary of {len(vocabulary)} characters"
-        )
+        raise UsageError(f"id {bad[0]} is outside the vocabulary of {len(vocabulary)} characters")
     return "".join(vocabulary[value] for value in values)
 
 
@@ -91,15 +89,11 @@ class CharWindows:
         # Each window needs one extra character for its last target.
         return (len(self.tokens) - 1) // self.block_size
 
-    def window_starts(
-        self, indices: torch.Tensor, generator: torch.Generator | None, train: bool
-    ) -> torch.Tensor:
+    def window_starts(self, indices: torch.Tensor, generator: torch.Generator | None, train: bool) -> torch.Tensor:
         """First token position of each sample's window, int64 (B,)."""
         device = generator.device if generator is not None else indices.device
         indices = indices.to(device=device, dtype=torch.int64)
-        if len(indices) and not 0 <= int(indices.min()) <= int(indices.max()) < len(
-            self
-        ):
+        if len(indices) and not 0 <= int(indices.min()) <= int(indices.max()) < len(self):
             raise IndexError(f"window index out of range for {len(self)} windows")
         starts = indices * self.block_size
         if not train:
@@ -139,9 +133,7 @@ def load_textfile(
         (65, 871)
     """
     if not 0.0 < val_fraction < 1.0:
-        raise UsageError(
-            f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}"
-        )
+        raise UsageError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
     text = _read_text(Path(path))
     vocabulary = sorted(set(text))
     tokens = encode(text, vocabulary)
@@ -175,9 +167,7 @@ def _read_text(path: Path) -> str:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
-        raise UsageError(
-            f"{path} is not UTF-8 text (byte {error.start}); re-save it as UTF-8"
-        ) from None
+        raise UsageError(f"{path} is not UTF-8 text (byte {error.start}); re-save it as UTF-8") from None
     if not text:
         raise UsageError(f"{path} is empty")
     return text

@@ -60,8 +60,13 @@ def make_bundle(
         num_classes=len(class_names),
         input_shape=tuple(images.shape[1:]),
         class_names=class_names,
-        preprocessing={"kind": "image", "mean": mean, "std": std, "size": list(images.shape[2:]),
-                       "channels": int(images.shape[1])},
+        preprocessing={
+            "kind": "image",
+            "mean": mean,
+            "std": std,
+            "size": list(images.shape[2:]),
+            "channels": int(images.shape[1]),
+        },
     )
     return DataBundle(train_source, val_source, test_source, info)
 
@@ -90,8 +95,7 @@ def load_torchvision_digits(
         factory = partial(cls, str(root), train=train, download=data_dir is None)
         dataset = _open_torchvision(factory, name, root)
         splits.append((dataset.data.unsqueeze(1).contiguous(), dataset.targets.long()))
-    return make_bundle(splits[0], splits[1], list(cls.classes), val_fraction=val_fraction,
-                       seed=seed, augment=augment)
+    return make_bundle(splits[0], splits[1], list(cls.classes), val_fraction=val_fraction, seed=seed, augment=augment)
 
 
 def _open_torchvision(factory: Callable[[], T], name: str, root: Path) -> T:
@@ -104,19 +108,23 @@ def _open_torchvision(factory: Callable[[], T], name: str, root: Path) -> T:
             f"to download them."
         ) from None
     except (ValueError, IndexError, AssertionError) as error:
-        raise UsageError(f"the {name} files under {root} are corrupt or truncated ({error}); "
-                         f"delete them and download again") from None
+        raise UsageError(
+            f"the {name} files under {root} are corrupt or truncated ({error}); delete them and download again"
+        ) from None
     except OSError as error:
-        raise UsageError(f"could not read or download {name} into {root}: {error}. Without "
-                         f"internet access, pass --data-dir with a local copy.") from None
+        raise UsageError(
+            f"could not read or download {name} into {root}: {error}. Without "
+            f"internet access, pass --data-dir with a local copy."
+        ) from None
 
 
 def type_folder(name: str) -> str:
     return {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}.get(name, name)
 
 
-def load_cifar10(data_dir: str | None, val_fraction: float = 0.1, seed: int = 0,
-                 augment: str = "crop-flip") -> DataBundle:
+def load_cifar10(
+    data_dir: str | None, val_fraction: float = 0.1, seed: int = 0, augment: str = "crop-flip"
+) -> DataBundle:
     """CIFAR-10: an image-folder tree (train/ and test/) or torchvision's python release."""
     if data_dir and (Path(data_dir) / "train").is_dir():
         return load_imagefolder(data_dir, val_fraction=val_fraction, seed=seed, augment=augment)
@@ -131,53 +139,65 @@ def load_cifar10(data_dir: str | None, val_fraction: float = 0.1, seed: int = 0,
         dataset = _open_torchvision(factory, "cifar10", root)
         images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
         splits.append((images, torch.tensor(dataset.targets)))
-    return make_bundle(splits[0], splits[1], list(datasets.CIFAR10.classes),
-                       val_fraction=val_fraction, seed=seed, augment=augment)
+    return make_bundle(
+        splits[0], splits[1], list(datasets.CIFAR10.classes), val_fraction=val_fraction, seed=seed, augment=augment
+    )
 
 
-def load_imagefolder(path: str, val_fraction: float = 0.1, seed: int = 0, augment: str = "none",
-                     cache_dir: Path | None = None, test_fraction: float = 0.1) -> DataBundle:
+def load_imagefolder(
+    path: str,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    augment: str = "none",
+    cache_dir: Path | None = None,
+    test_fraction: float = 0.1,
+) -> DataBundle:
     """A class-per-folder tree; with `train/` and `test/` (and optional `val/`) inside, or one
     tree split by seed into train/val/test."""
     root = Path(path)
     if not root.is_dir():
-        raise UsageError(f"image folder {root} does not exist; expected a folder with one "
-                         f"sub-folder per class (or train/ and test/ folders of that shape)")
+        raise UsageError(
+            f"image folder {root} does not exist; expected a folder with one "
+            f"sub-folder per class (or train/ and test/ folders of that shape)"
+        )
     if (root / "train").is_dir():
         classes = class_folders(root / "train")
         train = read_image_tree(root / "train", classes, cache_dir)
         test = read_image_tree(root / "test", classes, cache_dir) if (root / "test").is_dir() else None
         val = read_image_tree(root / "val", classes, cache_dir) if (root / "val").is_dir() else None
-        return make_bundle(train, test, classes, val_fraction=val_fraction, seed=seed,
-                           augment=augment, val=val)
+        return make_bundle(train, test, classes, val_fraction=val_fraction, seed=seed, augment=augment, val=val)
     classes = class_folders(root)
     images, labels = read_image_tree(root, classes, cache_dir)
     rest, test_idx = split_indices(len(labels), test_fraction, seed + 1)
-    return make_bundle((images[rest], labels[rest]), (images[test_idx], labels[test_idx]),
-                       classes, val_fraction=val_fraction, seed=seed, augment=augment)
+    return make_bundle(
+        (images[rest], labels[rest]),
+        (images[test_idx], labels[test_idx]),
+        classes,
+        val_fraction=val_fraction,
+        seed=seed,
+        augment=augment,
+    )
 
 
 def class_folders(root: Path) -> list[str]:
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
-        raise UsageError(f"{root} has no class folders: put each class's images in "
-                         f"{root}/<class name>/")
+        raise UsageError(f"{root} has no class folders: put each class's images in {root}/<class name>/")
     return classes
 
 
-def read_image_tree(root: Path, classes: list[str], cache_dir: Path | None = None
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def read_image_tree(root: Path, classes: list[str], cache_dir: Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode every image under root/<class>/ into (N, C, H, W) uint8, cached on disk."""
     files, labels = [], []
     for label, name in enumerate(classes):
         folder = root / name
-        found = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) \
-            if folder.is_dir() else []
+        found = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
         files += found
         labels += [label] * len(found)
     if not files:
-        raise UsageError(f"no images found under {root} (looked for {sorted(IMAGE_SUFFIXES)} "
-                         f"files in {', '.join(classes)})")
+        raise UsageError(
+            f"no images found under {root} (looked for {sorted(IMAGE_SUFFIXES)} files in {', '.join(classes)})"
+        )
     cache = (cache_dir or DEFAULT_CACHE / "images") / f"{_tree_key(files)}.safetensors"
     if cache.exists():
         try:
@@ -219,8 +239,10 @@ def decode_images(files: list[Path]) -> torch.Tensor:
         decoded = list(pool.map(work, files, chunksize=256))
     shapes = {tuple(t.shape) for t in decoded}
     if len(shapes) > 1:
-        raise UsageError(f"images under {files[0].parent.parent} have different sizes "
-                         f"{sorted(shapes)[:4]}; resize them to one size first")
+        raise UsageError(
+            f"images under {files[0].parent.parent} have different sizes "
+            f"{sorted(shapes)[:4]}; resize them to one size first"
+        )
     return torch.stack(decoded)
 
 
@@ -230,5 +252,4 @@ def _decode_one(
     try:
         return decode_image(read_file(str(path)), mode=mode)
     except (RuntimeError, ValueError) as error:
-        raise UsageError(f"could not decode image {path}: {error}. Remove or replace the file.") \
-            from None
+        raise UsageError(f"could not decode image {path}: {error}. Remove or replace the file.") from None

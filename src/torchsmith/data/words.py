@@ -27,7 +27,6 @@ TEXT_COLUMNS = ("sentence", "text", "review")
 LABEL_COLUMNS = ("label", "labels", "class", "target")
 
 
-
 # ---------------------------------------------------------------------- words
 
 
@@ -52,9 +51,7 @@ class WordTokenizer:
         self._regex = re.compile(self.PATTERN)
 
     @classmethod
-    def build(
-        cls, texts: Iterable[str], min_freq: int = 1, max_vocab: int | None = None
-    ) -> WordTokenizer:
+    def build(cls, texts: Iterable[str], min_freq: int = 1, max_vocab: int | None = None) -> WordTokenizer:
         """Vocabulary of the words seen at least `min_freq` times, most frequent first.
 
         `max_vocab` caps the total size, <pad> and <unk> included. Build it from the
@@ -78,16 +75,12 @@ class WordTokenizer:
         return len(self.tokens)
 
     def encode(self, text: str) -> list[int]:
-        return [
-            self.index.get(word, UNK_ID) for word in self._regex.findall(text.lower())
-        ]
+        return [self.index.get(word, UNK_ID) for word in self._regex.findall(text.lower())]
 
     def decode(self, ids: Iterable[int]) -> str:
         return " ".join(self.tokens[i] for i in ids if i != PAD_ID)
 
-    def encode_batch(
-        self, texts: Sequence[str], max_len: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_batch(self, texts: Sequence[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Padded ids (N, L) int64, L = min(max_len, longest), and lengths (N,) (>= 1)."""
         encoded = [self.encode(text)[:max_len] or [UNK_ID] for text in texts]
         lengths = torch.tensor([len(ids) for ids in encoded], dtype=torch.int64)
@@ -108,9 +101,7 @@ class WordTokenizer:
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> WordTokenizer:
         if state.get("kind") != "words" or state.get("pattern") != cls.PATTERN:
-            raise UsageError(
-                "this tokenizer state was saved by another tokenizer version or kind"
-            )
+            raise UsageError("this tokenizer state was saved by another tokenizer version or kind")
         return cls(state["tokens"])
 
 
@@ -125,9 +116,7 @@ class TokenBatches:
         >>> split = TokenBatches(ids, lengths, torch.tensor(labels))  # doctest: +SKIP
     """
 
-    def __init__(
-        self, ids: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor
-    ) -> None:
+    def __init__(self, ids: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor) -> None:
         assert ids.dim() == 2 and len(ids) == len(lengths) == len(labels)
         self.ids = ids
         self.lengths = lengths.cpu()
@@ -189,9 +178,7 @@ def read_table(
     """
     path = Path(path)
     if not path.is_file():
-        raise UsageError(
-            f"{path}: no such file; give a TSV or CSV file with a header line"
-        )
+        raise UsageError(f"{path}: no such file; give a TSV or CSV file with a header line")
     delimiter = delimiter or ("," if path.suffix.lower() == ".csv" else "\t")
     try:
         rows, skipped = _read_rows(path, delimiter, text_column, label_column)
@@ -220,9 +207,7 @@ def _read_rows(
         header = next(reader, None)
         if not header:
             example = f"sentence{delimiter}label"
-            raise UsageError(
-                f"{path} is empty; expected a header line such as {example!r}"
-            )
+            raise UsageError(f"{path} is empty; expected a header line such as {example!r}")
         text_index = _find_column(path, header, text_column, TEXT_COLUMNS, "text")
         label_index = _find_column(path, header, label_column, LABEL_COLUMNS, "label")
         for row in reader:
@@ -234,9 +219,7 @@ def _read_rows(
             if not row or not row[text_index].strip():
                 skipped.append(reader.line_num)
                 continue
-            rows.append(
-                (reader.line_num, row[text_index].strip(), row[label_index].strip())
-            )
+            rows.append((reader.line_num, row[text_index].strip(), row[label_index].strip()))
     return rows, skipped
 
 
@@ -253,9 +236,7 @@ def _find_column(
             return names.index(chosen.strip().lower())
         close = difflib.get_close_matches(chosen.lower(), names, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise UsageError(
-            f"{path}, line 1: no column {chosen!r} in the header {header}{hint}"
-        )
+        raise UsageError(f"{path}, line 1: no column {chosen!r} in the header {header}{hint}")
     for candidate in candidates:
         if candidate in names:
             return names.index(candidate)
@@ -323,14 +304,10 @@ def load_table_dataset(
     path = Path(path)
     files: dict[str, Path | None] = {"train": path, "val": None, "test": None}
     if path.is_dir():
-        candidates = {
-            name: path / f"{name}.{kind}" for name in ("train", "val", "dev", "test")
-        }
+        candidates = {name: path / f"{name}.{kind}" for name in ("train", "val", "dev", "test")}
         found = {name: file if file.is_file() else None for name, file in candidates.items()}
         if found["train"] is None:
-            raise UsageError(
-                f"{path} has no train.{kind}; a data folder needs train.{kind} and dev.{kind}/test.{kind}"
-            )
+            raise UsageError(f"{path} has no train.{kind}; a data folder needs train.{kind} and dev.{kind}/test.{kind}")
         test = found["test"] or found["dev"]
         val = found["val"] or (found["dev"] if found["test"] else None)
         files = {"train": found["train"], "val": val, "test": test}
@@ -377,9 +354,7 @@ def load_sst2(
     data_dir = Path(data_dir)
     train = read_table(data_dir / "train.tsv")
     test = read_table(data_dir / "dev.tsv", class_names=train.class_names)
-    bundle = build_word_bundle(
-        train, None, test, max_len, device, val_fraction=val_fraction, seed=seed
-    )
+    bundle = build_word_bundle(train, None, test, max_len, device, val_fraction=val_fraction, seed=seed)
     bundle.info.class_names = ["negative", "positive"]
     return bundle
 
@@ -404,9 +379,7 @@ def build_word_bundle(
             raise UsageError(
                 f"need val_fraction in (0, 1) and at least 2 rows to carve a validation split, got {val_fraction}"
             )
-        order = torch.randperm(
-            len(train.texts), generator=torch.Generator().manual_seed(seed)
-        ).tolist()
+        order = torch.randperm(len(train.texts), generator=torch.Generator().manual_seed(seed)).tolist()
         num_val = min(max(1, round(len(order) * val_fraction)), len(order) - 1)
         train, val = train.subset(order[num_val:]), train.subset(order[:num_val])
     tokenizer = WordTokenizer.build(train.texts, min_freq=min_freq, max_vocab=max_vocab)

@@ -10,9 +10,7 @@ from torchsmith.errors import UsageError
 
 def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(
-            in_channels, out_channels, 3, padding=1, bias=False
-        ),  # BN supplies the bias
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),  # BN supplies the bias
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
     )

@@ -78,11 +78,11 @@ def _char_model(kind: str) -> Builder:
         from torchsmith.models.text import CharGPT, CharLSTM
 
         if info.preprocessing.get("kind") != "chars":
-            raise UsageError(f"{kind} is a character-level language model: use it with textfile:PATH or "
-                             f"tinyshakespeare data")
+            raise UsageError(
+                f"{kind} is a character-level language model: use it with textfile:PATH or tinyshakespeare data"
+            )
         if kind == "char-gpt":
-            return CharGPT(**{"vocab_size": info.num_classes, "block_size": info.preprocessing["block_size"],
-                              **args})
+            return CharGPT(**{"vocab_size": info.num_classes, "block_size": info.preprocessing["block_size"], **args})
         return CharLSTM(**{"vocab_size": info.num_classes, **args})
 
     return build
@@ -106,16 +106,20 @@ MODELS: dict[str, ModelEntry] = {
     for entry in [
         ModelEntry("simplenet", "flatten, Linear(in -> 128), ReLU, Linear(128 -> classes)", _simplenet),
         ModelEntry("convnet", "3 conv layers (32/64/128) + ReLU + max-pool, then 2 linear layers", _convnet),
-        ModelEntry("convbn", "small fast conv net: conv-BN-ReLU + max-pool blocks (16/32), one linear layer",
-                   _convbn),
+        ModelEntry("convbn", "small fast conv net: conv-BN-ReLU + max-pool blocks (16/32), one linear layer", _convbn),
         ModelEntry("audiocnn", "conv-BN-ReLU stages over log-mel spectrograms, global average pooling", _audiocnn),
-        ModelEntry("char-lstm", "character-level LSTM language model (embedding, LSTM, linear head)",
-                   _char_model("char-lstm")),
-        ModelEntry("char-gpt", "small decoder-only transformer, causal self-attention, weight-tied head",
-                   _char_model("char-gpt")),
+        ModelEntry(
+            "char-lstm", "character-level LSTM language model (embedding, LSTM, linear head)", _char_model("char-lstm")
+        ),
+        ModelEntry(
+            "char-gpt",
+            "small decoder-only transformer, causal self-attention, weight-tied head",
+            _char_model("char-gpt"),
+        ),
         ModelEntry("bow", "bag of words: mean of word embeddings, then linear", _word_model("bow")),
-        ModelEntry("textcnn", "parallel 1-D convolutions (3/4/5 words) with max-over-time pooling",
-                   _word_model("textcnn")),
+        ModelEntry(
+            "textcnn", "parallel 1-D convolutions (3/4/5 words) with max-over-time pooling", _word_model("textcnn")
+        ),
         ModelEntry("bilstm", "bidirectional LSTM over packed sequences with max pooling", _word_model("bilstm")),
         ModelEntry("speednet", "airbench-style fast CIFAR net: whitening conv, conv-BN-GELU blocks", _speednet),
     ]
@@ -147,12 +151,17 @@ def load_user_class(spec: str) -> type[nn.Module]:
     module = _import_file(Path(target)) if target.endswith(".py") else _import_module(target)
     cls = getattr(module, class_name, None)
     if cls is None:
-        classes = [n for n, v in vars(module).items() if inspect.isclass(v) and issubclass(v, nn.Module)
-                   and v.__module__ == module.__name__]
+        classes = [
+            n
+            for n, v in vars(module).items()
+            if inspect.isclass(v) and issubclass(v, nn.Module) and v.__module__ == module.__name__
+        ]
         close = difflib.get_close_matches(class_name, classes, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise UsageError(f"{target} has no class '{class_name}'.{hint} nn.Module classes defined "
-                         f"there: {', '.join(classes) or 'none'}")
+        raise UsageError(
+            f"{target} has no class '{class_name}'.{hint} nn.Module classes defined "
+            f"there: {', '.join(classes) or 'none'}"
+        )
     if not (inspect.isclass(cls) and issubclass(cls, nn.Module)):
         raise UsageError(f"{spec} is not an nn.Module subclass")
     return cls
@@ -169,8 +178,9 @@ def _import_file(path: Path) -> ModuleType:
     try:
         spec.loader.exec_module(module)
     except SyntaxError as error:
-        raise UsageError(f"syntax error in {path}, line {error.lineno}: {error.msg}\n"
-                         f"    {(error.text or '').rstrip()}") from None
+        raise UsageError(
+            f"syntax error in {path}, line {error.lineno}: {error.msg}\n    {(error.text or '').rstrip()}"
+        ) from None
     except Exception as error:
         raise UsageError(f"importing {path} failed: {type(error).__name__}: {error}") from None
     return module
@@ -187,5 +197,7 @@ def _construct(cls: type[nn.Module], args: dict[str, Any], spec: str) -> nn.Modu
     try:
         return cls(**args)
     except TypeError as error:
-        raise UsageError(f"could not build {spec} with arguments {args}: {error}. Pass constructor "
-                         f"arguments with --model-args '{{\"name\": value}}'") from None
+        raise UsageError(
+            f"could not build {spec} with arguments {args}: {error}. Pass constructor "
+            f"arguments with --model-args '{{\"name\": value}}'"
+        ) from None

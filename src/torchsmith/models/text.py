@@ -76,9 +76,7 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, time, channels = x.shape
         # (B, T, 3C) -> 3 x (B, heads, T, C / heads)
-        q, k, v = (
-            self.qkv(x).view(batch, time, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-        )
+        q, k, v = self.qkv(x).view(batch, time, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         dropout = self.dropout if self.training else 0.0
         if q.device.type == "cpu" and q.dtype == torch.bfloat16:
             # The CPU attention kernel is about 2x slower in bf16 than in float32 (torch
@@ -88,9 +86,7 @@ class CausalSelfAttention(nn.Module):
                     q.float(), k.float(), v.float(), dropout_p=dropout, is_causal=True
                 ).to(q.dtype)
         else:
-            y = F.scaled_dot_product_attention(
-                q, k, v, dropout_p=dropout, is_causal=True
-            )
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
         y = y.transpose(1, 2).reshape(batch, time, channels)  # (B, T, C)
         return self.proj_dropout(self.proj(y))
 
@@ -138,16 +134,12 @@ class CharGPT(nn.Module):
     ) -> None:
         super().__init__()
         if embed_dim % num_heads:
-            raise UsageError(
-                f"embed_dim ({embed_dim}) must be a multiple of num_heads ({num_heads})"
-            )
+            raise UsageError(f"embed_dim ({embed_dim}) must be a multiple of num_heads ({num_heads})")
         self.block_size = block_size
         self.token_embedding = nn.Embedding(vocab_size, embed_dim)
         self.position_embedding = nn.Embedding(block_size, embed_dim)
         self.dropout = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(
-            Block(embed_dim, num_heads, dropout) for _ in range(num_layers)
-        )
+        self.blocks = nn.ModuleList(Block(embed_dim, num_heads, dropout) for _ in range(num_layers))
         self.norm = nn.LayerNorm(embed_dim, bias=False)
         self.head = nn.Linear(embed_dim, vocab_size, bias=False)
         self.head.weight = self.token_embedding.weight  # weight tying
@@ -203,9 +195,7 @@ def generate(
     if prompt_ids.numel() == 0:
         raise UsageError("generate needs a prompt of at least one token")
     if temperature < 0 or (top_k is not None and top_k < 1):
-        raise UsageError(
-            f"temperature must be >= 0 and top_k >= 1, got {temperature} and {top_k}"
-        )
+        raise UsageError(f"temperature must be >= 0 and top_k >= 1, got {temperature} and {top_k}")
     ids = prompt_ids.view(1, -1) if prompt_ids.dim() == 1 else prompt_ids
     block_size = getattr(model, "block_size", None)
     was_training = model.training
@@ -214,9 +204,7 @@ def generate(
         for _ in range(length):
             context = ids if block_size is None else ids[:, -block_size:]
             logits = model(context)[:, -1, :].float()  # (B, V)
-            ids = torch.cat(
-                [ids, _sample(logits, temperature, top_k, generator)], dim=1
-            )
+            ids = torch.cat([ids, _sample(logits, temperature, top_k, generator)], dim=1)
     finally:
         model.train(was_training)
     return ids.view(-1) if prompt_ids.dim() == 1 else ids
@@ -237,9 +225,7 @@ def _sample(
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = F.softmax(logits, dim=-1)
     if generator is not None:
-        probs = probs.to(
-            generator.device
-        )  # multinomial draws on the generator's device
+        probs = probs.to(generator.device)  # multinomial draws on the generator's device
     return torch.multinomial(probs, 1, generator=generator).to(logits.device)
 
 
@@ -258,9 +244,7 @@ class BagOfWords(nn.Module):
     def __init__(self, vocab_size: int, num_classes: int, embed_dim: int = 64) -> None:
         super().__init__()
         # EmbeddingBag leaves padding_idx out of the mean (and out of the count).
-        self.embedding = nn.EmbeddingBag(
-            vocab_size, embed_dim, mode="mean", padding_idx=PAD_ID
-        )
+        self.embedding = nn.EmbeddingBag(vocab_size, embed_dim, mode="mean", padding_idx=PAD_ID)
         self.head = nn.Linear(embed_dim, num_classes)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
@@ -290,9 +274,7 @@ class TextCNN(nn.Module):
     ) -> None:
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID)
-        self.convs = nn.ModuleList(
-            nn.Conv1d(embed_dim, num_filters, size) for size in kernel_sizes
-        )
+        self.convs = nn.ModuleList(nn.Conv1d(embed_dim, num_filters, size) for size in kernel_sizes)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(num_filters * len(kernel_sizes), num_classes)
 
@@ -347,13 +329,9 @@ class BiLSTMClassifier(nn.Module):
         lengths = _lengths(ids)
         x = self.dropout(self.embedding(ids))  # (B, L, E)
         # Packing needs the lengths on the CPU (one device sync per batch on a GPU).
-        packed = nn.utils.rnn.pack_padded_sequence(
-            x, lengths.cpu(), batch_first=True, enforce_sorted=False
-        )
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         output, _ = self.lstm(packed)
-        hidden, _ = nn.utils.rnn.pad_packed_sequence(
-            output, batch_first=True, total_length=time
-        )  # (B, L, 2H)
+        hidden, _ = nn.utils.rnn.pad_packed_sequence(output, batch_first=True, total_length=time)  # (B, L, 2H)
         valid = torch.arange(time, device=ids.device) < lengths[:, None]  # (B, L)
         hidden = hidden.masked_fill(~valid[..., None], float("-inf"))
         return self.head(self.dropout(hidden.amax(dim=1)))  # (B, classes)
