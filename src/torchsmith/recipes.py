@@ -38,7 +38,7 @@ RECIPES: dict[str, Recipe] = {
             {
                 "model": {"name": "convbn", "args": {"widths": [16, 32]}},
                 "data": {"name": "mnist", "val_fraction": 0.0},
-                "optim": {"name": "adamw", "lr": 0.01, "weight_decay": 0.0, "scheduler": "onecycle"},
+                "optim": {"name": "adamw", "lr": 0.02, "weight_decay": 0.0, "scheduler": "onecycle"},
                 "train": {"max_epochs": 2, "batch_size": 128, "channels_last": True, "log_every": 100},
             },
         ),
