@@ -120,3 +120,10 @@ def test_doctor_data_scans_a_split(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["doctor", "data", "--split", "test"]) == 0
     out = capsys.readouterr().out
     assert "2000 samples, 10 classes" in out
+
+
+def test_summary_bad_model_args_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["summary", "--model-args", "{bad"]) == 2
+    assert main(["summary", "--model-args", "[1, 2]"]) == 2
+    err = capsys.readouterr().err
+    assert "--model-args must be a JSON object" in err and "Traceback" not in err

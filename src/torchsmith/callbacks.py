@@ -84,8 +84,8 @@ class ProgressPrinter(Callback):
         if self.bar is not None:
             self.bar.update(1)
             state = trainer.state
-            if state.metrics_updated and state.train_time_s + 1e-9:
-                rate = state.samples_seen / max(state.train_time_s, 1e-9) if state.epoch else None
+            if state.metrics_updated:
+                rate = state.samples_seen / state.train_time_s if state.train_time_s > 0 else None
                 text = f"loss {state.last_loss:.4f}" + (f"  {rate:,.0f} samples/s" if rate else "")
                 self.bar.set_postfix_str(text, refresh=False)
 

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from torchsmith import __version__, commands, views
-from torchsmith.config import RunConfig, load_yaml, merge, parse_set
+from torchsmith.config import RunConfig, load_yaml, merge, parse_model_args, parse_set
 from torchsmith.distributed import add_launch_arguments
-from torchsmith.errors import TorchsmithError, UsageError
+from torchsmith.errors import TorchsmithError
 
 # flag -> (config path, type); flags default to None so only explicit ones override.
 TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
@@ -176,11 +175,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         if value is not None:
             _put(flags, path, value)
     if args.model_args is not None:
-        try:
-            model_args = json.loads(args.model_args)
-        except json.JSONDecodeError as error:
-            raise UsageError(f"--model-args must be a JSON object, e.g. '{{\"num_classes\": 10}}': {error}") from None
-        _put(flags, "model.args", model_args)
+        _put(flags, "model.args", parse_model_args(args.model_args))
     if args.compile:
         _put(flags, "train.compile", True)
     config_file = args.config

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -201,6 +202,19 @@ def validate(config: RunConfig) -> list[str]:
         if value is not None and value not in allowed:
             errors.append(f"{key} must be one of {', '.join(allowed)}, got '{value}'")
     return errors
+
+
+def parse_model_args(text: str | None) -> dict[str, Any]:
+    """`--model-args` JSON -> constructor arguments; a clear error for anything but a JSON object."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UsageError(f"--model-args must be a JSON object, e.g. '{{\"num_classes\": 10}}': {error}") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"--model-args must be a JSON object, e.g. '{{\"num_classes\": 10}}', got {text}")
+    return value
 
 
 def parse_set(assignments: list[str]) -> dict[str, Any]:

@@ -68,13 +68,14 @@ def train_run(config: RunConfig, *, quiet: bool = False, resume: bool = False) -
         optim=config.optim,
         callbacks=callbacks,
     )
-    findings = preflight(trainer, bundle)
+    batch = first_batch(trainer, bundle)
+    findings = preflight(trainer, bundle, batch)
     config.run_dir = str(run_dir)
     if writer:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_yaml(config, run_dir / "config.yaml")
         write_json(run_dir / "preprocessing.json", info_dict(bundle))
-        write_model_summary(trainer, bundle, run_dir, quiet)
+        write_model_summary(trainer, batch[0], run_dir, quiet)
     summary = base_summary(config, trainer)
     if findings:
         summary["preflight"] = [f.to_dict() for f in findings]
@@ -158,12 +159,17 @@ def whitening_init(model: torch.nn.Module, bundle: DataBundle) -> None:
     init_whitening(model, images[:5000], mean=preprocessing["mean"], std=preprocessing["std"])
 
 
-def preflight(trainer: Trainer, bundle: DataBundle) -> list[Any]:
+def first_batch(trainer: Trainer, bundle: DataBundle) -> tuple[Any, Any]:
+    """The first training batch, unaugmented: what pre-flight and the model summary look at."""
+    inputs, targets, _ = next(iter(trainer._batches(bundle.train, train=False).epoch(0)))
+    return inputs, targets
+
+
+def preflight(trainer: Trainer, bundle: DataBundle, batch: tuple[Any, Any]) -> list[Any]:
     """Check one batch before the first step; stop with a clear message when it cannot train."""
     from torchsmith import doctor
 
-    batches = trainer._batches(bundle.train, train=False)
-    inputs, targets, _ = next(iter(batches.epoch(0)))
+    inputs, targets = batch
     trainer.setup(for_training=False)
     findings = doctor.preflight(
         trainer.model,
@@ -180,9 +186,8 @@ def preflight(trainer: Trainer, bundle: DataBundle) -> list[Any]:
     return findings
 
 
-def write_model_summary(trainer: Trainer, bundle: DataBundle, run_dir: Path, quiet: bool) -> None:
+def write_model_summary(trainer: Trainer, inputs: Any, run_dir: Path, quiet: bool) -> None:
     """The layer table: saved in full to the run directory, printed in short form."""
-    inputs, _, _ = next(iter(trainer._batches(bundle.train, train=False).epoch(0)))
     table = model_summary(trainer.model, trainer._to_device(inputs[:2]), batch_size=trainer.config.batch_size)
     (run_dir / "model_summary.txt").write_text(table.to_text() + "\n", encoding="utf-8")
     if not quiet:

@@ -8,24 +8,17 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torchsmith import distributed
 from torchsmith.callbacks import Callback
+from torchsmith.safeio import atomic_write_text
 
 if TYPE_CHECKING:
     from torchsmith.trainer import Trainer
 
 STEP_KEYS = ("train_loss", "train_accuracy", "train_perplexity", "lr", "grad_norm", "samples_per_s")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a whole file by temp + rename so readers never see half of it."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def write_json(path: Path, data: Any) -> None:

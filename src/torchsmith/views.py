@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from torchsmith.config import DataConfig
+from torchsmith.config import DataConfig, parse_model_args
 from torchsmith.data.bundle import DataInfo
 
 
@@ -35,12 +35,11 @@ def add_parsers(sub: Any) -> None:
 
 
 def command_summary(args: argparse.Namespace) -> int:
-    import json
 
     from torchsmith.models.registry import build_model
     from torchsmith.summary import parse_shape, summary
 
-    model_args = json.loads(args.model_args) if args.model_args else {}
+    model_args = parse_model_args(args.model_args)
     if args.input_shape:
         shape = parse_shape(args.input_shape)
         info = DataInfo(
