@@ -29,3 +29,12 @@ def interleaved(runners: dict[str, Callable[[], object]], repeats: int) -> dict[
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def paired_ratio(times: dict[str, list[float]], name: str, baseline: str) -> float:
+    """Median over rounds of name's time / baseline's time in the same round.
+
+    Pairing each run with the baseline run next to it cancels the slow drifts of a shared
+    machine (a neighbour's load, frequency changes) that a ratio of two medians still carries.
+    """
+    return statistics.median(a / b for a, b in zip(times[name], times[baseline], strict=True))

@@ -1,6 +1,6 @@
 """Cost of the NaN guard: torchsmith's Trainer with the guard (the default) against the same
 Trainer with `nan_guard=False`, on the overhead job (SimpleNet, MNIST in memory, batch 64,
-SGD lr 0.01, two epochs), interleaved, median.
+SGD lr 0.01, two epochs), interleaved; the ratio is the median of the per-round ratios.
 
     python benchmarks/guard.py --data-dir ../shared/data/mnist --repeats 5
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from common import DEFAULT_DATA, interleaved, median
+from common import DEFAULT_DATA, interleaved, median, paired_ratio
 from overhead import load_mnist, with_trainer
 
 
@@ -29,7 +29,7 @@ def main() -> None:
         args.repeats,
     )
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats} repeats")
-    ratio = median(times["guard"]) / median(times["no-guard"])
+    ratio = paired_ratio(times, "guard", "no-guard")
     print(f"guard {median(times['guard']):.2f} s, no guard {median(times['no-guard']):.2f} s")
     print(f"guard cost ratio (with / without) = {ratio:.3f}")
 

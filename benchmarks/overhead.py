@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from common import DEFAULT_DATA, interleaved, median
+from common import DEFAULT_DATA, interleaved, median, paired_ratio
 from torch import nn
 
 from torchsmith import Trainer
@@ -118,16 +118,17 @@ def main() -> None:
         except ImportError:
             print("lightning is not installed (pip install lightning): skipping it")
     times = interleaved(runners, args.repeats)
-    base = median(times["hand-written"])
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.epochs} epochs, "
         f"median of {args.repeats} interleaved repeats"
     )
+    print("ratios: median over rounds of (runner / hand-written in the same round)")
     for name, values in times.items():
-        print(f"{name:18s} median {median(values):7.2f} s   ratio {median(values) / base:.3f}")
-    guard = median(times["trainer"]) / median(times["trainer-no-guard"])
+        ratio = paired_ratio(times, name, "hand-written")
+        print(f"{name:18s} median {median(values):7.2f} s   ratio {ratio:.3f}")
+    guard = paired_ratio(times, "trainer", "trainer-no-guard")
     print(f"guard cost: trainer / trainer-no-guard = {guard:.3f}")
-    print(f"overhead ratio (trainer / hand-written) = {median(times['trainer']) / base:.3f}")
+    print(f"overhead ratio (trainer / hand-written) = {paired_ratio(times, 'trainer', 'hand-written'):.3f}")
 
 
 if __name__ == "__main__":

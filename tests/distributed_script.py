@@ -46,6 +46,7 @@ def main(out: Path) -> None:
     meter = MetricAccumulator(trainer.task)
     meter.update(torch.tensor(1.0 + context.rank), torch.zeros(3, 4), torch.zeros(3, dtype=torch.long))
     saved = context.global_meter_state(meter)
+    meter.flush()  # this rank's own sums, folded from the kept per-step values
     results["pending"] = [
         float(saved["loss_sum"]),
         saved["count"],

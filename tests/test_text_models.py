@@ -36,10 +36,11 @@ def char_models() -> list[torch.nn.Module]:
     return [
         CharGPT(VOCAB, block_size=32, num_layers=2, num_heads=2, embed_dim=32),
         CharLSTM(VOCAB, embed_dim=16, hidden_dim=32, num_layers=2, dropout=0.0),
+        CharGPT(VOCAB, block_size=32, num_layers=2, num_heads=2, embed_dim=32, positions="rotary"),
     ]
 
 
-@pytest.mark.parametrize("index", [0, 1], ids=["CharGPT", "CharLSTM"])
+@pytest.mark.parametrize("index", [0, 1, 2], ids=["CharGPT", "CharLSTM", "CharGPT-rotary"])
 def test_changing_a_later_token_never_changes_earlier_logits(index: int) -> None:
     model = char_models()[index].eval()
     ids = torch.randint(0, VOCAB, (3, 32), generator=torch.Generator().manual_seed(1))
@@ -170,3 +171,22 @@ def test_gpt_under_bf16_autocast_matches_float32_and_stays_causal() -> None:
     assert logits.dtype == torch.bfloat16
     torch.testing.assert_close(logits.float(), model(ids), atol=0.05, rtol=0.05)
     torch.testing.assert_close(changed_logits[:, :20], logits[:, :20], atol=0, rtol=0)
+
+
+def test_rotary_scores_depend_on_the_offset_only() -> None:
+    from torchsmith.models.text import rotary_tables, rotate
+
+    generator = torch.Generator().manual_seed(3)
+    q, k = torch.randn(1, 1, 1, 16, generator=generator), torch.randn(1, 1, 1, 16, generator=generator)
+    cos, sin = rotary_tables(40, 16, torch.device("cpu"))
+
+    def score(i: int, j: int) -> float:
+        return float((rotate(q, cos[i], sin[i]) * rotate(k, cos[j], sin[j])).sum())
+
+    assert score(3, 1) == pytest.approx(score(30, 28), abs=1e-4)  # same offset, same score
+    assert score(3, 1) != pytest.approx(score(3, 2), abs=1e-3)
+    assert float(rotate(q, cos[9], sin[9]).norm()) == pytest.approx(float(q.norm()), rel=1e-5)  # a rotation
+    rotary = CharGPT(VOCAB, block_size=32, num_layers=1, num_heads=2, embed_dim=32, positions="rotary")
+    assert rotary.position_embedding is None
+    with pytest.raises(UsageError, match="even head size"):
+        CharGPT(VOCAB, block_size=8, num_layers=1, num_heads=2, embed_dim=30, positions="rotary")

@@ -181,3 +181,93 @@ def test_hooks_run_in_order(blobs) -> None:
         "on_epoch_end",
         "on_fit_end",
     ]
+
+
+def test_a_ready_optimizer_keeps_its_learning_rate_unless_optim_names_a_schedule(blobs) -> None:
+    x, y = blobs
+    model = tiny_mlp()
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    Trainer(model, optimizer=sgd, max_epochs=2, progress="none").fit((x, y))
+    assert sgd.param_groups[0]["lr"] == 0.1  # no silent cosine decay of the user's own optimizer
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    optim = OptimConfig(scheduler="cosine", min_lr_ratio=0.0)
+    Trainer(model, optimizer=sgd, optim=optim, max_epochs=2, progress="none").fit((x, y))
+    assert sgd.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-3)
+    named = make(max_epochs=2)  # a named optimizer follows the config: cosine by default
+    named.fit((x, y))
+    assert named.optimizer.param_groups[0]["lr"] < 0.03 * 0.2
+
+
+def test_optimizers_with_their_own_zero_grad_keep_it(blobs) -> None:
+    x, y = blobs
+    calls = []
+
+    class CountingSGD(torch.optim.SGD):
+        def zero_grad(self, set_to_none: bool = True) -> None:
+            calls.append(set_to_none)
+            super().zero_grad(set_to_none)
+
+    model = tiny_mlp()
+    trainer = Trainer(model, optimizer=CountingSGD(model.parameters(), lr=0.1), max_epochs=1, progress="none")
+    trainer.fit((x, y))
+    assert calls == [True] * trainer.state.step
+    assert all(p.grad is None for p in model.parameters())  # the stock path also leaves none behind
+
+
+def _batches_for_meter(steps: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(seed)
+    batches = []
+    for step in range(steps):
+        size = 7 if step == steps - 1 else 16  # a short last batch
+        outputs = torch.randn(size, 5, generator=generator)
+        targets = torch.randint(0, 5, (size,), generator=generator)
+        batches.append((torch.rand((), generator=generator) * 3, outputs, targets))
+    return batches
+
+
+def test_metric_accumulator_counts_like_a_direct_computation() -> None:
+    from torchsmith.tasks import Classification, MetricAccumulator
+
+    batches = _batches_for_meter(150)  # more steps than one summing chunk
+    meter = MetricAccumulator(Classification())
+    for loss, outputs, targets in batches:
+        meter.update(loss, outputs, targets)
+    values = meter.compute()
+    samples = sum(len(t) for _, _, t in batches)
+    correct = sum(int((o.argmax(1) == t).sum()) for _, o, t in batches)
+    loss_sum = sum(float(loss) * len(t) for loss, _, t in batches)
+    assert values["accuracy"] == correct / samples
+    assert values["loss"] == pytest.approx(loss_sum / samples, rel=1e-6)
+
+
+def test_metric_accumulator_resumes_with_the_same_float_sums() -> None:
+    from torchsmith.tasks import Classification, MetricAccumulator
+
+    batches = _batches_for_meter(100, seed=1)
+    whole, first = MetricAccumulator(Classification()), MetricAccumulator(Classification())
+    for loss, outputs, targets in batches[:70]:
+        whole.update(loss, outputs, targets)
+        first.update(loss, outputs, targets)
+    saved = whole.state_dict()  # a checkpoint in the middle of an interval and of a chunk
+    resumed = MetricAccumulator(Classification())
+    resumed.load_state_dict(saved, torch.device("cpu"))
+    for loss, outputs, targets in batches[70:]:
+        whole.update(loss, outputs, targets)
+        resumed.update(loss, outputs, targets)
+    assert whole.compute() == resumed.compute()  # exactly: the same float additions in the same order
+
+
+def test_metric_accumulator_bounds_the_outputs_it_keeps() -> None:
+    from torchsmith.tasks import MetricAccumulator, Sequence
+
+    meter = MetricAccumulator(Sequence())
+    meter.KEEP_BYTES = 4 * 8 * 12 * 3  # three steps of (8, 12) float32 outputs
+    generator = torch.Generator().manual_seed(0)
+    correct = 0
+    for _ in range(10):
+        outputs = torch.randn(2, 4, 12, generator=generator)
+        targets = torch.randint(0, 12, (2, 4), generator=generator)
+        correct += int((outputs.argmax(-1) == targets).sum())
+        meter.update(torch.tensor(1.0), outputs, targets)
+        assert meter._kept_bytes <= meter.KEEP_BYTES
+    assert meter.compute()["accuracy"] == correct / 80

@@ -160,6 +160,7 @@ class Distributed:
 
         `agree_keys` for evaluation: a rank that got no sample has no statistics to name.
         """
+        meter.flush()
         keys = sorted(meter.totals)
         if agree_keys:
             gathered: list[Any] = [None] * self.world_size

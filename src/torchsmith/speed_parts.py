@@ -218,10 +218,10 @@ def speed_sgd(
         groups.append({"name": name, "params": params, "lr": group_lr, "weight_decay": weight_decay_sgd})
     if not groups:
         raise ValueError("speed_sgd found no trainable parameters (all have requires_grad False).")
-    # Fused on CUDA: one kernel for the whole update, and it can skip a step on the device
-    # when the trainer's NaN guard flags it (no host sync).
-    on_cuda = all(p.is_cuda for p in trainable)
-    return torch.optim.SGD(groups, lr=step_lr, momentum=momentum, nesterov=True, fused=on_cuda or None)
+    # Fused (CUDA and CPU): one kernel for the whole update, and it can skip a step on the
+    # device when the trainer's NaN guard flags it (no host sync).
+    fusable = all(p.is_cuda or p.device.type == "cpu" for p in trainable)
+    return torch.optim.SGD(groups, lr=step_lr, momentum=momentum, nesterov=True, fused=fusable or None)
 
 
 def _norm_parameter_ids(model: nn.Module) -> set[int]:

@@ -25,7 +25,7 @@ from torchsmith.data.loaders import make_batches
 from torchsmith.data.order import derive_seed
 from torchsmith.errors import UsageError
 from torchsmith.guard import check_device_flags, flag_on_device, known_bad, loss_history
-from torchsmith.optim import build_optimizer, build_schedule, resolve_device, steps_per_call
+from torchsmith.optim import build_optimizer, build_schedule, grad_norm, resolve_device, steps_per_call
 from torchsmith.state import TrainState
 from torchsmith.tasks import LossFn, MetricAccumulator, Task, resolve_loss, resolve_task
 
@@ -62,6 +62,9 @@ class Trainer:
     ) -> None:
         self.config = _with_options(config or TrainConfig(), options)
         self.optim_config = optim or OptimConfig()
+        # A ready optimizer (or factory) keeps the learning rate it was given unless `optim`
+        # names a schedule too; named optimizers get the config's schedule (cosine by default).
+        self._own_schedule = optim is not None or optimizer is None or isinstance(optimizer, str)
         self.model = model  # always the unwrapped model: this is what gets saved
         self.dist = distributed.setup(self.config)  # None unless torchrun started several processes
         self.device = self.dist.device if self.dist else resolve_device(self.config.device)
@@ -86,6 +89,8 @@ class Trainer:
         self._unit_scale = torch.ones(1)
         self._first_bad_step = torch.full((), -1, dtype=torch.int64)
         self._device_guard = False
+        self._batches_ready = False
+        self._generator = torch.default_generator
         self._params: list[nn.Parameter] = []
         self._epoch_clock = (time.perf_counter(), 0.0)
         self.meter = MetricAccumulator(self.task)
@@ -141,14 +146,15 @@ class Trainer:
     def _train_one(self, inputs: Any, targets: Any, indices: torch.Tensor | None) -> None:
         """One optimizer step: forward, loss, backward, finite check, clip, step, schedule."""
         cfg, state = self.config, self.state
-        inputs, targets = self._to_device(inputs), self._to_device(targets)
+        if not self._batches_ready:
+            inputs, targets = self._to_device(inputs), self._to_device(targets)
         self._seed_step()  # dropout and other module randomness follow (seed, step)
         out = self.train_step(self.forward_model, (inputs, targets))
-        loss = out["loss"]
         weight, batch_samples = self._batch_share(targets)
-        (loss * weight if weight != 1.0 else loss).backward()  # DDP averages the gradients over ranks here
+        (out["loss"] * weight if weight != 1.0 else out["loss"]).backward()  # DDP averages over ranks here
+        loss = out["loss"].detach()
         if cfg.clip_grad_norm is not None or state.step % cfg.log_every == cfg.log_every - 1:
-            self.grad_norm = self._grad_norm(cfg.clip_grad_norm)
+            self.grad_norm = grad_norm(self._params, cfg.clip_grad_norm)
         if self._device_guard:
             flag_on_device(self, self._nonfinite(loss))  # the fused optimizer skips the step if flagged
         elif not self._may_step(loss):
@@ -156,12 +162,12 @@ class Trainer:
             return
         assert self.optimizer is not None
         self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self._zero_grad()
         if self.scheduler is not None and self._scheduler_interval == "step":
             self.scheduler.step()
         if "outputs" in out:
             self.meter.update(loss, out["outputs"], targets)
-        self._recent_losses[state.step % RECENT] = loss.detach()  # for the doctor's history
+        self._recent_losses[state.step % RECENT] = loss  # for the doctor's history (detached)
         state.step += 1
         state.position += 1
         state.samples_seen += batch_samples
@@ -278,9 +284,19 @@ class Trainer:
         if self.optimizer is not None:
             return
         self._params = list(self.model.parameters())  # listed once: walking the modules costs per step
+        self._generator = (
+            torch.cuda.default_generators[self.device.index or 0]
+            if self.device.type == "cuda"
+            else torch.default_generator
+        )
+        # In-memory data already lives on the device in its final layout: no per-step move.
+        self._batches_ready = getattr(self.train_batches, "on_device", False) and not self.config.channels_last
         self.optimizer = build_optimizer(self._optimizer_spec, self.model, self.optim_config, self.config.batch_size)
         total = self.total_steps()
-        self.scheduler = self._scheduler_spec or build_schedule(self.optim_config, self.optimizer, total)
+        if self._scheduler_spec is not None or not self._own_schedule:
+            self.scheduler = self._scheduler_spec
+        else:
+            self.scheduler = build_schedule(self.optim_config, self.optimizer, total)
         # The sync-free guard needs an optimizer that skips flagged steps itself (fused ones).
         self._device_guard = (
             self.config.nan_guard
@@ -290,7 +306,9 @@ class Trainer:
         )
         if self.config.nan_guard and self.config.nan_check_every > 1 and not self._device_guard:
             print(
-                "note: train.nan_check_every > 1 needs a fused optimizer on CUDA; checking every step", file=sys.stderr
+                "note: train.nan_check_every > 1 needs a fused optimizer (sgd, adam, adamw, adagrad); "
+                "checking every step",
+                file=sys.stderr,
             )
         self._scheduler_interval = "step" if self._scheduler_spec is None else steps_per_call(self.scheduler)
         self.state.max_epochs, self.state.max_steps = self.config.max_epochs, self.config.max_steps
@@ -344,33 +362,50 @@ class Trainer:
         # other backend, which costs more than a small training step.
         # Under DDP each rank draws its own masks for its own samples.
         counters = (3, self.state.step) if self.dist is None else (3, self.state.step, self.dist.rank)
-        seed = derive_seed(self.config.seed, *counters)
-        if self.device.type == "cuda":
-            torch.cuda.default_generators[self.device.index or 0].manual_seed(seed)
-        else:
-            torch.default_generator.manual_seed(seed)
+        self._generator.manual_seed(derive_seed(self.config.seed, *counters))
 
     def _may_step(self, loss: torch.Tensor) -> bool:
         """The NaN guard's verdict, with one host read. Under DDP all ranks agree on it, and on
         their stop requests, in one reduction, before any of them steps."""
-        found = self._nonfinite(loss) if self.config.nan_guard else None
         if self.dist is not None:
-            return self.dist.agree_step(self.state, found)
-        return found is None or not bool(found.item())
+            return self.dist.agree_step(self.state, self._nonfinite(loss) if self.config.nan_guard else None)
+        if not self.config.nan_guard:
+            return True
+        found = self._nonfinite(loss, reset=False)  # zero except after a hit, which resets it
+        if not bool(found.item()):
+            return True
+        found.zero_()
+        return False
 
-    def _nonfinite(self, loss: torch.Tensor) -> torch.Tensor:
+    def _nonfinite(self, loss: torch.Tensor, reset: bool = True) -> torch.Tensor:
         """One fused pass over the loss and every gradient: a device flag, 1 where any is NaN/Inf.
 
         GradScaler's own kernel: it flags any NaN/Inf in a list of tensors (multiplying
         them by the scale, 1 here), far cheaper than computing a norm per step.
         """
         tensors = [p.grad for p in self._params if p.grad is not None]
-        # The loss joins as a view: the kernel multiplies by 1.0 in place, which leaves it as it is.
-        tensors.append(loss.detach().reshape(1) if loss.dtype == torch.float32 else loss.detach().float().reshape(1))
+        # The loss joins as it is (the kernel multiplies by 1.0 in place, which leaves it as it is);
+        # the CUDA kernel wants at least one dimension.
+        loss = loss.detach() if loss.dtype == torch.float32 else loss.detach().float()
+        tensors.append(loss if loss.device.type == "cpu" else loss.reshape(1))
         found = self._found_inf
-        found.zero_()
+        if reset:
+            found.zero_()
         torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, self._unit_scale)
         return found
+
+    def _zero_grad(self) -> None:
+        """`optimizer.zero_grad(set_to_none=True)` without its per-call profiler scope: a few
+        microseconds that show against a small model's step. Optimizers that override
+        `zero_grad` get their own."""
+        optimizer = self.optimizer
+        assert optimizer is not None
+        if type(optimizer).zero_grad is not torch.optim.Optimizer.zero_grad:
+            optimizer.zero_grad(set_to_none=True)
+            return
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                param.grad = None
 
     def _batch_share(self, targets: Any) -> tuple[float, int]:
         """(weight of this rank's mean loss, samples in the global batch) for the current step."""
@@ -392,14 +427,6 @@ class Trainer:
 
     def _agree_stop(self) -> bool:
         return self.state.stop_requested if self.dist is None else self.dist.agree_stop(self.state)
-
-    def _grad_norm(self, max_norm: float | None) -> torch.Tensor:
-        params = [p for p in self._params if p.grad is not None]
-        if not params:
-            raise UsageError("no parameter received a gradient: does the loss depend on the model's output?")
-        if max_norm is not None:
-            return torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
-        return torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None], foreach=True)
 
     def _clock(self) -> float:
         """Update `state.train_time_s`; returns the seconds spent in the current epoch."""

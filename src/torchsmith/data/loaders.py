@@ -24,6 +24,8 @@ Batch = tuple[Any, Any, torch.Tensor | None]
 class MemoryBatches:
     """Batches built by a MemorySource on the device, in the order of a BatchOrder."""
 
+    on_device = True  # its batches need no move before the forward pass
+
     def __init__(self, source: MemorySource, order: BatchOrder, train: bool, seed: int) -> None:
         self.source, self.order, self.train, self.seed = source, order, train, seed
         self.device = _source_device(source)

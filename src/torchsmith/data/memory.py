@@ -109,8 +109,22 @@ def split_indices(num_samples: int, val_fraction: float, seed: int) -> tuple[tor
 
 
 def channel_stats(images: torch.Tensor, max_samples: int = 10000) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std in [0, 1] units of uint8 images (N, C, H, W)."""
-    sample = images[:max_samples].float() / 255.0
-    mean = sample.mean(dim=(0, 2, 3))
-    std = sample.std(dim=(0, 2, 3)).clamp_min(1e-6)
-    return [round(v, 6) for v in mean.tolist()], [round(v, 6) for v in std.tolist()]
+    """Per-channel mean and std (unbiased) in [0, 1] units of uint8 images (N, C, H, W).
+
+    From a 256-bin histogram per channel: exact, and without a float copy of the images
+    (a few times faster on 50,000 CIFAR images).
+    """
+    sample = images[:max_samples]
+    if sample.dtype != torch.uint8:  # float images already in [0, 1]
+        mean, std = sample.float().mean(dim=(0, 2, 3)), sample.float().std(dim=(0, 2, 3)).clamp_min(1e-6)
+        return [round(v, 6) for v in mean.tolist()], [round(v, 6) for v in std.tolist()]
+    count = sample.shape[0] * sample[0, 0].numel()
+    values = torch.arange(256, dtype=torch.float64)
+    means, stds = [], []
+    for channel in range(sample.shape[1]):
+        histogram = torch.bincount(sample[:, channel].reshape(-1).cpu(), minlength=256).double()
+        mean = (histogram * values).sum() / count
+        var = (histogram * (values - mean) ** 2).sum() / max(count - 1, 1)
+        means.append(round(float(mean) / 255, 6))
+        stds.append(round(max(float(var.sqrt()) / 255, 1e-6), 6))
+    return means, stds

@@ -188,24 +188,26 @@ def class_folders(root: Path) -> list[str]:
 
 def read_image_tree(root: Path, classes: list[str], cache_dir: Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode every image under root/<class>/ into (N, C, H, W) uint8, cached on disk."""
-    files, labels = [], []
+    files: list[str] = []
+    labels: list[int] = []
+    digest = hashlib.sha256()
     for label, name in enumerate(classes):
-        folder = root / name
-        found = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+        found, stamps = _image_files(root / name)
         files += found
         labels += [label] * len(found)
+        digest.update("".join(stamps).encode())
     if not files:
         raise UsageError(
             f"no images found under {root} (looked for {sorted(IMAGE_SUFFIXES)} files in {', '.join(classes)})"
         )
-    cache = (cache_dir or DEFAULT_CACHE / "images") / f"{_tree_key(files)}.safetensors"
+    cache = (cache_dir or DEFAULT_CACHE / "images") / f"{digest.hexdigest()[:24]}.safetensors"
     if cache.exists():
         try:
             cached = load_file(str(cache))
             return cached["images"], cached["labels"]
         except Exception:  # a damaged cache is rebuilt, never trusted
             cache.unlink(missing_ok=True)
-    images = decode_images(files)
+    images = decode_images([Path(f) for f in files])
     label_tensor = torch.tensor(labels, dtype=torch.int64)
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(f".tmp{os.getpid()}")
@@ -214,12 +216,26 @@ def read_image_tree(root: Path, classes: list[str], cache_dir: Path | None = Non
     return images, label_tensor
 
 
-def _tree_key(files: list[Path]) -> str:
-    digest = hashlib.sha256()
-    for path in files:
-        stat = path.stat()
-        digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:24]
+def _image_files(folder: Path) -> tuple[list[str], list[str]]:
+    """The image files of one folder, sorted, and a stamp per file (path, size, mtime) for the
+    cache key: a changed, added or removed file gives another key. One directory scan and one
+    stat per file, without a Path object per file (60,000 of them cost half a second)."""
+    if not folder.is_dir():
+        return [], []
+    with os.scandir(folder) as entries:
+        chosen = sorted(
+            (
+                (entry.path, entry)
+                for entry in entries
+                if os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES and not entry.is_dir()
+            ),
+            key=lambda pair: pair[0],
+        )
+    stamps = []
+    for path, entry in chosen:
+        stat = entry.stat()
+        stamps.append(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n")
+    return [path for path, _ in chosen], stamps
 
 
 def decode_images(files: list[Path]) -> torch.Tensor:

@@ -73,10 +73,12 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(embed_dim, embed_dim, bias=False)
         self.proj_dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         batch, time, channels = x.shape
         # (B, T, 3C) -> 3 x (B, heads, T, C / heads)
         q, k, v = self.qkv(x).view(batch, time, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        if rotary is not None:
+            q, k = rotate(q, *rotary), rotate(k, *rotary)
         dropout = self.dropout if self.training else 0.0
         if q.device.type == "cpu" and q.dtype == torch.bfloat16:
             # The CPU attention kernel is about 2x slower in bf16 than in float32 (torch
@@ -106,16 +108,33 @@ class Block(nn.Module):
             nn.Dropout(dropout),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attention(self.norm1(x))
+    def forward(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        x = x + self.attention(self.norm1(x), rotary)
         return x + self.mlp(self.norm2(x))
+
+
+def rotary_tables(time: int, head_dim: int, device: torch.device, base: float = 10000.0) -> tuple[torch.Tensor, ...]:
+    """cos and sin (T, head_dim / 2) of rotary position embeddings (RoFormer, Su et al. 2021)."""
+    frequencies = base ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+    angles = torch.arange(time, device=device, dtype=torch.float32)[:, None] * frequencies  # (T, D/2)
+    return angles.cos(), angles.sin()
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each (first half, second half) pair of x (B, heads, T, D) by its position's angle:
+    attention scores then depend on positions only through their difference."""
+    first, second = x.float().chunk(2, dim=-1)
+    rotated = torch.cat((first * cos - second * sin, first * sin + second * cos), dim=-1)
+    return rotated.to(x.dtype)
 
 
 class CharGPT(nn.Module):
     """A small GPT (as in nanoGPT) over characters -> next-character logits (B, T, V).
 
-    Token + learned position embeddings, `num_layers` pre-norm blocks, a final
-    LayerNorm and a head that shares its weights with the token embedding.
+    Token embeddings, positions either learned (`positions="learned"`, nanoGPT) or rotary
+    (`positions="rotary"`: queries and keys rotated by position, no position table),
+    `num_layers` pre-norm blocks, a final LayerNorm and a head that shares its weights with
+    the token embedding.
 
     Example:
         >>> model = CharGPT(vocab_size=65, block_size=128, num_layers=4, num_heads=4, embed_dim=128)
@@ -131,13 +150,19 @@ class CharGPT(nn.Module):
         num_heads: int = 4,
         embed_dim: int = 128,
         dropout: float = 0.0,
+        positions: str = "learned",
     ) -> None:
         super().__init__()
         if embed_dim % num_heads:
             raise UsageError(f"embed_dim ({embed_dim}) must be a multiple of num_heads ({num_heads})")
+        if positions not in ("learned", "rotary"):
+            raise UsageError(f"positions must be 'learned' or 'rotary', got {positions!r}")
+        if positions == "rotary" and (embed_dim // num_heads) % 2:
+            raise UsageError(f"rotary positions need an even head size, got {embed_dim // num_heads}")
         self.block_size = block_size
+        self.head_dim = embed_dim // num_heads
         self.token_embedding = nn.Embedding(vocab_size, embed_dim)
-        self.position_embedding = nn.Embedding(block_size, embed_dim)
+        self.position_embedding = nn.Embedding(block_size, embed_dim) if positions == "learned" else None
         self.dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(Block(embed_dim, num_heads, dropout) for _ in range(num_layers))
         self.norm = nn.LayerNorm(embed_dim, bias=False)
@@ -166,10 +191,15 @@ class CharGPT(nn.Module):
                 f"CharGPT got a sequence of {time} tokens but its block_size is "
                 f"{self.block_size}; crop the input or build the model with a larger block_size"
             )
-        positions = torch.arange(time, device=ids.device)
-        x = self.dropout(self.token_embedding(ids) + self.position_embedding(positions))
+        x = self.token_embedding(ids)
+        rotary = None
+        if self.position_embedding is not None:
+            x = x + self.position_embedding(torch.arange(time, device=ids.device))
+        else:
+            rotary = rotary_tables(time, self.head_dim, ids.device)
+        x = self.dropout(x)
         for block in self.blocks:
-            x = block(x)  # (B, T, C)
+            x = block(x, rotary)  # (B, T, C)
         return self.head(self.norm(x))  # (B, T, V)
 
 
