@@ -50,9 +50,15 @@ class Record(Callback):
             trainer.state.request_stop("test stop")
 
 
-def run(run_dir: Path, losses: list[float], stop_at: int | None = None, resume: bool = False) -> Trainer:
+def run(
+    run_dir: Path, losses: list[float], stop_at: int | None = None, resume: bool = False, ema: bool = False
+) -> Trainer:
     train, val = data()
-    callbacks = [Checkpointer(run_dir, {}, every_steps=None), Record(losses, stop_at)]
+    callbacks: list[Callback] = [Checkpointer(run_dir, {}, every_steps=None), Record(losses, stop_at)]
+    if ema:
+        from torchsmith.callbacks_ema import EMACallback
+
+        callbacks.insert(0, EMACallback(decay=0.8))  # first, as make_callbacks puts it
     trainer = Trainer(
         model(),
         optimizer="adamw",
@@ -158,3 +164,26 @@ def test_sigterm_saves_and_resume_reproduces_the_run(tmp_path: Path) -> None:
     expected = load_file(str(tmp_path / "reference" / "model.safetensors"))
     actual = load_file(str(stopped_dir / "model.safetensors"))
     assert all(torch.equal(actual[k], expected[k]) for k in expected)
+
+
+def test_weight_average_is_evaluated_saved_and_resumed_exactly(tmp_path: Path) -> None:
+    """EMA without lookahead: validation, checkpoints and the final model use the average,
+    while training goes on from the training weights, also after a resume."""
+    losses: list[float] = []
+    whole = run(tmp_path / "whole", losses, ema=True)
+    ema = whole.callbacks[0]
+    final = whole.model.state_dict()
+    assert all(torch.equal(final[k], ema.shadow[k]) for k in ema.shadow)  # the model ends as the average
+    saved = load_file(str(tmp_path / "whole" / "checkpoints" / "last" / "model.safetensors"))
+    assert all(torch.equal(saved[k], ema.shadow[k]) for k in ema.shadow)
+    plain_losses: list[float] = []
+    plain = run(tmp_path / "plain", plain_losses)
+    assert plain_losses == losses  # averaging never touches the training weights
+    assert plain.state.history[-1]["val_loss"] != whole.state.history[-1]["val_loss"]  # val sees the average
+    resumed_losses: list[float] = []
+    run(tmp_path / "resumed", resumed_losses, stop_at=STEPS_PER_EPOCH + 2, ema=True)
+    resumed = run(tmp_path / "resumed", resumed_losses, resume=True, ema=True)
+    assert resumed_losses == losses
+    weights = resumed.model.state_dict()
+    assert all(torch.equal(weights[k], final[k]) for k in final)
+    assert [row["val_loss"] for row in resumed.state.history] == [row["val_loss"] for row in whole.state.history]

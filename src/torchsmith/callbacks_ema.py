@@ -31,8 +31,10 @@ class EMACallback(Callback):
     (warmup_power 0 gives a constant rho; airbench94 uses decay 0.95, update_every 5,
     warmup_power 3, so averaging starts weak and ends strong). The first update copies
     the weights. With `lookahead=True` the model is then reset to the shadow, as airbench
-    does (and once more at the end of fit); otherwise the model trains undisturbed and
-    `averaged_weights(model)` swaps the shadow in, e.g. for evaluation and the final save.
+    does (and once more at the end of fit); otherwise the model trains undisturbed, the
+    Trainer evaluates and checkpoints the average (`inference_weights`), keeping the
+    training weights in this callback's state so a resumed run goes on from them, and at
+    the end of fit the model takes the average for good.
     `total_steps` defaults to the trainer's max_steps or steps_per_epoch * max_epochs.
 
     Example:
@@ -63,6 +65,9 @@ class EMACallback(Callback):
         self.lookahead = lookahead
         self.shadow: dict[str, torch.Tensor] | None = None
         self.num_updates = 0
+        self.model: nn.Module | None = None
+        self._training_weights: dict[str, torch.Tensor] | None = None  # from a checkpoint, until fit starts
+        self._training_weights_at_end: dict[str, torch.Tensor] | None = None  # after fit swapped the average in
 
     # --- the averaging itself, usable from any loop -------------------------------------
 
@@ -133,9 +138,21 @@ class EMACallback(Callback):
                 for name, t in tensors.items():
                     t.copy_(backup[name])
 
+    def inference_weights(self, model: nn.Module) -> contextlib.AbstractContextManager[nn.Module]:
+        """The average for evaluation and saving; with lookahead the model already holds it."""
+        return contextlib.nullcontext(model) if self.lookahead else self.averaged_weights(model)
+
     # --- trainer hooks --------------------------------------------------------------------
 
     def on_fit_start(self, trainer: Trainer) -> None:
+        self.model = trainer.model
+        self._training_weights_at_end = None
+        if self._training_weights is not None:  # resumed: the checkpoint's model is the average
+            tensors = _averaged_tensors(trainer.model)
+            with torch.no_grad():
+                for name, t in tensors.items():
+                    t.copy_(self._training_weights[name])
+            self._training_weights = None
         if self.warmup_power and not self._total(trainer):
             raise ValueError(
                 "EMACallback(warmup_power > 0) needs the run's length: pass total_steps or "
@@ -146,18 +163,26 @@ class EMACallback(Callback):
         self.maybe_update(trainer.model, trainer.state.step, self._total(trainer))
 
     def on_fit_end(self, trainer: Trainer) -> None:
-        if self.lookahead:
-            self.copy_to(trainer.model)  # airbench's final update with decay 1
+        if not self.lookahead and self.shadow is not None:  # what a checkpoint saved after this resumes from
+            self._training_weights_at_end = {k: t.detach().clone() for k, t in _averaged_tensors(trainer.model).items()}
+        self.copy_to(trainer.model)  # the final weights are the average (airbench: a last update with decay 1)
 
     def state_dict(self) -> dict[str, Any]:
-        """Tensors (the shadow) and counters: a resumed run continues the same average."""
+        """Tensors (the shadow) and counters: a resumed run continues the same average. Without
+        lookahead also the training weights, since checkpoints hold the average as the model."""
         shadow = None if self.shadow is None else {k: v.clone() for k, v in self.shadow.items()}
-        return {"shadow": shadow, "num_updates": self.num_updates}
+        state: dict[str, Any] = {"shadow": shadow, "num_updates": self.num_updates}
+        if self._training_weights_at_end is not None:
+            state["training_weights"] = self._training_weights_at_end
+        elif not self.lookahead and self.shadow is not None and self.model is not None:
+            state["training_weights"] = {k: t.detach().clone() for k, t in _averaged_tensors(self.model).items()}
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         shadow = state.get("shadow")
         self.shadow = None if shadow is None else {k: v.float().clone() for k, v in shadow.items()}
         self.num_updates = int(state.get("num_updates", 0))
+        self._training_weights = state.get("training_weights")
 
     # --- helpers ----------------------------------------------------------------------------
 

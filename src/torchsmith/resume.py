@@ -112,7 +112,8 @@ class Checkpointer(Callback):
         training = training_state(trainer, all_ranks)
         path = None
         if distributed.is_writer():
-            model_state = {k: v.detach() for k, v in trainer.model.state_dict().items()}
+            with trainer.inference_weights():  # the weights evaluation uses (a weight average, if kept)
+                model_state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
             path = save_checkpoint(
                 self.folder,
                 name,

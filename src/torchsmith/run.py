@@ -204,10 +204,12 @@ def make_callbacks(config: RunConfig, run_dir: Path) -> list[Callback]:
     if train.ema_decay is not None:
         from torchsmith.callbacks_ema import EMACallback
 
-        callbacks.append(
+        # First: a checkpoint saved in the same hook then holds this step's average.
+        callbacks.insert(
+            0,
             EMACallback(
                 train.ema_decay, train.ema_every, lookahead=train.ema_lookahead, warmup_power=train.ema_warmup_power
-            )
+            ),
         )
     if train.freeze_whitening_bias_after is not None:
         from torchsmith.speed_parts import WhitenBiasFreeze

@@ -25,7 +25,7 @@ from torchsmith.data.loaders import make_batches
 from torchsmith.data.order import derive_seed
 from torchsmith.errors import UsageError
 from torchsmith.guard import check_device_flags, flag_on_device, known_bad, loss_history
-from torchsmith.optim import build_optimizer, build_schedule, grad_norm, resolve_device, steps_per_call
+from torchsmith.optim import build_optimizer, build_schedule, grad_norm, resolve_device, steps_per_call, zero_grad
 from torchsmith.state import TrainState
 from torchsmith.tasks import LossFn, MetricAccumulator, Task, resolve_loss, resolve_task
 
@@ -162,7 +162,7 @@ class Trainer:
             return
         assert self.optimizer is not None
         self.optimizer.step()
-        self._zero_grad()
+        zero_grad(self.optimizer)
         if self.scheduler is not None and self._scheduler_interval == "step":
             self.scheduler.step()
         if "outputs" in out:
@@ -193,8 +193,9 @@ class Trainer:
         state = self.state
         self._log_train()
         if val_batches is not None:
-            for key, value in self._evaluate_batches(val_batches).items():
-                state.metrics[f"val_{key}"] = value
+            with self.inference_weights():
+                for key, value in self._evaluate_batches(val_batches).items():
+                    state.metrics[f"val_{key}"] = value
             self._call("on_eval_end")
         state.metrics["epoch_time_s"] = seconds
         state.history.append({"epoch": state.epoch + 1, "step": state.step, **state.metrics})
@@ -394,19 +395,6 @@ class Trainer:
         torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, self._unit_scale)
         return found
 
-    def _zero_grad(self) -> None:
-        """`optimizer.zero_grad(set_to_none=True)` without its per-call profiler scope: a few
-        microseconds that show against a small model's step. Optimizers that override
-        `zero_grad` get their own."""
-        optimizer = self.optimizer
-        assert optimizer is not None
-        if type(optimizer).zero_grad is not torch.optim.Optimizer.zero_grad:
-            optimizer.zero_grad(set_to_none=True)
-            return
-        for group in optimizer.param_groups:
-            for param in group["params"]:
-                param.grad = None
-
     def _batch_share(self, targets: Any) -> tuple[float, int]:
         """(weight of this rank's mean loss, samples in the global batch) for the current step."""
         if self.dist is None:
@@ -476,6 +464,16 @@ class Trainer:
         if checkpointer is None:
             raise UsageError("resume needs a Checkpointer callback (a run directory) to find checkpoints in")
         restore(self, checkpointer.latest())
+
+    @contextlib.contextmanager
+    def inference_weights(self) -> Iterator[nn.Module]:
+        """Within the block the model holds the weights that evaluation and saved models use:
+        its own, or the average a callback keeps (EMA without lookahead)."""
+        with contextlib.ExitStack() as stack:
+            for callback in self.callbacks:
+                if hasattr(callback, "inference_weights"):
+                    stack.enter_context(callback.inference_weights(self.model))
+            yield self.model
 
     def _call(self, hook: str, *args: Any) -> None:
         for callback in self.callbacks:
