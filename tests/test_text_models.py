@@ -178,14 +178,14 @@ def test_rotary_scores_depend_on_the_offset_only() -> None:
 
     generator = torch.Generator().manual_seed(3)
     q, k = torch.randn(1, 1, 1, 16, generator=generator), torch.randn(1, 1, 1, 16, generator=generator)
-    cos, sin = rotary_tables(40, 16, torch.device("cpu"))
+    rotation = rotary_tables(40, 16, torch.device("cpu"))
 
     def score(i: int, j: int) -> float:
-        return float((rotate(q, cos[i], sin[i]) * rotate(k, cos[j], sin[j])).sum())
+        return float((rotate(q, rotation[i]) * rotate(k, rotation[j])).sum())
 
     assert score(3, 1) == pytest.approx(score(30, 28), abs=1e-4)  # same offset, same score
     assert score(3, 1) != pytest.approx(score(3, 2), abs=1e-3)
-    assert float(rotate(q, cos[9], sin[9]).norm()) == pytest.approx(float(q.norm()), rel=1e-5)  # a rotation
+    assert float(rotate(q, rotation[9]).norm()) == pytest.approx(float(q.norm()), rel=1e-5)  # a rotation
     rotary = CharGPT(VOCAB, block_size=32, num_layers=1, num_heads=2, embed_dim=32, positions="rotary")
     assert rotary.position_embedding is None
     with pytest.raises(UsageError, match="even head size"):

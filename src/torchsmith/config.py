@@ -45,6 +45,7 @@ class OptimConfig:
     weight_decay: float = 0.0
     momentum: float = 0.9
     nesterov: bool = False
+    beta2: float = 0.999  # Adam/AdamW's second-moment decay (0.99 suits small, noisy batches)
     scheduler: str = "cosine"  # none | cosine | onecycle | linear | step
     warmup_steps: int = 0
     warmup_fraction: float = 0.0  # warm-up as a fraction of all steps (used when warmup_steps is 0)

@@ -73,21 +73,22 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(embed_dim, embed_dim, bias=False)
         self.proj_dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rotary: torch.Tensor | None = None) -> torch.Tensor:
         batch, time, channels = x.shape
         # (B, T, 3C) -> 3 x (B, heads, T, C / heads)
         q, k, v = self.qkv(x).view(batch, time, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-        if rotary is not None:
-            q, k = rotate(q, *rotary), rotate(k, *rotary)
         dropout = self.dropout if self.training else 0.0
         if q.device.type == "cpu" and q.dtype == torch.bfloat16:
             # The CPU attention kernel is about 2x slower in bf16 than in float32 (torch
             # 2.14, AVX-512 BF16 CPU) while bf16 matmuls are faster: attend in float32.
             with torch.autocast("cpu", enabled=False):
-                y = F.scaled_dot_product_attention(
-                    q.float(), k.float(), v.float(), dropout_p=dropout, is_causal=True
-                ).to(q.dtype)
+                q, k, v = q.float(), k.float(), v.float()
+                if rotary is not None:
+                    q, k = rotate(q, rotary), rotate(k, rotary)
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True).to(torch.bfloat16)
         else:
+            if rotary is not None:
+                q, k = rotate(q, rotary), rotate(k, rotary)
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
         y = y.transpose(1, 2).reshape(batch, time, channels)  # (B, T, C)
         return self.proj_dropout(self.proj(y))
@@ -108,24 +109,24 @@ class Block(nn.Module):
             nn.Dropout(dropout),
         )
 
-    def forward(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rotary: torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.attention(self.norm1(x), rotary)
         return x + self.mlp(self.norm2(x))
 
 
-def rotary_tables(time: int, head_dim: int, device: torch.device, base: float = 10000.0) -> tuple[torch.Tensor, ...]:
-    """cos and sin (T, head_dim / 2) of rotary position embeddings (RoFormer, Su et al. 2021)."""
+def rotary_tables(time: int, head_dim: int, device: torch.device, base: float = 10000.0) -> torch.Tensor:
+    """Unit complex numbers (T, head_dim / 2) that rotate each pair of a query or key by its
+    position times the pair's frequency (rotary position embeddings, Su et al. 2021)."""
     frequencies = base ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
     angles = torch.arange(time, device=device, dtype=torch.float32)[:, None] * frequencies  # (T, D/2)
-    return angles.cos(), angles.sin()
+    return torch.polar(torch.ones_like(angles), angles)
 
 
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate each (first half, second half) pair of x (B, heads, T, D) by its position's angle:
-    attention scores then depend on positions only through their difference."""
-    first, second = x.float().chunk(2, dim=-1)
-    rotated = torch.cat((first * cos - second * sin, first * sin + second * cos), dim=-1)
-    return rotated.to(x.dtype)
+def rotate(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """Rotate each pair (x[2i], x[2i+1]) of x (B, heads, T, D) by its position's angle: one
+    complex product; attention scores then depend on positions through their difference."""
+    pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
+    return torch.view_as_real(pairs * rotation).flatten(-2).to(x.dtype)
 
 
 class CharGPT(nn.Module):
