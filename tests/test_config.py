@@ -21,13 +21,18 @@ def test_unknown_key_suggests_close_match() -> None:
 def test_all_errors_reported_at_once() -> None:
     with pytest.raises(UsageError) as info:
         RunConfig.from_dict(
-            {"train": {"batch_size": 0, "max_epochs": "ten", "precision": "fp8"}, "optim": {"lr": -1.0}, "modle": {}}
+            {
+                "train": {"batch_size": 0, "max_epochs": "ten", "precision": "fp8"},
+                "optim": {"lr": -1.0, "beta2": 1.5},
+                "modle": {},
+            }
         )
     message = str(info.value)
     assert "--batch-size (train.batch_size) must be a positive integer, got 0" in message
     assert "'train.max_epochs' must be int, got 'ten'" in message
     assert "train.precision must be one of fp32, bf16, fp16, got 'fp8'" in message
     assert "--lr (optim.lr) must be positive, got -1.0" in message
+    assert "optim.beta2 must be in [0, 1), got 1.5" in message
     assert "unknown key 'modle'; did you mean 'model'?" in message
 
 

@@ -128,15 +128,12 @@ class EMACallback(Callback):
         if self.shadow is None:
             yield model
             return
-        tensors = _averaged_tensors(model)
-        backup = {name: t.detach().clone() for name, t in tensors.items()}
+        backup = {name: t.detach().clone() for name, t in _averaged_tensors(model).items()}
         self.copy_to(model)
         try:
             yield model
         finally:
-            with torch.no_grad():
-                for name, t in tensors.items():
-                    t.copy_(backup[name])
+            _load(model, backup)
 
     def inference_weights(self, model: nn.Module) -> contextlib.AbstractContextManager[nn.Module]:
         """The average for evaluation and saving; with lookahead the model already holds it."""
@@ -148,10 +145,7 @@ class EMACallback(Callback):
         self.model = trainer.model
         self._training_weights_at_end = None
         if self._training_weights is not None:  # resumed: the checkpoint's model is the average
-            tensors = _averaged_tensors(trainer.model)
-            with torch.no_grad():
-                for name, t in tensors.items():
-                    t.copy_(self._training_weights[name])
+            _load(trainer.model, self._training_weights)
             self._training_weights = None
         if self.warmup_power and not self._total(trainer):
             raise ValueError(
@@ -210,3 +204,10 @@ def _averaged_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     # Floating-point parameters and buffers by state_dict name; integer buffers
     # (num_batches_tracked) are counters, not weights, and are left alone.
     return {name: t for name, t in model.state_dict(keep_vars=True).items() if t.is_floating_point()}
+
+
+@torch.no_grad()
+def _load(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy saved tensors back into the model's averaged entries, by state_dict name."""
+    for name, t in _averaged_tensors(model).items():
+        t.copy_(tensors[name])

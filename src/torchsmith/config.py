@@ -189,6 +189,8 @@ def validate(config: RunConfig) -> list[str]:
             errors.append(f"{name} must be a positive integer, got {optional_value}")
     if optim.lr is not None and optim.lr <= 0:
         errors.append(f"--lr (optim.lr) must be positive, got {optim.lr}")
+    if optim.beta2 is not None and not 0 <= optim.beta2 < 1:
+        errors.append(f"optim.beta2 must be in [0, 1), got {optim.beta2}")
     if optim.weight_decay is not None and optim.weight_decay < 0:
         errors.append(f"--weight-decay must be >= 0, got {optim.weight_decay}")
     if config.data.val_fraction is not None and not 0 <= config.data.val_fraction < 1:

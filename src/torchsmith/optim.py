@@ -132,11 +132,11 @@ def steps_per_call(scheduler: Any) -> str:
 def grad_norm(params: Iterable[nn.Parameter], max_norm: float | None = None) -> torch.Tensor:
     """The global gradient norm (a device tensor), clipping to `max_norm` when given."""
     params = [p for p in params if p.grad is not None]
-    if not params:
+    grads = [p.grad for p in params if p.grad is not None]  # the same list, typed as tensors
+    if not grads:
         raise UsageError("no parameter received a gradient: does the loss depend on the model's output?")
     if max_norm is not None:
         return torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
-    grads = [p.grad for p in params if p.grad is not None]
     if all(g.device == grads[0].device and not g.is_sparse for g in grads):  # one group: no grouping pass
         return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
     return torch.nn.utils.get_total_norm(grads, foreach=True)

@@ -113,16 +113,15 @@ class Checkpointer(Callback):
         path = None
         if distributed.is_writer():
             with trainer.inference_weights():  # the weights evaluation uses (a weight average, if kept)
-                model_state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
-            path = save_checkpoint(
-                self.folder,
-                name,
-                model_state=model_state,
-                training_state=training,
-                config=self.config,
-                meta={"step": state.step, "epoch": state.epoch},
-                keep_last=self.keep_last if name.startswith("step-") else None,
-            )
+                path = save_checkpoint(
+                    self.folder,
+                    name,
+                    model_state={k: v.detach() for k, v in trainer.model.state_dict().items()},
+                    training_state=training,
+                    config=self.config,
+                    meta={"step": state.step, "epoch": state.epoch},
+                    keep_last=self.keep_last if name.startswith("step-") else None,
+                )
         if all_ranks:
             distributed.barrier()
         return path
