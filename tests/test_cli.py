@@ -155,6 +155,34 @@ def test_tutorial_convnet_on_cifar_shapes_stops_before_training(
     assert not (tmp_path / "run" / "model.safetensors").exists()
 
 
+def test_every_recipe_is_a_valid_config() -> None:
+    from torchsmith.config import RunConfig
+    from torchsmith.recipes import RECIPES, recipe_config
+
+    for name in RECIPES:
+        assert RunConfig.from_dict(recipe_config(name), source=f"recipe {name}").model.name
+
+
+def test_cifar10_accurate_recipe_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Every part on a tiny CIFAR-shaped tree: residual SpeedNet from the recipe's arguments, whitening
+    # init, the translate-flip-cutout policy, airbench SGD, lookahead and TTA in the final evaluation.
+    for split, count in (("train", 6), ("test", 2)):
+        write_image_tree(tmp_path / "cifar" / split, classes=10, per_class=count, size=32)
+    run = tmp_path / "run"
+    code, _, err = run_cli(
+        [
+            *("train", "--recipe", "cifar10-accurate", "--data-dir", str(tmp_path / "cifar")),
+            *("--max-steps", "2", "--batch-size", "16", "--run-dir", str(run), "--quiet"),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and 0.0 <= summary["test"]["accuracy"] <= 1.0
+    config = (run / "config.yaml").read_text()
+    assert "flip-translate4-cutout12" in config and "residual: true" in config
+
+
 def test_list_commands(capsys: pytest.CaptureFixture[str]) -> None:
     for what, expected in (("models", "convnet"), ("data", "imagefolder:PATH"), ("recipes", "mnist-sample")):
         code, out, _ = run_cli(["list", what], capsys)

@@ -14,7 +14,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from torchsmith.callbacks_ema import EMACallback
-from torchsmith.data.augment import random_crop, random_flip
+from torchsmith.data.augment import augment_images, cutout, parse_policy, random_crop, random_flip
+from torchsmith.data.memory import ImageTensors
 from torchsmith.models.speednet import SpeedNet, init_whitening
 from torchsmith.speed_parts import (
     WhitenBiasFreeze,
@@ -87,6 +88,49 @@ def test_flip_rate_is_one_half_per_sample():
     flipped = (out[..., 0] == x[..., 1]).flatten()
     assert 0.48 < flipped.float().mean().item() < 0.52
     assert torch.equal(out, random_flip(x, _gen(0)))
+
+
+def test_cutout_fills_one_square_per_image_at_uniform_positions():
+    x = torch.full((4000, 3, 8, 8), 200, dtype=torch.uint8)
+    fill = torch.tensor([10, 20, 30], dtype=torch.uint8).view(1, 3, 1, 1)
+    out = cutout(x, 3, _gen(0), fill)
+    masked = out != x  # (B, C, H, W): every channel of a cut pixel changes
+    assert torch.equal(masked[:, 0], masked[:, 2]) and (masked.sum((1, 2, 3)) == 3 * 9).all()
+    assert torch.equal(out.permute(0, 2, 3, 1)[masked[:, 0]], fill.view(1, 3).expand(4000 * 9, 3))
+    # the square is whole and lies inside: its top-left corner is uniform over the 6 x 6 positions
+    rows = masked[:, 0].any(2).float().argmax(1)
+    cols = masked[:, 0].any(1).float().argmax(1)
+    counts = torch.bincount(rows * 6 + cols, minlength=36).float()
+    assert counts.numel() == 36 and (counts / counts.mean() - 1).abs().max() < 0.35
+    assert torch.equal(out, cutout(x, 3, _gen(0), fill)) and cutout(x, 0, _gen(0)) is x
+    with pytest.raises(ValueError, match="larger than the 8x8"):
+        cutout(x, 9, _gen(0))
+
+
+def test_augmentation_policies_parse_and_compose():
+    assert parse_policy("none") == {}
+    assert parse_policy("crop-flip", padding=2) == {"crop": 2, "flip": 1}
+    assert parse_policy("flip-translate4-cutout12") == {"flip": 1, "translate": 4, "cutout": 12}
+    assert parse_policy("translate") == {"translate": 2}
+    for bad in ("flip2", "rotate", "crop-translate", "flip-flip", "crop-"):
+        with pytest.raises(ValueError, match="augmentation"):
+            parse_policy(bad)
+    x = torch.randint(0, 256, (16, 3, 12, 12), dtype=torch.uint8)
+    # the same draws in the same order as the ops applied one by one: translate, flip, cutout
+    g = _gen(3)
+    by_hand = cutout(random_flip(translate_batch(x, 4, g), g), 5, g)
+    assert torch.equal(augment_images(x, "flip-translate4-cutout5", _gen(3)), by_hand)
+    with pytest.raises(ValueError, match="unknown augmentation 'twist'"):
+        ImageTensors(x, torch.zeros(16), [0.5] * 3, [0.2] * 3, augment="twist")
+
+
+def test_image_tensors_cut_out_to_the_channel_mean():
+    # a cut pixel normalises to (round(255 mean) / 255 - mean) / std, within half a grey level of 0
+    x = torch.full((64, 3, 8, 8), 255, dtype=torch.uint8)
+    source = ImageTensors(x, torch.zeros(64), [0.1, 0.5, 0.9], [0.2, 0.2, 0.2], augment="cutout4")
+    batch, _ = source.get_batch(torch.arange(64), _gen(0), train=True)
+    cut = batch.abs() < 0.1  # untouched pixels normalise to (1 - mean) / std >= 0.5
+    assert (cut.sum((1, 2, 3)) == 3 * 16).all() and batch[cut].abs().max() < 0.5 / 255 / 0.2 + 1e-6
 
 
 # --- EMA / lookahead ----------------------------------------------------------------------
@@ -314,6 +358,22 @@ def test_speednet_structure_follows_airbench():
         model(torch.randn(1, 3, 8, 8))
     with pytest.raises(ValueError, match="whiten_width"):
         SpeedNet(whiten_width=30)
+
+
+def test_speednet_residual_blocks_follow_airbench96():
+    model = SpeedNet(widths=(128, 512, 512), depth=3, residual=True, bn_momentum=0.1)
+    assert sum(p.numel() for p in model.parameters()) == 12_721_208  # airbench96's width: about 12.7M
+    assert all(m.momentum == 0.1 for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    block = model.blocks[1].eval()
+    x = torch.randn(2, 128, 8, 8)
+    stage = block.activation(block.norms[0](block.pool(block.convs[0](x))))
+    inner = block.norms[1](block.convs[1](stage))
+    inner = block.norms[2](block.convs[2](block.activation(inner)))
+    assert torch.allclose(block(x), block.activation(inner + stage), atol=1e-6)  # GELU after the sum
+    plain = SpeedNet(widths=(8, 8, 8), depth=3)
+    assert not plain.blocks[0].residual
+    with pytest.raises(ValueError, match="depth >= 2"):
+        SpeedNet(depth=1, residual=True)
 
 
 def test_speednet_reset_parameters_redraws_in_place():

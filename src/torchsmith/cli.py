@@ -22,8 +22,8 @@ TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--augment": (
         "data.augment",
         str,
-        "batched augmentation: none, flip, crop, crop-flip, translate, "
-        "flip-translate (images); any other value than none turns speech augmentation on",
+        "batched augmentation for images: none, or ops joined by '-': flip, cropN, translateN, cutoutN "
+        "(e.g. crop-flip, flip-translate4-cutout12); for speech any value but none turns it on",
     ),
     "--split": ("data.split", str, "how to split the data, e.g. speaker:NAME to hold one speaker out"),
     "--epochs": ("train.max_epochs", int, "number of epochs"),

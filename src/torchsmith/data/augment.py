@@ -8,7 +8,11 @@ caller passes, so a batch can be rebuilt exactly from `(seed, epoch, step)`.
 
 from __future__ import annotations
 
+import re
+
 import torch
+
+from torchsmith.errors import UsageError
 
 
 def random_flip(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -44,20 +48,79 @@ def _gen_device(x: torch.Tensor, generator: torch.Generator | None) -> torch.dev
     return generator.device if generator is not None else x.device
 
 
-AUGMENTATIONS = ("none", "flip", "crop", "crop-flip", "translate", "flip-translate")
+def cutout(
+    x: torch.Tensor, size: int, generator: torch.Generator | None, fill: torch.Tensor | float = 0
+) -> torch.Tensor:
+    """Fill one size x size square per image (B, C, H, W), placed at random wholly inside it.
+
+    `fill` is a scalar or a per-channel (1, C, 1, 1) tensor (airbench96 cuts out 12x12
+    squares of a normalised batch, i.e. fills with the channel means).
+    """
+    if size <= 0:
+        return x
+    batch, _, height, width = x.shape
+    if size > min(height, width):
+        raise UsageError(f"cutout size {size} is larger than the {height}x{width} images; use a smaller cutoutN.")
+    device = _gen_device(x, generator)
+    top = torch.randint(0, height - size + 1, (batch, 1), generator=generator, device=device).to(x.device)
+    left = torch.randint(0, width - size + 1, (batch, 1), generator=generator, device=device).to(x.device)
+    rows = torch.arange(height, device=x.device)
+    cols = torch.arange(width, device=x.device)
+    in_rows = (rows >= top) & (rows < top + size)  # (B, H)
+    in_cols = (cols >= left) & (cols < left + size)  # (B, W)
+    mask = in_rows.view(batch, 1, height, 1) & in_cols.view(batch, 1, 1, width)
+    return torch.where(mask, torch.as_tensor(fill, dtype=x.dtype, device=x.device), x)
 
 
-def augment_images(x: torch.Tensor, policy: str, generator: torch.Generator | None, padding: int = 4) -> torch.Tensor:
-    """Apply a named policy to a batch (B, C, H, W): "crop" pads with zeros by `padding`,
-    "translate" shifts by up to 2 pixels with reflection (airbench), "flip" mirrors."""
-    if policy not in AUGMENTATIONS:
-        raise ValueError(f"unknown augmentation '{policy}'; known: {', '.join(AUGMENTATIONS)}")
-    if policy in ("crop", "crop-flip"):
-        x = random_crop(x, padding, generator)
-    if policy in ("translate", "flip-translate"):
+# Named policies; any "-"-joined list of the ops below, each with an optional size, works too.
+AUGMENTATIONS = ("none", "flip", "crop", "crop-flip", "translate", "flip-translate", "flip-translate4-cutout12")
+_POLICY_HELP = (
+    "none, or ops joined by '-': flip, cropN (zero-pad by N and crop back, N defaults to the padding, 4), "
+    "translateN (shift by up to N pixels with reflection, default 2), cutoutN (an N x N square per image, "
+    "default 12); e.g. crop-flip, flip-translate, flip-translate4-cutout12"
+)
+_DEFAULT_SIZES = {"translate": 2, "cutout": 12, "flip": 1}
+
+
+def parse_policy(policy: str, padding: int = 4) -> dict[str, int]:
+    """The ops of an augmentation policy and their sizes: "flip-translate4" -> {"translate": 4, "flip": 1}.
+
+    Example:
+        >>> parse_policy("crop-flip")
+        {'crop': 4, 'flip': 1}
+    """
+    if policy == "none":
+        return {}
+    ops: dict[str, int] = {}
+    for token in policy.split("-"):
+        match = re.fullmatch(r"(flip|crop|translate|cutout)(\d*)", token)
+        if match is None or match[1] in ops or (match[1] == "flip" and match[2]):
+            raise UsageError(f"unknown augmentation '{policy}': a policy is {_POLICY_HELP}.")
+        default = padding if match[1] == "crop" else _DEFAULT_SIZES[match[1]]
+        ops[match[1]] = int(match[2]) if match[2] else default
+    if "crop" in ops and "translate" in ops:
+        raise UsageError(f"augmentation '{policy}' both crops and translates: pick one of the two.")
+    return ops
+
+
+def augment_images(
+    x: torch.Tensor,
+    policy: str,
+    generator: torch.Generator | None,
+    padding: int = 4,
+    fill: torch.Tensor | float = 0,
+) -> torch.Tensor:
+    """Apply a policy (see `parse_policy`) to a batch (B, C, H, W): crop or translate, then flip,
+    then cutout (filled with `fill`), each with its own draw per sample."""
+    ops = parse_policy(policy, padding)
+    if "crop" in ops:
+        x = random_crop(x, ops["crop"], generator)
+    if "translate" in ops:
         from torchsmith.speed_parts import translate_batch
 
-        x = translate_batch(x, 2, generator)
-    if policy in ("flip", "crop-flip", "flip-translate"):
+        x = translate_batch(x, ops["translate"], generator)
+    if "flip" in ops:
         x = random_flip(x, generator)
+    if "cutout" in ops:
+        x = cutout(x, ops["cutout"], generator, fill)
     return x

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-from torchsmith.data.augment import augment_images
+from torchsmith.data.augment import augment_images, parse_policy
 
 
 class ImageTensors:
@@ -36,8 +36,11 @@ class ImageTensors:
         self.labels = labels.long()
         self.mean = torch.tensor(mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
+        parse_policy(augment, padding)  # a bad policy fails here, not at the first batch
         self.augment = augment
         self.padding = padding
+        # Cutout fills with the channel means, which normalise to 0 (as airbench cuts normalised images).
+        self.fill = (self.mean * 255).round().clamp(0, 255).to(torch.uint8)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -48,7 +51,7 @@ class ImageTensors:
         indices = indices.to(self.images.device, non_blocking=True)
         x = self.images.index_select(0, indices)  # (B, C, H, W) uint8
         if train and self.augment != "none":
-            x = augment_images(x, self.augment, generator, self.padding)
+            x = augment_images(x, self.augment, generator, self.padding, self.fill)
         # (x / 255 - mean) / std in one fused pass over the batch.
         x = (x.float() * (1.0 / 255.0) - self.mean) / self.std
         return x, self.labels.index_select(0, indices)
@@ -58,6 +61,7 @@ class ImageTensors:
         self.labels = self.labels.to(device)
         self.mean = self.mean.to(device)
         self.std = self.std.to(device)
+        self.fill = self.fill.to(device)
         return self
 
     def examples(self, indices: torch.Tensor) -> dict[str, object]:
@@ -68,8 +72,9 @@ class ImageTensors:
         """A view of some samples (used to carve a validation split) sharing the constants."""
         out = ImageTensors.__new__(ImageTensors)
         out.images, out.labels = self.images[indices], self.labels[indices]
-        out.mean, out.std, out.padding = self.mean, self.std, self.padding
+        out.mean, out.std, out.padding, out.fill = self.mean, self.std, self.padding, self.fill
         out.augment = self.augment if augment is None else augment
+        parse_policy(out.augment, out.padding)
         return out
 
 

@@ -9,6 +9,9 @@ What makes it train to 94 % in a few epochs, following airbench94:
 - BatchNorm keeps its scale fixed at 1 (only the bias learns), with eps 1e-12 and
   a fast running-statistics momentum;
 - global max pooling, a bias-free linear head, logits scaled down by 1/9.
+With `depth=3, residual=True, widths=(128, 512, 512), bn_momentum=0.1` it is airbench96's
+network: the last two convs of each block are bridged by a skip connection, with the
+block's last activation after the sum.
 Any input size works down to 9x9 with the default three blocks (the 2x2 whitening conv
 and three pools leave at least one pixel).
 """
@@ -45,21 +48,35 @@ class _BatchNorm(nn.BatchNorm2d):
 
 
 class _Block(nn.Module):
-    """conv -> max-pool 2 -> BN -> GELU, then (depth - 1) x (conv -> BN -> GELU)."""
+    """conv -> max-pool 2 -> BN -> GELU, then (depth - 1) x (conv -> BN -> GELU).
 
-    def __init__(self, in_channels: int, out_channels: int, depth: int, bn_momentum: float) -> None:
+    With `residual`, the output of the first stage is added back after the last BN,
+    before the last GELU (airbench96): x0 = f1(x); out = GELU(x0 + BN(conv(...(x0)))).
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, depth: int, bn_momentum: float, residual: bool = False
+    ) -> None:
         super().__init__()
         self.convs = nn.ModuleList(_Conv(in_channels if i == 0 else out_channels, out_channels) for i in range(depth))
         self.norms = nn.ModuleList(_BatchNorm(out_channels, bn_momentum) for _ in range(depth))
         self.pool = nn.MaxPool2d(2)
         self.activation = nn.GELU()
+        self.residual = residual
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        last = len(self.convs) - 1
+        skip = x
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
             x = conv(x)
             if i == 0:
                 x = self.pool(x)  # pooling before BN is cheaper: BN runs on 1/4 of the pixels
-            x = self.activation(norm(x))
+            x = norm(x)
+            if self.residual and i == last:
+                x = x + skip
+            x = self.activation(x)
+            if i == 0:
+                skip = x
         return x
 
 
@@ -85,18 +102,23 @@ class SpeedNet(nn.Module):
         whiten_width: int | None = None,
         head_scale: float = 1 / 9,
         bn_momentum: float = 0.4,
+        residual: bool = False,
     ) -> None:
         super().__init__()
         full_width = 2 * in_channels * whiten_kernel**2
         whiten_width = full_width if whiten_width is None else whiten_width
         _check_arguments(num_classes, widths, depth, whiten_width, full_width)
+        if residual and depth < 2:
+            raise ValueError(
+                f"residual=True bridges the convs after a block's first one: it needs depth >= 2, got {depth}."
+            )
         # Frozen weights (set by init_whitening), learnable bias; padding 0 as in airbench.
         self.whiten = nn.Conv2d(in_channels, whiten_width, whiten_kernel, padding=0, bias=True)
         self.whiten.weight.requires_grad_(False)
         self._whiten_bias().data.zero_()
         channels = [whiten_width, *widths]
         self.blocks = nn.ModuleList(
-            _Block(channels[i], channels[i + 1], depth, bn_momentum) for i in range(len(widths))
+            _Block(channels[i], channels[i + 1], depth, bn_momentum, residual) for i in range(len(widths))
         )
         self.head = nn.Linear(channels[-1], num_classes, bias=False)
         self.head_scale = head_scale
