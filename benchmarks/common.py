@@ -21,10 +21,19 @@ def interleaved(runners: dict[str, Callable[[], object]], repeats: int) -> dict[
         for name, runner in runners.items():
             start = time.perf_counter()
             runner()
+            _synchronize()
             times[name].append(time.perf_counter() - start)
         summary = "  ".join(f"{n} {t[-1]:.2f}s" for n, t in times.items())
         print(f"round {round_index + 1}/{repeats}: {summary}", flush=True)
     return times
+
+
+def _synchronize() -> None:
+    # GPU work is asynchronous: a runner's time ends when its kernels have finished.
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def median(values: list[float]) -> float:
@@ -38,3 +47,12 @@ def paired_ratio(times: dict[str, list[float]], name: str, baseline: str) -> flo
     machine (a neighbour's load, frequency changes) that a ratio of two medians still carries.
     """
     return statistics.median(a / b for a, b in zip(times[name], times[baseline], strict=True))
+
+
+def device_name(device: str) -> str:
+    """What the benchmark ran on, for its report line: the GPU's name, or the CPU thread count."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"CPU, {torch.get_num_threads()} threads"

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from common import DEFAULT_DATA, interleaved, median
+from common import DEFAULT_DATA, device_name, interleaved, median
 
 
 def torchvision_pass(loader) -> int:
@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA / "cifar10-jpeg"))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="where torchsmith keeps the images and builds batches")
     args = parser.parse_args()
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
@@ -59,7 +60,7 @@ def main() -> None:
     folder = datasets.ImageFolder(f"{args.data_dir}/train", transform=transform)
     loader = DataLoader(folder, batch_size=256, shuffle=True, num_workers=args.workers, persistent_workers=True)
     bundle = load_imagefolder(args.data_dir, val_fraction=0.0, augment="crop-flip")  # builds the cache once
-    source = bundle.train
+    source = bundle.train.to(torch.device(args.device))
     batches = MemoryBatches(source, BatchOrder(len(source), 256, seed=0), train=True, seed=0)
     epoch = [0]
     torchvision_pass(loader)  # first pass: workers start, page cache warms
@@ -71,7 +72,7 @@ def main() -> None:
     )
     rates = {name: images / median(values) for name, values in times.items()}
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {images} training images, "
+        f"torch {torch.__version__}, torchsmith on {device_name(args.device)}, {images} training images, "
         f"median of {args.repeats} interleaved passes"
     )
     for name, rate in rates.items():

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from common import DEFAULT_DATA, interleaved, median, paired_ratio
+from common import DEFAULT_DATA, device_name, interleaved, median, paired_ratio
 from torch import nn
 
 from torchsmith import Trainer
@@ -31,13 +31,13 @@ def load_mnist(data_dir: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 def hand_written(x: torch.Tensor, y: torch.Tensor, epochs: int) -> float:
     torch.manual_seed(0)
-    model = SimpleNet(784, 10)
+    model = SimpleNet(784, 10).to(x.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     criterion = nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(0)
     running_loss = 0.0
     for _ in range(epochs):
-        order = torch.randperm(len(x), generator=generator)
+        order = torch.randperm(len(x), generator=generator).to(x.device)
         for start in range(0, len(x), 64):
             index = order[start : start + 64]
             inputs, targets = x[index], y[index]
@@ -51,7 +51,7 @@ def hand_written(x: torch.Tensor, y: torch.Tensor, epochs: int) -> float:
 
 def with_trainer(x: torch.Tensor, y: torch.Tensor, epochs: int, guard: bool) -> float:
     torch.manual_seed(0)
-    model = SimpleNet(784, 10)
+    model = SimpleNet(784, 10).to(x.device)
     trainer = Trainer(
         model,
         loss=nn.CrossEntropyLoss(),
@@ -60,7 +60,7 @@ def with_trainer(x: torch.Tensor, y: torch.Tensor, epochs: int, guard: bool) -> 
         batch_size=64,
         progress="none",
         nan_guard=guard,
-        device="cpu",
+        device=str(x.device),
     )
     trainer.fit((x, y))
     return trainer.state.last_loss
@@ -86,7 +86,7 @@ def with_lightning(x: torch.Tensor, y: torch.Tensor, epochs: int) -> float:
     loader = DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True)
     trainer = L.Trainer(
         max_epochs=epochs,
-        accelerator="cpu",
+        accelerator="gpu" if x.is_cuda else "cpu",
         devices=1,
         logger=False,
         enable_checkpointing=False,
@@ -103,8 +103,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--no-lightning", action="store_true")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: where all three train (data included)")
     args = parser.parse_args()
     x, y = load_mnist(args.data_dir)
+    x, y = x.to(args.device), y.to(args.device)
     runners = {
         "hand-written": lambda: hand_written(x, y, args.epochs),
         "trainer": lambda: with_trainer(x, y, args.epochs, guard=True),
@@ -119,7 +121,7 @@ def main() -> None:
             print("lightning is not installed (pip install lightning): skipping it")
     times = interleaved(runners, args.repeats)
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.epochs} epochs, "
+        f"torch {torch.__version__}, {device_name(args.device)}, {args.epochs} epochs, "
         f"median of {args.repeats} interleaved repeats"
     )
     print("ratios: median over rounds of (runner / hand-written in the same round)")

@@ -469,17 +469,21 @@ def test_nccl_group_of_one_gpu_trains_like_a_single_process() -> None:
     class Record(Callback):
         def __init__(self) -> None:
             self.losses: list[float] = []
+            self.wrapped: set[bool] = set()  # whether each step ran through DDP
 
         def on_step_end(self, trainer: Trainer) -> None:
             self.losses.append(trainer.state.last_loss)
+            self.wrapped.add(isinstance(trainer.forward_model, torch.nn.parallel.DistributedDataParallel))
 
     generator = torch.Generator().manual_seed(0)
     inputs, targets = torch.randn(300, 8, generator=generator), torch.randint(0, 4, (300,), generator=generator)
+    records: list[Record] = []
 
     def train(context: Distributed | None) -> tuple[Trainer, list[float], list]:
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
         record = Record()
+        records.append(record)
         trainer = Trainer(
             model,
             optimizer="sgd",
@@ -501,10 +505,12 @@ def test_nccl_group_of_one_gpu_trains_like_a_single_process() -> None:
     dist.init_process_group("nccl", store=dist.HashStore(), rank=0, world_size=1, device_id=device)
     try:
         in_group, group_losses, group_collected = train(Distributed(0, 1, 0, device))
-        assert isinstance(in_group.forward_model, torch.nn.parallel.DistributedDataParallel)
+        # Every step went through DDP; the wrapper is released when fit ends.
+        assert records[0].wrapped == {True} and in_group.forward_model is in_group.model
     finally:
         dist.destroy_process_group()
     alone, losses, collected = train(None)
+    assert records[1].wrapped == {False}
     assert group_losses == pytest.approx(losses, rel=1e-5) and len(losses) == 10
     for name, value in alone.model.state_dict().items():
         assert torch.allclose(in_group.model.state_dict()[name], value, atol=1e-6)
