@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from conftest import tiny_mlp
@@ -214,6 +216,59 @@ def test_optimizers_with_their_own_zero_grad_keep_it(blobs) -> None:
     stock = tiny_mlp()
     Trainer(stock, optimizer=torch.optim.SGD(stock.parameters(), lr=0.1), max_epochs=1, progress="none").fit((x, y))
     assert all(p.grad is None for p in stock.parameters())  # the stock path clears them too, without the call
+
+
+def test_optimizer_step_skips_the_wrapper_only_when_nothing_would_see_it(blobs) -> None:
+    import warnings
+
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    from torchsmith.optim import optimizer_step
+
+    x, y = blobs
+
+    def fit(model: nn.Module, optimizer: torch.optim.Optimizer, **kwargs: Any) -> Trainer:
+        trainer = Trainer(model, optimizer=optimizer, max_epochs=1, progress="none", **kwargs)
+        trainer.fit((x, y))
+        return trainer
+
+    # the same weights as optimizer.step() through its wrapper
+    fast, plain = tiny_mlp(), tiny_mlp()
+    fit(fast, torch.optim.SGD(fast.parameters(), lr=0.1, momentum=0.9))
+    sgd = torch.optim.SGD(plain.parameters(), lr=0.1, momentum=0.9)
+    sgd.register_step_post_hook(lambda *_: None)  # a hook forces the wrapped path
+    fit(plain, sgd)
+    assert all(torch.equal(a, b) for a, b in zip(fast.parameters(), plain.parameters(), strict=True))
+    # hooks on the optimizer and global ones still run, once per step
+    calls: list[str] = []
+    model = tiny_mlp()
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    sgd.register_step_pre_hook(lambda *_: calls.append("pre"))
+    handle = register_optimizer_step_post_hook(lambda *_: calls.append("post"))
+    try:
+        trainer = fit(model, sgd)
+    finally:
+        handle.remove()
+    assert calls == ["pre", "post"] * trainer.state.step
+    # a user's LR scheduler sees its optimizer stepped first: no ordering warning
+    model = tiny_mlp()
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit(model, sgd, scheduler=torch.optim.lr_scheduler.StepLR(sgd, step_size=1))
+    assert sgd._opt_called
+    # a step replaced on the instance by someone else runs as it is
+    model = tiny_mlp()
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    original = sgd.step
+    sgd.step = lambda *a, **k: (calls.append("own"), original(*a, **k))[1]  # type: ignore[method-assign]
+    calls.clear()
+    optimizer_step(sgd)
+    assert calls == ["own"]
+    # under the profiler the step keeps its record
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        optimizer_step(torch.optim.SGD(tiny_mlp().parameters(), lr=0.1))
+    assert any("Optimizer.step#SGD.step" in event.name for event in prof.events())
 
 
 def _batches_for_meter(steps: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:

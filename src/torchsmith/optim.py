@@ -152,3 +152,32 @@ def zero_grad(optimizer: torch.optim.Optimizer) -> None:
     for group in optimizer.param_groups:
         for param in group["params"]:
             param.grad = None
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer) -> None:
+    """`optimizer.step()` without the profiler scope and hook walk that torch wraps around
+    every step, when nothing would see them: no step hooks (global or on this optimizer),
+    the autograd profiler off, and `step` not replaced on the instance, except by an LR
+    scheduler's call tracker, whose flag is set here. Otherwise the plain `optimizer.step()`."""
+    from torch.optim import optimizer as optimizer_module
+
+    wrapped = type(optimizer).step
+    inner = getattr(wrapped, "__wrapped__", None)
+    if (
+        inner is None
+        or not getattr(wrapped, "hooked", False)
+        or optimizer._optimizer_step_pre_hooks
+        or optimizer._optimizer_step_post_hooks
+        or optimizer_module._global_optimizer_pre_hooks
+        or optimizer_module._global_optimizer_post_hooks
+        or torch.autograd._profiler_enabled()
+    ):
+        optimizer.step()
+        return
+    own = vars(optimizer).get("step")
+    if own is not None:
+        if not getattr(own, "_wrapped_by_lr_sched", False) or getattr(own, "__wrapped__", None) is not wrapped:
+            optimizer.step()  # replaced by someone else: theirs runs
+            return
+        optimizer._opt_called = True  # type: ignore[attr-defined]  # what the scheduler's tracker records
+    inner(optimizer)

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import difflib
 import gc
+import math
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -25,7 +26,15 @@ from torchsmith.data.loaders import make_batches
 from torchsmith.data.order import derive_seed
 from torchsmith.errors import UsageError
 from torchsmith.guard import check_device_flags, flag_on_device, known_bad, loss_history
-from torchsmith.optim import build_optimizer, build_schedule, grad_norm, resolve_device, steps_per_call, zero_grad
+from torchsmith.optim import (
+    build_optimizer,
+    build_schedule,
+    grad_norm,
+    optimizer_step,
+    resolve_device,
+    steps_per_call,
+    zero_grad,
+)
 from torchsmith.state import TrainState
 from torchsmith.tasks import LossFn, MetricAccumulator, Task, resolve_loss, resolve_task
 
@@ -86,6 +95,7 @@ class Trainer:
         self.train_batches: Any = None
         self.grad_norm = torch.zeros(())
         self._found_inf = torch.zeros(1)
+        self._found_host: Any = None  # a numpy view of the flag on the CPU: read without a dispatch
         self._unit_scale = torch.ones(1)
         self._first_bad_step = torch.full((), -1, dtype=torch.int64)
         self._device_guard = False
@@ -161,7 +171,7 @@ class Trainer:
             self._on_nonfinite(inputs, targets, indices)
             return
         assert self.optimizer is not None
-        self.optimizer.step()
+        optimizer_step(self.optimizer)
         zero_grad(self.optimizer)
         if self.scheduler is not None and self._scheduler_interval == "step":
             self.scheduler.step()
@@ -269,6 +279,7 @@ class Trainer:
         if self.optimizer is None:
             self.model.to(self.device)
             self._found_inf = torch.zeros(1, device=self.device)
+            self._found_host = self._found_inf.numpy() if self.device.type == "cpu" else None
             self._unit_scale = torch.ones(1, device=self.device)
             self._first_bad_step = torch.full((), -1, dtype=torch.int64, device=self.device)
             if self.config.channels_last:
@@ -372,8 +383,15 @@ class Trainer:
             return self.dist.agree_step(self.state, self._nonfinite(loss) if self.config.nan_guard else None)
         if not self.config.nan_guard:
             return True
-        found = self._nonfinite(loss, reset=False)  # zero except after a hit, which resets it
-        if not bool(found.item()):
+        found = self._found_inf  # zero except after a hit, which resets it
+        if self._found_host is not None:
+            # CPU: the gradients through the fused kernel, the loss and the flag read on the host
+            # (a numpy view of the flag): a few microseconds less than the general path per step.
+            grads = [p.grad for p in self._params if p.grad is not None]
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, found, self._unit_scale)
+            if self._found_host[0] == 0 and math.isfinite(loss.item()):
+                return True
+        elif not bool(self._nonfinite(loss, reset=False).item()):
             return True
         found.zero_()
         return False
