@@ -6,6 +6,7 @@ import base64
 import json
 from html.parser import HTMLParser
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 import torch
@@ -124,9 +125,15 @@ def test_curves_are_embedded_and_saved_beside_the_report(image_run) -> None:
     for section in ("curves", "optimization"):
         sources = [src for where, src in page.images if where == section]
         assert len(sources) == 1
-        assert sources[0].startswith("data:image/png;base64,")
-        png = base64.b64decode(sources[0].split(",", 1)[1])
-        assert png.startswith(b"\x89PNG") and png == (run / f"plots/{section}.png").read_bytes()
+        assert sources[0].startswith("data:image/svg+xml;base64,")
+        svg = base64.b64decode(sources[0].split(",", 1)[1])
+        assert svg == (run / f"plots/{section}.svg").read_bytes()
+        root = ElementTree.fromstring(svg)  # well-formed SVG
+        assert root.tag == "{http://www.w3.org/2000/svg}svg"
+    curves = ElementTree.fromstring((run / "plots/curves.svg").read_bytes())
+    labels = [t.text for t in curves.iter("{http://www.w3.org/2000/svg}text")]
+    assert {"train_loss", "val_loss", "loss", "accuracy", "val_accuracy"} <= set(labels)
+    assert len(list(curves.iter("{http://www.w3.org/2000/svg}polyline"))) >= 2
 
 
 def test_confusion_matrix_and_per_class_metrics_match_hand_counts(image_run) -> None:
@@ -286,7 +293,7 @@ def test_compare_shows_differing_config_and_curves(tmp_path: Path) -> None:
         "5",
     ]
     curves = [src for where, src in page.images if where == "curves"]
-    assert len(curves) == 1 and curves[0].startswith("data:image/png;base64,")
+    assert len(curves) == 1 and curves[0].startswith("data:image/svg+xml;base64,")
     assert not any(url.startswith(("http://", "https://")) for url in page.urls)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any, TypedDict
 
@@ -11,6 +12,7 @@ from torch import nn
 
 from torchsmith.config import OptimConfig
 from torchsmith.errors import UsageError
+from torchsmith.lazy_dynamo import defer_dynamo_import
 
 OPTIMIZERS = ("sgd", "adamw", "adam", "adadelta", "rmsprop", "adagrad", "airbench-sgd")
 
@@ -39,6 +41,10 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+# torch.optim.Optimizer's methods that torch marks as not to be traced by torch.compile.
+_NO_TRACE_METHODS = ("add_param_group", "zero_grad", "state_dict", "load_state_dict")
+
+
 def build_optimizer(
     spec: torch.optim.Optimizer | Callable[..., torch.optim.Optimizer] | str | None,
     model: nn.Module,
@@ -48,6 +54,8 @@ def build_optimizer(
     """An optimizer instance as given, a factory called with the parameters, or a name."""
     if isinstance(spec, torch.optim.Optimizer):
         return spec
+    # Building one would import torch.compile's machinery (~1 s) even for a run that never compiles.
+    defer_dynamo_import(*(getattr(torch.optim.Optimizer, name) for name in _NO_TRACE_METHODS))
     if (spec or config.name) == "airbench-sgd":
         from torchsmith.speed_parts import speed_sgd
 
@@ -180,4 +188,15 @@ def optimizer_step(optimizer: torch.optim.Optimizer) -> None:
             optimizer.step()  # replaced by someone else: theirs runs
             return
         optimizer._opt_called = True  # type: ignore[attr-defined]  # what the scheduler's tracker records
-    inner(optimizer)
+    raw = getattr(inner, "__wrapped__", None)
+    if raw is None or inner.__code__.co_name != "_use_grad" or "torch._dynamo" in sys.modules:
+        inner(optimizer)
+        return
+    # torch's `_use_grad` wrapper imports torch._dynamo (about a second, once) for a graph break
+    # that only matters while torch.compile traces the step; its grad mode is set here instead.
+    enabled = torch.is_grad_enabled()
+    torch.set_grad_enabled(optimizer.defaults.get("differentiable", False))
+    try:
+        raw(optimizer)
+    finally:
+        torch.set_grad_enabled(enabled)

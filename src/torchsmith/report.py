@@ -20,9 +20,9 @@ everything else is optional and its section shows a short note when missing):
   "example_texts": [...], "example_names": [...]}` (texts and file names of the K
   examples, for text and audio).
 
-Written: `R/report.html` (plots as base64 PNG data URIs, inline CSS, no scripts, no
-network links) and every plot as `R/plots/<name>.png`. Both files above are
-written by `save_predictions`.
+Written: `R/report.html` (plots as SVG and examples as PNG, both base64 data URIs;
+inline CSS, no scripts, no network links) and every plot as `R/plots/<name>.svg`. Both
+prediction files above are written by `save_predictions`.
 
 Example:
     >>> write_report("runs/convnet-mnist")
@@ -33,18 +33,16 @@ from __future__ import annotations
 
 import base64
 import csv
-import io
 import json
 from html import escape
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import matplotlib.image
 import torch
 import yaml
-from matplotlib.figure import Figure  # Agg canvas, without pyplot's global state
 
 from torchsmith.errors import UsageError
+from torchsmith.plots import Series, example_png, line_chart_svg
 from torchsmith.predictions import (  # noqa: F401  (re-exported: the report's public API)
     MODALITIES,
     _Predictions,
@@ -76,7 +74,7 @@ font-size:.8rem}figure.mistake img{width:140px;image-rendering:pixelated}"""
 
 
 def write_report(run_dir: str | Path) -> Path:
-    """Write `run_dir/report.html` (one self-contained file) and `run_dir/plots/*.png`.
+    """Write `run_dir/report.html` (one self-contained file) and `run_dir/plots/*.svg`.
 
     Example:
         >>> write_report("runs/a")
@@ -125,7 +123,7 @@ def write_comparison(run_dirs: list[Path], output: Path) -> Path:
         for metric in ("val_loss", "val_accuracy")
         if any(metric in row for rows in curves for row in rows)
     }
-    plot = _img(_figure(panels, "epoch"), "validation curves") if panels else ""
+    plot = _img(_svg(line_chart_svg(panels, "epoch")), "validation curves", mime="image/svg+xml") if panels else ""
     sections = [
         _section("metrics", "Final metrics", _final_metrics(runs, labels)),
         _section(
@@ -261,7 +259,7 @@ def _mistakes(p: _Predictions, predicted: torch.Tensor) -> str:
         indices = most_confident_mistakes(p.targets, p.probabilities)
     items = []
     for pos, index in enumerate(indices.tolist()):
-        content = "" if p.examples is None else _img(_example_png(p.examples[pos], p.modality), f"#{index}", "example")
+        content = "" if p.examples is None else _img(example_png(p.examples[pos], p.modality), f"#{index}", "example")
         content += f"<blockquote>{escape(p.texts[pos])}</blockquote>" if p.texts else ""
         content += f"<code>{escape(p.names[pos])}</code>" if p.names else ""
         true, guess = int(p.targets[index]), int(predicted[index])
@@ -284,8 +282,6 @@ def _doctor(path: Path) -> str:
 
 # ---- plots and HTML ---------------------------------------------------------------
 
-Series = tuple[str, list[float], list[float]]  # label, x values, y values
-
 
 def _plot_section(
     run: Path,
@@ -294,14 +290,14 @@ def _plot_section(
     rows: list[dict[str, float]],
     panels: dict[str, list[str]],
 ) -> str:
-    """One panel per `panels` entry (title -> columns); saved as plots/<name>.png."""
+    """One panel per `panels` entry (title -> columns); saved as plots/<name>.svg."""
     if not panels:
         return _section(name, title, "", f"No {title.lower()} in metrics.csv.")
     x_key = _x_key(rows, [c for columns in panels.values() for c in columns])
-    png = _figure({t: [_series(rows, c, x_key) for c in cs] for t, cs in panels.items()}, x_key)
+    svg = _svg(line_chart_svg({t: [_series(rows, c, x_key) for c in cs] for t, cs in panels.items()}, x_key))
     (run / "plots").mkdir(exist_ok=True)
-    (run / "plots" / f"{name}.png").write_bytes(png)
-    return _section(name, title, _img(png, title))
+    (run / "plots" / f"{name}.svg").write_bytes(svg)
+    return _section(name, title, _img(svg, title, mime="image/svg+xml"))
 
 
 def _series(rows: list[dict[str, float]], column: str, x_key: str) -> Series:
@@ -318,36 +314,13 @@ def _x_key(rows: list[dict[str, float]], columns: list[str]) -> str:
     return "epoch"
 
 
-def _figure(panels: dict[str, list[Series]], x_label: str) -> bytes:
-    """PNG of one row of line plots; Figure() renders with Agg, no pyplot state."""
-    figure = Figure(figsize=(4.6 * len(panels), 3.4), layout="constrained")
-    for axes, (title, series) in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels.items(), strict=True):
-        for label, xs, ys in series:
-            axes.plot(xs, ys, marker="." if len(xs) < 50 else None, label=label)
-        axes.set(title=title, xlabel=x_label)
-        axes.grid(alpha=0.3)
-        axes.legend()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    return buffer.getvalue()
+def _svg(text: str) -> bytes:
+    return text.encode("utf-8")
 
 
-def _example_png(example: torch.Tensor, modality: str) -> bytes:
-    """PNG of one input: (C, H, W) image, or (1, M, T) spectrogram, low bins down."""
-    x = example.detach().cpu().float()
-    x = x.permute(1, 2, 0) if x.dim() == 3 and x.shape[0] == 3 else x.reshape(-1, x.shape[-1])
-    # uint8 pixels keep their brightness; normalised floats are stretched to [0, 1]
-    x = x / 255 if example.dtype == torch.uint8 else (x - x.min()) / (x.max() - x.min()).clamp(min=1e-12)
-    buffer, audio = io.BytesIO(), modality == "audio"
-    cmap = "magma" if audio else "gray"
-    origin: Literal["upper", "lower"] = "lower" if audio else "upper"
-    matplotlib.image.imsave(buffer, x.clamp(0, 1).numpy(), format="png", cmap=cmap, origin=origin)
-    return buffer.getvalue()
-
-
-def _img(png: bytes, alt: str, css_class: str = "plot") -> str:
-    data = base64.b64encode(png).decode("ascii")
-    uri = f"data:image/png;base64,{data}"
+def _img(content: bytes, alt: str, css_class: str = "plot", mime: str = "image/png") -> str:
+    data = base64.b64encode(content).decode("ascii")
+    uri = f"data:{mime};base64,{data}"
     return f'<img class="{css_class}" alt="{escape(alt)}" src="{uri}">'
 
 

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from torchsmith.errors import UsageError
+from torchsmith.lazy_dynamo import defer_dynamo_import
 
 __all__ = ["LayerRow", "MemoryEstimate", "ModelSummary", "parse_shape", "summary"]
 
@@ -268,6 +269,9 @@ def _run(
     ]
     try:
         model.eval()
+        # Counting FLOPs needs no compiler: the mode's dispatch (torch's private class) runs as it is.
+        mode = getattr(torch.utils.flop_counter, "_FlopCounterMode", None)
+        defer_dynamo_import(getattr(mode, "__torch_dispatch__", None))
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             recorder.counter = counter
             _forward(model, inputs)

@@ -10,7 +10,6 @@ import contextlib
 import dataclasses
 import difflib
 import gc
-import math
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -25,7 +24,7 @@ from torchsmith.config import OptimConfig, TrainConfig
 from torchsmith.data.loaders import make_batches
 from torchsmith.data.order import derive_seed
 from torchsmith.errors import UsageError
-from torchsmith.guard import check_device_flags, flag_on_device, known_bad, loss_history
+from torchsmith.guard import FiniteCheck, check_device_flags, flag_on_device, known_bad, loss_history
 from torchsmith.optim import (
     build_optimizer,
     build_schedule,
@@ -94,9 +93,7 @@ class Trainer:
         self.eval_model: nn.Module = model  # compiled view for evaluation (never DDP: no collectives)
         self.train_batches: Any = None
         self.grad_norm = torch.zeros(())
-        self._found_inf = torch.zeros(1)
-        self._found_host: Any = None  # a numpy view of the flag on the CPU: read without a dispatch
-        self._unit_scale = torch.ones(1)
+        self._check = FiniteCheck([], torch.device("cpu"))  # the NaN guard's, set up with the model
         self._first_bad_step = torch.full((), -1, dtype=torch.int64)
         self._device_guard = False
         self._batches_ready = False
@@ -166,7 +163,7 @@ class Trainer:
         if cfg.clip_grad_norm is not None or state.step % cfg.log_every == cfg.log_every - 1:
             self.grad_norm = grad_norm(self._params, cfg.clip_grad_norm)
         if self._device_guard:
-            flag_on_device(self, self._nonfinite(loss))  # the fused optimizer skips the step if flagged
+            flag_on_device(self, self._check.flag(loss))  # the fused optimizer skips the step if flagged
         elif not self._may_step(loss):
             self._on_nonfinite(inputs, targets, indices)
             return
@@ -278,9 +275,6 @@ class Trainer:
         """Move the model to the device and build optimizer, schedule and compiled view once."""
         if self.optimizer is None:
             self.model.to(self.device)
-            self._found_inf = torch.zeros(1, device=self.device)
-            self._found_host = self._found_inf.numpy() if self.device.type == "cpu" else None
-            self._unit_scale = torch.ones(1, device=self.device)
             self._first_bad_step = torch.full((), -1, dtype=torch.int64, device=self.device)
             if self.config.channels_last:
                 self.model.to(memory_format=torch.channels_last)
@@ -296,6 +290,7 @@ class Trainer:
         if self.optimizer is not None:
             return
         self._params = list(self.model.parameters())  # listed once: walking the modules costs per step
+        self._check = FiniteCheck(self._params, self.device)
         self._generator = (
             torch.cuda.default_generators[self.device.index or 0]
             if self.device.type == "cuda"
@@ -380,38 +375,8 @@ class Trainer:
         """The NaN guard's verdict, with one host read. Under DDP all ranks agree on it, and on
         their stop requests, in one reduction, before any of them steps."""
         if self.dist is not None:
-            return self.dist.agree_step(self.state, self._nonfinite(loss) if self.config.nan_guard else None)
-        if not self.config.nan_guard:
-            return True
-        found = self._found_inf  # zero except after a hit, which resets it
-        if self._found_host is not None:
-            # CPU: the gradients through the fused kernel, the loss and the flag read on the host
-            # (a numpy view of the flag): a few microseconds less than the general path per step.
-            grads = [p.grad for p in self._params if p.grad is not None]
-            torch._amp_foreach_non_finite_check_and_unscale_(grads, found, self._unit_scale)
-            if self._found_host[0] == 0 and math.isfinite(loss.item()):
-                return True
-        elif not bool(self._nonfinite(loss, reset=False).item()):
-            return True
-        found.zero_()
-        return False
-
-    def _nonfinite(self, loss: torch.Tensor, reset: bool = True) -> torch.Tensor:
-        """One fused pass over the loss and every gradient: a device flag, 1 where any is NaN/Inf.
-
-        GradScaler's own kernel: it flags any NaN/Inf in a list of tensors (multiplying
-        them by the scale, 1 here), far cheaper than computing a norm per step.
-        """
-        tensors = [p.grad for p in self._params if p.grad is not None]
-        # The loss joins as it is (the kernel multiplies by 1.0 in place, which leaves it as it is);
-        # the CUDA kernel wants at least one dimension.
-        loss = loss.detach() if loss.dtype == torch.float32 else loss.detach().float()
-        tensors.append(loss if loss.device.type == "cpu" else loss.reshape(1))
-        found = self._found_inf
-        if reset:
-            found.zero_()
-        torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, self._unit_scale)
-        return found
+            return self.dist.agree_step(self.state, self._check.flag(loss) if self.config.nan_guard else None)
+        return not self.config.nan_guard or self._check.passes(loss)
 
     def _batch_share(self, targets: Any) -> tuple[float, int]:
         """(weight of this rank's mean loss, samples in the global batch) for the current step."""

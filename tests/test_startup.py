@@ -1,0 +1,62 @@
+"""What a training command imports: torch.compile's machinery and matplotlib only when used."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+PROBE = textwrap.dedent(
+    """
+    import sys
+    import torch
+    from torchsmith import Trainer
+    from torchsmith.summary import summary
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+    trainer = Trainer(model, optimizer="adamw", max_epochs=2, batch_size=16, progress="none")
+    trainer.fit((x, y))
+    state = trainer.optimizer.state_dict()
+    trainer.optimizer.load_state_dict(state)
+    trainer.optimizer.zero_grad()
+    summary(model, (1, 4))  # counts FLOPs under a dispatch mode
+    loaded = sorted(m for m in ("torch._dynamo", "matplotlib") if m in sys.modules)
+    print("loaded:", ",".join(loaded) or "-")
+
+    import torch._dynamo  # once it is loaded, torch's own mark is installed on the next call
+    trainer.optimizer.zero_grad()
+    mark = getattr(torch.optim.Optimizer.zero_grad.__wrapped__, "__dynamo_disable")
+    print("mark:", getattr(mark, "__qualname__", type(mark).__name__))
+    """
+)
+
+
+def test_training_imports_neither_the_compiler_nor_matplotlib() -> None:
+    done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = dict(line.split(": ", 1) for line in done.stdout.splitlines() if ": " in line)
+    assert lines["loaded"] == "-"
+    assert "_until_dynamo_loads" not in lines["mark"]  # replaced by torch._dynamo.disable's wrapper
+
+
+def test_deferral_leaves_unknown_decorators_alone() -> None:
+    from torchsmith.lazy_dynamo import defer_dynamo_import
+
+    def plain(value: int) -> int:
+        return value + 1
+
+    defer_dynamo_import(plain, None, print)  # not torch's decorator: nothing changes, nothing fails
+    assert not hasattr(plain, "__dynamo_disable") and plain(1) == 2
+
+
+@pytest.mark.parametrize("method", ["add_param_group", "zero_grad", "state_dict", "load_state_dict"])
+def test_optimizer_methods_are_still_torch_decorated(method: str) -> None:
+    # The deferral relies on torch's decorator shape; if torch changes it, this says so
+    # (the deferral then does nothing, and building an optimizer imports torch._dynamo again).
+    import torch
+
+    inner = getattr(torch.optim.Optimizer, method)
+    assert inner.__code__.co_freevars == ("fn", "recursive") and hasattr(inner, "__wrapped__")
