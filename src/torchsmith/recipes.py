@@ -81,13 +81,13 @@ RECIPES: dict[str, Recipe] = {
         ),
         Recipe(
             "sst2-fast",
-            "BiLSTM (embeddings 256, hidden 192) with max pooling on SST-2 word ids, AdamW + cosine, 3 epochs",
+            "BiLSTM (embeddings 256, hidden 192) with max pooling on SST-2 word ids, AdamW lr 3e-3 + cosine, 3 epochs",
             {
                 "model": {"name": "bilstm", "args": {"embed_dim": 256, "hidden_dim": 192, "dropout": 0.4}},
                 "data": {"name": "sst2", "val_fraction": 0.05, "options": {"max_len": 64}},
                 "optim": {
                     "name": "adamw",
-                    "lr": 2e-3,
+                    "lr": 3e-3,
                     "weight_decay": 0.01,
                     "scheduler": "cosine",
                     "min_lr_ratio": 0.005,
