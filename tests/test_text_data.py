@@ -252,6 +252,21 @@ def test_single_file_is_split_by_seed(tmp_path: Path) -> None:
     assert first.val.ids[:, 0].eq(UNK_ID).all()
 
 
+def test_val_fraction_zero_is_honoured_from_the_command_line(tmp_path: Path) -> None:
+    from torchsmith.config import DataConfig
+    from torchsmith.data.registry import load_data
+
+    rows = "".join(f"word{i} and more words here\t{i % 2}\n" for i in range(40))
+    write(tmp_path / "train.tsv", "text\tlabel\n" + rows)
+    write(tmp_path / "dev.tsv", "text\tlabel\n" + "".join(rows.splitlines(keepends=True)[:8]))
+    bundle = load_data(DataConfig(name="sst2", dir=str(tmp_path), val_fraction=0.0), seed=0)
+    assert bundle.val is None and len(bundle.train) == 40  # every row trains, none held out
+    bundle = load_data(DataConfig(name=f"tsv:{tmp_path / 'train.tsv'}", val_fraction=0.0), seed=0)
+    assert bundle.val is None and len(bundle.train) == 40
+    with pytest.raises(UsageError, match="val_fraction"):  # a language model needs its validation text
+        load_data(DataConfig(name=f"textfile:{write(tmp_path / 'a.txt', 'abc ' * 100)}", val_fraction=0.0), seed=0)
+
+
 def test_token_batches_trim_to_longest_in_batch() -> None:
     ids = torch.tensor([[4, 5, 6, 0], [4, 0, 0, 0], [4, 5, 0, 0]])
     source = TokenBatches(ids, torch.tensor([3, 1, 2]), torch.tensor([1, 0, 1]))

@@ -94,7 +94,7 @@ def _textfile(config: DataConfig, path: str | None, seed: int) -> DataBundle:
     if not target:
         raise UsageError("textfile needs a path: --data textfile:PATH (one UTF-8 text file)")
     return load_textfile(
-        target, block_size=int(config.options.get("block_size", 128)), val_fraction=config.val_fraction or 0.1
+        target, block_size=int(config.options.get("block_size", 128)), val_fraction=config.val_fraction
     )
 
 
@@ -110,7 +110,7 @@ def _table(kind: str) -> Loader:
             target,
             kind=kind,
             max_len=int(options.get("max_len", 64)),
-            val_fraction=config.val_fraction or 0.1,
+            val_fraction=config.val_fraction,
             seed=seed,
             text_column=options.get("text_column"),
             label_column=options.get("label_column"),
@@ -127,7 +127,7 @@ def _sst2(config: DataConfig, path: str | None, seed: int) -> DataBundle:
     if not config.dir:
         raise UsageError("sst2 needs --data-dir: the folder holding GLUE's SST-2 train.tsv and dev.tsv")
     return load_sst2(
-        config.dir, max_len=int(config.options.get("max_len", 64)), val_fraction=config.val_fraction or 0.05, seed=seed
+        config.dir, max_len=int(config.options.get("max_len", 64)), val_fraction=config.val_fraction, seed=seed
     )
 
 

@@ -371,13 +371,14 @@ def build_word_bundle(
     min_freq: int = 1,
     max_vocab: int | None = None,
 ) -> DataBundle:
-    """Tokenize tables into a DataBundle; carve `val` from `train` when it is None."""
+    """Tokenize tables into a DataBundle; carve `val` from `train` when it is None
+    (`val_fraction` 0: no validation split, every row trains)."""
     if max_len < 1:
         raise UsageError(f"max_len must be a positive integer, got {max_len}")
-    if val is None:
+    if val is None and val_fraction != 0.0:
         if not 0.0 < val_fraction < 1.0 or len(train.texts) < 2:
             raise UsageError(
-                f"need val_fraction in (0, 1) and at least 2 rows to carve a validation split, got {val_fraction}"
+                f"need val_fraction in [0, 1) and at least 2 rows to carve a validation split, got {val_fraction}"
             )
         order = torch.randperm(len(train.texts), generator=torch.Generator().manual_seed(seed)).tolist()
         num_val = min(max(1, round(len(order) * val_fraction)), len(order) - 1)
