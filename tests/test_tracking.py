@@ -88,14 +88,15 @@ def test_report_after_a_real_mnist_run(mnist_run: Path) -> None:
     page = Sections()
     page.feed((mnist_run / "report.html").read_text())
     assert {"curves", "confusion-matrix", "mistakes", "per-class", "config", "model-summary"} <= page.ids
-    assert all(src.startswith("data:image/png;base64,") for src in page.images) and len(page.images) >= 18
+    assert all(src.startswith(("data:image/png;base64,", "data:image/svg+xml;base64,")) for src in page.images)
+    assert len(page.images) >= 18
     assert not [link for link in page.links if re.match(r"https?://", link)]
     matrix = torch.tensor([[int(c) for c in row] for row in page.rows if row])
     assert matrix.shape == (10, 10)
     summary = json.loads((mnist_run / "summary.json").read_text())
     assert matrix.sum().item() == 2000  # the embedded sample's test split
     assert matrix.trace().item() / 2000 == pytest.approx(summary["test"]["accuracy"], abs=1e-9)
-    assert (mnist_run / "plots" / "curves.png").is_file()
+    assert (mnist_run / "plots" / "curves.svg").is_file()
 
 
 def test_compare_shows_the_learning_rate_difference(

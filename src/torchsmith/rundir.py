@@ -161,11 +161,9 @@ def apply_run_normalisation(source: Any, preprocessing: dict[str, Any]) -> None:
 
     Another dataset's own statistics would shift every input the model sees.
     """
-    if preprocessing.get("kind") != "image" or not isinstance(getattr(source, "mean", None), torch.Tensor):
+    if preprocessing.get("kind") != "image" or not callable(getattr(source, "set_normalization", None)):
         return
-    device = source.mean.device
-    source.mean = torch.tensor(preprocessing["mean"], dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    source.std = torch.tensor(preprocessing["std"], dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    source.set_normalization(preprocessing["mean"], preprocessing["std"])
 
 
 def data_split(bundle: DataBundle, split: str) -> Any:

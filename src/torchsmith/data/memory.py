@@ -34,12 +34,17 @@ class ImageTensors:
         assert images.dtype == torch.uint8 and images.dim() == 4, "images must be (N, C, H, W) uint8"
         self.images = images
         self.labels = labels.long()
-        self.mean = torch.tensor(mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
-        self.scale, self.shift = 1.0 / (255.0 * self.std), -self.mean / self.std
+        self.set_normalization(mean, std)
         parse_policy(augment, padding)  # a bad policy fails here, not at the first batch
         self.augment = augment
         self.padding = padding
+
+    def set_normalization(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Normalise batches with these per-channel constants (in [0, 1] units) from now on."""
+        device = self.images.device
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.scale, self.shift = 1.0 / (255.0 * self.std), -self.mean / self.std
         # Cutout fills with the channel means, which normalise to 0 (as airbench cuts normalised images).
         self.fill = (self.mean * 255).round().clamp(0, 255).to(torch.uint8)
 
