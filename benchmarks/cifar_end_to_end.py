@@ -5,7 +5,7 @@ Both sides are whole commands, each a fresh Python process that imports torch (t
 hand-written one is this script with `--hand-only`). torchsmith's image cache is built
 once before timing (a first run does that).
 
-    python benchmarks/cifar_end_to_end.py --data-dir ../shared/data/cifar10-jpeg --repeats 3
+    python benchmarks/cifar_end_to_end.py --data-dir ../shared/data/cifar10-jpeg --repeats 5
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def hand_written(data_dir: str, epochs: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA / "cifar10-jpeg"))
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--hand-only", action="store_true", help="run the hand-written training once and exit")
     args = parser.parse_args()
