@@ -122,6 +122,11 @@ def test_augmentation_policies_parse_and_compose():
     assert torch.equal(augment_images(x, "flip-translate4-cutout5", _gen(3)), by_hand)
     with pytest.raises(ValueError, match="unknown augmentation 'twist'"):
         ImageTensors(x, torch.zeros(16), [0.5] * 3, [0.2] * 3, augment="twist")
+    for too_big in ("cutout13", "flip-translate12"):  # 12x12 images: refused when the data is built
+        with pytest.raises(ValueError, match="12x12 images"):
+            ImageTensors(x, torch.zeros(16), [0.5] * 3, [0.2] * 3, augment=too_big)
+    source = ImageTensors(x, torch.zeros(16), [0.5] * 3, [0.2] * 3, augment="flip-translate4-cutout5")
+    assert source.ops == {"flip": 1, "translate": 4, "cutout": 5} and source.subset(torch.arange(4), "none").ops == {}
 
 
 def test_image_tensors_cut_out_to_the_channel_mean():

@@ -9,6 +9,7 @@ from typing import Any, TypedDict
 
 import torch
 from torch import nn
+from torch.optim import optimizer as optimizer_module
 
 from torchsmith.config import OptimConfig
 from torchsmith.errors import UsageError
@@ -167,8 +168,6 @@ def optimizer_step(optimizer: torch.optim.Optimizer) -> None:
     every step, when nothing would see them: no step hooks (global or on this optimizer),
     the autograd profiler off, and `step` not replaced on the instance, except by an LR
     scheduler's call tracker, whose flag is set here. Otherwise the plain `optimizer.step()`."""
-    from torch.optim import optimizer as optimizer_module
-
     wrapped = type(optimizer).step
     inner = getattr(wrapped, "__wrapped__", None)
     if (

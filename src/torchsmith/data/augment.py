@@ -59,8 +59,7 @@ def cutout(
     if size <= 0:
         return x
     batch, _, height, width = x.shape
-    if size > min(height, width):
-        raise UsageError(f"cutout size {size} is larger than the {height}x{width} images; use a smaller cutoutN.")
+    check_policy_fits({"cutout": size}, height, width)
     device = _gen_device(x, generator)
     top = torch.randint(0, height - size + 1, (batch, 1), generator=generator, device=device).to(x.device)
     left = torch.randint(0, width - size + 1, (batch, 1), generator=generator, device=device).to(x.device)
@@ -72,8 +71,6 @@ def cutout(
     return torch.where(mask, torch.as_tensor(fill, dtype=x.dtype, device=x.device), x)
 
 
-# Named policies; any "-"-joined list of the ops below, each with an optional size, works too.
-AUGMENTATIONS = ("none", "flip", "crop", "crop-flip", "translate", "flip-translate", "flip-translate4-cutout12")
 _POLICY_HELP = (
     "none, or ops joined by '-': flip, cropN (zero-pad by N and crop back, N defaults to the padding, 4), "
     "translateN (shift by up to N pixels with reflection, default 2), cutoutN (an N x N square per image, "
@@ -103,6 +100,17 @@ def parse_policy(policy: str, padding: int = 4) -> dict[str, int]:
     return ops
 
 
+def check_policy_fits(ops: dict[str, int], height: int, width: int) -> None:
+    """UsageError when a policy's sizes do not fit images of this size (before any training)."""
+    side = min(height, width)
+    if ops.get("translate", 0) >= side:
+        raise UsageError(f"translate{ops['translate']} shifts by as much as the {height}x{width} images; use less.")
+    if ops.get("cutout", 0) > side:
+        raise UsageError(
+            f"cutout size {ops['cutout']} is larger than the {height}x{width} images; use a smaller cutoutN."
+        )
+
+
 def augment_images(
     x: torch.Tensor,
     policy: str,
@@ -112,7 +120,13 @@ def augment_images(
 ) -> torch.Tensor:
     """Apply a policy (see `parse_policy`) to a batch (B, C, H, W): crop or translate, then flip,
     then cutout (filled with `fill`), each with its own draw per sample."""
-    ops = parse_policy(policy, padding)
+    return apply_ops(x, parse_policy(policy, padding), generator, fill)
+
+
+def apply_ops(
+    x: torch.Tensor, ops: dict[str, int], generator: torch.Generator | None, fill: torch.Tensor | float = 0
+) -> torch.Tensor:
+    """`augment_images` with the policy already parsed (the per-batch path of in-memory data)."""
     if "crop" in ops:
         x = random_crop(x, ops["crop"], generator)
     if "translate" in ops:

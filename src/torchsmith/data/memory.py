@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-from torchsmith.data.augment import augment_images, parse_policy
+from torchsmith.data.augment import apply_ops, check_policy_fits, parse_policy
 
 
 class ImageTensors:
@@ -35,9 +35,14 @@ class ImageTensors:
         self.images = images
         self.labels = labels.long()
         self.set_normalization(mean, std)
-        parse_policy(augment, padding)  # a bad policy fails here, not at the first batch
-        self.augment = augment
         self.padding = padding
+        self.set_augment(augment)
+
+    def set_augment(self, policy: str) -> None:
+        """Use this augmentation policy for training batches; a bad one fails here, not mid-training."""
+        self.ops = parse_policy(policy, self.padding)  # parsed once, not per batch
+        check_policy_fits(self.ops, *self.images.shape[-2:])
+        self.augment = policy
 
     def set_normalization(self, mean: Sequence[float], std: Sequence[float]) -> None:
         """Normalise batches with these per-channel constants (in [0, 1] units) from now on."""
@@ -56,8 +61,8 @@ class ImageTensors:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         indices = indices.to(self.images.device, non_blocking=True)
         x = self.images.index_select(0, indices)  # (B, C, H, W) uint8
-        if train and self.augment != "none":
-            x = augment_images(x, self.augment, generator, self.padding, self.fill)
+        if train and self.ops:
+            x = apply_ops(x, self.ops, generator, self.fill)
         # (x / 255 - mean) / std as x * scale + shift: one kernel reading uint8, writing float
         # (the four-op form cost several times as much per batch).
         x = torch.addcmul(self.shift, x, self.scale)
@@ -82,8 +87,7 @@ class ImageTensors:
         out.images, out.labels = self.images[indices], self.labels[indices]
         out.mean, out.std, out.padding, out.fill = self.mean, self.std, self.padding, self.fill
         out.scale, out.shift = self.scale, self.shift
-        out.augment = self.augment if augment is None else augment
-        parse_policy(out.augment, out.padding)
+        out.set_augment(self.augment if augment is None else augment)
         return out
 
 
