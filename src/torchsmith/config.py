@@ -59,6 +59,7 @@ class TrainConfig:
     max_epochs: int = 5
     max_steps: int | None = None
     batch_size: int = 64
+    group_by_length: bool = False  # batch text of similar length together (less padding, faster)
     eval_batch_size: int = 1000
     seed: int = 0
     deterministic: bool = False

@@ -343,6 +343,7 @@ class Trainer:
             device=self.device,
             rank=rank,
             world_size=world_size,
+            group_by_length=train and cfg.group_by_length,
         )
 
     def _to_device(self, value: Any) -> Any:

@@ -129,8 +129,18 @@ def make_batches(
     rank: int = 0,
     world_size: int = 1,
     num_workers: int = 0,
+    group_by_length: bool = False,
 ) -> MemoryBatches | DatasetBatches | LoaderBatches:
-    """Wrap `(inputs, targets)` tensors, a MemorySource, a Dataset or a DataLoader."""
+    """Wrap `(inputs, targets)` tensors, a MemorySource, a Dataset or a DataLoader.
+
+    `group_by_length` batches samples of similar length together (in-memory sources with a
+    `lengths` tensor, such as tokenized text), to save padding."""
+    lengths = getattr(data, "lengths", None) if group_by_length else None
+    if group_by_length and not (isinstance(data, MemorySource) and isinstance(lengths, torch.Tensor)):
+        raise UsageError(
+            "group_by_length needs in-memory sequence data that knows its lengths (the built-in text "
+            f"datasets), not {type(data).__name__}; leave train.group_by_length off for this data"
+        )
     if isinstance(data, DataLoader):
         if world_size > 1:
             raise UsageError(
@@ -149,6 +159,7 @@ def make_batches(
             rank=rank,
             world_size=world_size,
             drop_last=_drops_last(len(data), batch_size, train, world_size),
+            lengths=lengths if train else None,
         )
         return MemoryBatches(data.to(device), order, train, seed)
     if isinstance(data, Dataset):

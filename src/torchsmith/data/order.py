@@ -13,6 +13,9 @@ from collections.abc import Iterator
 import torch
 
 _MASK = (1 << 63) - 1
+# Batches per pool sorted by length when grouping by length (as the Hugging Face Trainer's
+# group_by_length): larger pools waste less padding, smaller ones keep batches more random.
+GROUP_BATCHES = 50
 
 
 def derive_seed(seed: int, *counters: int) -> int:
@@ -40,6 +43,9 @@ class BatchOrder:
         >>> order = BatchOrder(10, batch_size=4, seed=0)
         >>> [b.tolist() for b in order.epoch_batches(0)]  # doctest: +SKIP
         [[3, 7, 0, 9], [1, 4, 2, 8], [6, 5]]
+
+    With `lengths` (one per sample, e.g. tokens per sentence), shuffled batches are made
+    of samples of similar length, which saves the padding of variable-length data.
     """
 
     def __init__(
@@ -52,6 +58,7 @@ class BatchOrder:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        lengths: torch.Tensor | None = None,
     ) -> None:
         if num_samples <= 0:
             raise ValueError("the dataset is empty: there is nothing to iterate over")
@@ -62,6 +69,9 @@ class BatchOrder:
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
+        if lengths is not None and len(lengths) != num_samples:
+            raise ValueError(f"got {len(lengths)} lengths for {num_samples} samples")
+        self.lengths = None if lengths is None else lengths.cpu()
 
     def __len__(self) -> int:
         if self.drop_last:
@@ -72,7 +82,23 @@ class BatchOrder:
         if not self.shuffle:
             return torch.arange(self.num_samples)
         generator = torch.Generator().manual_seed(derive_seed(self.seed, 0, epoch))
-        return torch.randperm(self.num_samples, generator=generator)
+        order = torch.randperm(self.num_samples, generator=generator)
+        if self.lengths is None:
+            return order
+        return self._grouped_by_length(order, generator)
+
+    def _grouped_by_length(self, order: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        # Pools of GROUP_BATCHES shuffled batches are sorted by length and cut into batches, whose
+        # order is shuffled again: batches of similar lengths carry little padding, while every
+        # batch still draws from a random pool. The last, smaller batch stays last.
+        pool = self.batch_size * GROUP_BATCHES
+        pool_of = torch.arange(self.num_samples) // pool
+        lengths = self.lengths[order]  # type: ignore[index]  # only called with lengths
+        order = order[torch.argsort(pool_of * (int(lengths.max()) + 1) + lengths, stable=True)]
+        full = self.num_samples // self.batch_size * self.batch_size
+        batches = order[:full].view(-1, self.batch_size)
+        shuffled = batches[torch.randperm(len(batches), generator=generator)].flatten()
+        return torch.cat([shuffled, order[full:]])
 
     def batch_size_at(self, position: int) -> int:
         """Samples in global batch `position` of an epoch (the last one may hold fewer)."""
