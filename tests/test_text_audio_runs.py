@@ -3,6 +3,7 @@ predict sentences and WAV files, and generate text deterministically."""
 
 from __future__ import annotations
 
+import json
 import math
 import wave
 from pathlib import Path
@@ -59,6 +60,28 @@ def test_text_classification_run_predicts_sentences(tmp_path: Path, capsys: pyte
         ("boring and stupid", "0"),
     ]
     assert all(0.5 < float(line[2]) <= 1.0 for line in lines)
+
+
+def test_text_run_with_subwords_and_length_groups(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Subword pieces let a word never seen in training ("wonderfully") carry what its
+    # n-grams learnt; the run saves them with the tokenizer, so predict reads text the same way.
+    data = write_sentiment(tmp_path / "sentiment")
+    run = tmp_path / "run"
+    flags = ["--data", f"tsv:{data}", "--model", "bilstm", "--model-args", '{"embed_dim": 16, "hidden_dim": 16}']
+    settings = ["--set", "data.options.subwords=2000", "--set", "train.group_by_length=true"]
+    assert main(["train", *flags, *settings, "--epochs", "12", "--lr", "0.02", "--run-dir", str(run), "--quiet"]) == 0
+    capsys.readouterr()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["test"]["accuracy"] == 1.0
+    tokenizer = json.loads((run / "preprocessing.json").read_text())["preprocessing"]["tokenizer"]
+    assert tokenizer["subwords"]["buckets"] == 2000
+    assert main(["predict", str(run), "wonderfully moving", "boringly stupid"]) == 0
+    lines = [line.split("\t") for line in capsys.readouterr().out.strip().splitlines()]
+    assert [line[1] for line in lines] == ["1", "0"]
+    # Grouping by length needs data that knows its lengths: images do not.
+    image_run = ["train", "--max-steps", "1", "--run-dir", str(tmp_path / "images")]
+    assert main([*image_run, "--set", "train.group_by_length=true"]) == 2
+    assert "group_by_length needs in-memory sequence data" in capsys.readouterr().err
 
 
 def write_tone(path: Path, frequency: float, rate: int = 8000, seconds: float = 0.5) -> None:

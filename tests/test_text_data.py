@@ -13,6 +13,7 @@ from torchsmith.data.text import (
     PAD_ID,
     UNK_ID,
     CharWindows,
+    Subwords,
     TokenBatches,
     WordTokenizer,
     decode,
@@ -21,6 +22,7 @@ from torchsmith.data.text import (
     load_table_dataset,
     load_textfile,
     read_table,
+    subwords_option,
 )
 from torchsmith.errors import UsageError
 
@@ -181,6 +183,53 @@ def test_encode_batch_pads_and_caps_length() -> None:
     ]
 
 
+def test_subword_pieces_are_hashed_ngrams_shared_by_related_words() -> None:
+    subwords = Subwords(buckets=1000, min_n=3, max_n=4, per_word=6)
+    # "<film>": 3-grams <fi fil ilm lm>, then 4-grams <fil film ilm>, capped at 6; crc32 is stable.
+    assert len(subwords.pieces("film", offset=10)) == 6
+    assert subwords.pieces("film", offset=10) == subwords.pieces("film", offset=10)
+    assert all(10 <= piece < 1010 for piece in subwords.pieces("films", offset=10))
+    assert subwords.pieces("a", offset=0) == [zlib_crc("<a>") % 1000]
+    shared = set(subwords.pieces("films", 10)) & set(subwords.pieces("film", 10))
+    assert len(shared) >= 4  # <fi fil ilm <fil (film is a 4-gram of both; lm> is not)
+
+    tokenizer = WordTokenizer.build(["a fine film", "a dull film"], subwords=Subwords(buckets=100, per_word=8))
+    assert tokenizer.num_embeddings == len(tokenizer.tokens) + 100
+    ids, lengths = tokenizer.encode_batch(["a fine films", "", "dull"], 8)
+    assert ids.shape == (3, 3, 9) and lengths.tolist() == [3, 1, 1]
+    assert ids[0, :, 0].tolist() == [tokenizer.index["a"], tokenizer.index["fine"], UNK_ID]  # word ids first
+    assert (ids[0, 2, 1:] >= len(tokenizer.tokens)).all()  # the unseen "films" still has its n-grams
+    assert ids[1, 0].tolist() == [UNK_ID] + [PAD_ID] * 8  # an empty text reads as one <unk>
+    assert ids[1, 1:].eq(PAD_ID).all() and ids[2, 1:].eq(PAD_ID).all()
+    # The compact form (ids into one row per distinct word) gives the same batches.
+    compact, _, pieces = tokenizer.encode_compact(["a fine films", "", "dull"], 8)
+    assert pieces is not None and torch.equal(pieces[compact], ids)
+    source = TokenBatches(compact, lengths, torch.tensor([1, 0, 0]), pieces)
+    x, _ = source.get_batch(torch.tensor([2, 0]), None, train=True)
+    assert torch.equal(x, ids[[2, 0]])
+    restored = WordTokenizer.from_state_dict(json.loads(json.dumps(tokenizer.state_dict())))
+    assert restored.subwords == tokenizer.subwords
+    assert torch.equal(restored.encode_batch(["dull films"], 8)[0], tokenizer.encode_batch(["dull films"], 8)[0])
+
+
+def test_subwords_option_reads_a_bucket_count_or_fields() -> None:
+    assert subwords_option(None) is None and subwords_option(0) is None
+    assert subwords_option(5000) == Subwords(buckets=5000)
+    assert subwords_option({"buckets": 10, "max_n": 6}) == Subwords(buckets=10, max_n=6)
+    bad_values = ((-3, "buckets >= 1"), ({"max_n": 4}, "buckets"), ({"buckets": 9, "n": 2}, "min_n"), ("x", "number"))
+    for bad, message in bad_values:
+        with pytest.raises(UsageError, match=message):
+            subwords_option(bad)
+    with pytest.raises(UsageError, match="min_n <= max_n"):
+        Subwords(buckets=10, min_n=5, max_n=3)
+
+
+def zlib_crc(text: str) -> int:
+    import zlib
+
+    return zlib.crc32(text.encode("utf-8"))
+
+
 def write(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path
@@ -281,3 +330,14 @@ def test_load_sst2_real_files() -> None:
     assert abs(len(bundle.val) - 0.05 * 67_349) < 1
     assert bundle.info.class_names == ["negative", "positive"]
     assert bundle.test.labels.float().mean().item() == pytest.approx(444 / 872)
+
+
+def test_sst2_reads_ptb_escapes_as_the_characters(tmp_path: Path) -> None:
+    # GLUE's SST-2 dev sentences escape brackets and slashes; its training phrases do not.
+    write(tmp_path / "train.tsv", "sentence\tlabel\na ( fine ) film\t1\nfunny/sad\t1\na dull film\t0\nflat\t0\n")
+    write(tmp_path / "dev.tsv", "sentence\tlabel\n-lrb- a -RRB- fine film\t1\nfunny\\/sad\t1\n")
+    bundle = load_sst2(tmp_path, val_fraction=0.0)
+    tokenizer = WordTokenizer.from_state_dict(bundle.info.preprocessing["tokenizer"])
+    assert tokenizer.decode(bundle.test.ids[0].tolist()) == "( a ) fine film"
+    assert tokenizer.decode(bundle.test.ids[1].tolist()) == "funny / sad"
+    assert UNK_ID not in bundle.test.ids.tolist()

@@ -16,6 +16,7 @@ from torchsmith.models.text import (
     CharGPT,
     CharLSTM,
     TextCNN,
+    TokenEmbedding,
     generate,
 )
 
@@ -190,3 +191,34 @@ def test_rotary_scores_depend_on_the_offset_only() -> None:
     assert rotary.position_embedding is None
     with pytest.raises(UsageError, match="even head size"):
         CharGPT(VOCAB, block_size=8, num_layers=1, num_heads=2, embed_dim=30, positions="rotary")
+
+
+@pytest.mark.parametrize("index", [0, 1, 2], ids=["BagOfWords", "TextCNN", "BiLSTM"])
+def test_classifiers_take_subword_pieces_and_ignore_padding(index: int) -> None:
+    # Tokens with pieces (B, L, P): the word id, then n-gram ids, 0-padded; padded tokens are all 0.
+    model = classifiers()[index].eval()
+    generator = torch.Generator().manual_seed(6)
+    ids = torch.randint(2, 50, (4, 5, 3), generator=generator)
+    ids[:, :, 2][torch.rand(4, 5, generator=generator) < 0.5] = 0  # some tokens have fewer pieces
+    lengths = torch.tensor([1, 5, 3, 2])
+    ids[torch.arange(5) >= lengths[:, None]] = 0
+    logits = model(ids)
+    assert logits.shape == (4, 3)
+    padded = torch.cat([ids, torch.zeros(4, 7, 3, dtype=torch.long)], dim=1)
+    torch.testing.assert_close(model(padded), logits, atol=1e-6, rtol=0)
+    wider = torch.cat([ids, torch.zeros(4, 5, 2, dtype=torch.long)], dim=2)  # more piece slots, all padding
+    torch.testing.assert_close(model(wider), logits, atol=1e-6, rtol=0)
+    changed = ids.clone()
+    changed[:, 0, 1] = (changed[:, 0, 1] + 1) % 48 + 2  # one n-gram of the first token
+    assert (model(changed) - logits).abs().max() > 1e-4
+
+
+def test_token_embedding_averages_the_pieces_of_each_token() -> None:
+    embedding = TokenEmbedding(10, 4, padding_idx=0)
+    ids = torch.tensor([[[3, 7, 0], [5, 0, 0], [0, 0, 0]]])
+    out = embedding(ids)
+    weight = embedding.weight
+    torch.testing.assert_close(out[0, 0], (weight[3] + weight[7]) / 2)
+    torch.testing.assert_close(out[0, 1], weight[5])
+    assert out[0, 2].abs().max() == 0
+    torch.testing.assert_close(embedding(ids[..., 0]), weight[ids[..., 0]])  # plain word ids as nn.Embedding

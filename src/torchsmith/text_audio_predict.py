@@ -32,7 +32,8 @@ def expand_text_inputs(items: list[Any]) -> list[str]:
 
 
 def prepare_words(items: list[Any], preprocessing: dict[str, Any], info: DataInfo) -> torch.Tensor:
-    """Token ids (N, L) with the run's own tokenizer and length cap, padded with 0."""
+    """Token ids (N, L) with the run's own tokenizer and length cap, padded with 0
+    ((N, L, P) when the run's tokenizer adds subword pieces)."""
     from torchsmith.data.text import WordTokenizer
 
     tokenizer = WordTokenizer.from_state_dict(preprocessing["tokenizer"])

@@ -100,7 +100,7 @@ def _textfile(config: DataConfig, path: str | None, seed: int) -> DataBundle:
 
 def _table(kind: str) -> Loader:
     def load(config: DataConfig, path: str | None, seed: int) -> DataBundle:
-        from torchsmith.data.text import load_table_dataset
+        from torchsmith.data.text import load_table_dataset, subwords_option
 
         target = path or config.dir
         if not target:
@@ -116,18 +116,23 @@ def _table(kind: str) -> Loader:
             label_column=options.get("label_column"),
             min_freq=int(options.get("min_freq", 1)),
             max_vocab=options.get("max_vocab"),
+            subwords=subwords_option(options.get("subwords")),
         )
 
     return load
 
 
 def _sst2(config: DataConfig, path: str | None, seed: int) -> DataBundle:
-    from torchsmith.data.text import load_sst2
+    from torchsmith.data.text import load_sst2, subwords_option
 
     if not config.dir:
         raise UsageError("sst2 needs --data-dir: the folder holding GLUE's SST-2 train.tsv and dev.tsv")
     return load_sst2(
-        config.dir, max_len=int(config.options.get("max_len", 64)), val_fraction=config.val_fraction, seed=seed
+        config.dir,
+        max_len=int(config.options.get("max_len", 64)),
+        val_fraction=config.val_fraction,
+        seed=seed,
+        subwords=subwords_option(config.options.get("subwords")),
     )
 
 

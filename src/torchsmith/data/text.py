@@ -178,6 +178,7 @@ from torchsmith.data.words import (  # noqa: E402, F401  (re-exported: the text 
     PAD_ID,
     TEXT_COLUMNS,
     UNK_ID,
+    Subwords,
     Table,
     TokenBatches,
     WordTokenizer,
@@ -185,4 +186,5 @@ from torchsmith.data.words import (  # noqa: E402, F401  (re-exported: the text 
     load_sst2,
     load_table_dataset,
     read_table,
+    subwords_option,
 )

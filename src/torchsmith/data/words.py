@@ -1,7 +1,7 @@
-"""Word-level text classification data: a tokenizer, TSV/CSV tables, SST-2.
+"""Word-level text classification data: TSV/CSV tables and SST-2, tokenized in memory.
 
 Token ids live in memory as one padded (N, L) tensor; a batch is trimmed to its longest
-sequence (`TokenBatches`, a `MemorySource`).
+sequence (`TokenBatches`, a `MemorySource`, in `torchsmith.data.tokens`).
 """
 
 from __future__ import annotations
@@ -10,133 +10,26 @@ import csv
 import difflib
 import re
 import warnings
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
 from torchsmith.data.bundle import DataBundle, DataInfo
+from torchsmith.data.tokens import (  # noqa: F401  (PAD_ID, Subwords, subwords_option: re-exported)
+    PAD_ID,
+    UNK_ID,
+    Subwords,
+    TokenBatches,
+    WordTokenizer,
+    subwords_option,
+)
 from torchsmith.errors import UsageError
 
-PAD_ID = 0
-UNK_ID = 1
 TEXT_COLUMNS = ("sentence", "text", "review")
 LABEL_COLUMNS = ("label", "labels", "class", "target")
-
-
-# ---------------------------------------------------------------------- words
-
-
-class WordTokenizer:
-    """Lower-cased words and punctuation marks mapped to ids; 0 = <pad>, 1 = <unk>.
-
-    Example:
-        >>> tokenizer = WordTokenizer.build(["A fine film.", "A dull film!"])
-        >>> tokenizer.encode("a FINE, film")  # "," never seen in training -> <unk>
-        [2, 7, 1, 3]
-    """
-
-    # Words (with inner apostrophes: "don't"), clitics ("'s", "n't" stays with its
-    # word), and every other non-space character on its own.
-    PATTERN = r"\w+(?:'\w+)*|'\w+|[^\w\s]"
-
-    def __init__(self, tokens: Sequence[str]) -> None:
-        if list(tokens[:2]) != ["<pad>", "<unk>"]:
-            raise UsageError("a word vocabulary must start with '<pad>', '<unk>'")
-        self.tokens = list(tokens)
-        self.index = {token: i for i, token in enumerate(self.tokens)}
-        self._regex = re.compile(self.PATTERN)
-
-    @classmethod
-    def build(cls, texts: Iterable[str], min_freq: int = 1, max_vocab: int | None = None) -> WordTokenizer:
-        """Vocabulary of the words seen at least `min_freq` times, most frequent first.
-
-        `max_vocab` caps the total size, <pad> and <unk> included. Build it from the
-        training split only, so validation and test words the model never saw map to <unk>.
-        """
-        counts = Counter(word for text in texts for word in cls.split(text))
-        # Most frequent first, ties alphabetical, so the ids do not depend on input order.
-        words = sorted(
-            (w for w, c in counts.items() if c >= min_freq),
-            key=lambda w: (-counts[w], w),
-        )
-        if max_vocab is not None:
-            words = words[: max(max_vocab - 2, 0)]
-        return cls(["<pad>", "<unk>", *words])
-
-    @classmethod
-    def split(cls, text: str) -> list[str]:
-        return re.findall(cls.PATTERN, text.lower())
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    def encode(self, text: str) -> list[int]:
-        return [self.index.get(word, UNK_ID) for word in self._regex.findall(text.lower())]
-
-    def decode(self, ids: Iterable[int]) -> str:
-        return " ".join(self.tokens[i] for i in ids if i != PAD_ID)
-
-    def encode_batch(self, texts: Sequence[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Padded ids (N, L) int64, L = min(max_len, longest), and lengths (N,) (>= 1)."""
-        encoded = [self.encode(text)[:max_len] or [UNK_ID] for text in texts]
-        lengths = torch.tensor([len(ids) for ids in encoded], dtype=torch.int64)
-        longest = max((len(ids) for ids in encoded), default=1)
-        ids = torch.full((len(encoded), longest), PAD_ID, dtype=torch.int64)
-        for row, values in enumerate(encoded):
-            ids[row, : len(values)] = torch.tensor(values, dtype=torch.int64)
-        return ids, lengths
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "kind": "words",
-            "pattern": self.PATTERN,
-            "lowercase": True,
-            "tokens": self.tokens,
-        }
-
-    @classmethod
-    def from_state_dict(cls, state: dict[str, Any]) -> WordTokenizer:
-        if state.get("kind") != "words" or state.get("pattern") != cls.PATTERN:
-            raise UsageError("this tokenizer state was saved by another tokenizer version or kind")
-        return cls(state["tokens"])
-
-
-class TokenBatches:
-    """Padded word ids (N, L), lengths (N,) and labels (N,) of one split (a MemorySource).
-
-    A batch is `(ids[:, :longest_in_batch], labels)`. Lengths stay on the CPU so
-    trimming a batch never waits for the device.
-
-    Example:
-        >>> ids, lengths = tokenizer.encode_batch(texts, max_len=64)  # doctest: +SKIP
-        >>> split = TokenBatches(ids, lengths, torch.tensor(labels))  # doctest: +SKIP
-    """
-
-    def __init__(self, ids: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor) -> None:
-        assert ids.dim() == 2 and len(ids) == len(lengths) == len(labels)
-        self.ids = ids
-        self.lengths = lengths.cpu()
-        self.labels = labels.long()
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def get_batch(
-        self, indices: torch.Tensor, generator: torch.Generator | None, train: bool
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        cpu_indices = indices.cpu()
-        if len(cpu_indices) == 0:
-            raise IndexError("get_batch needs at least one index")
-        longest = int(self.lengths[cpu_indices].max())
-        indices = cpu_indices.to(self.ids.device, non_blocking=True)
-        return self.ids[indices, :longest], self.labels[indices]
-
-    def to(self, device: torch.device | str) -> TokenBatches:
-        return TokenBatches(self.ids.to(device), self.lengths, self.labels.to(device))
 
 
 @dataclass
@@ -287,6 +180,7 @@ def load_table_dataset(
     label_column: str | None = None,
     min_freq: int = 1,
     max_vocab: int | None = None,
+    subwords: Subwords | None = None,
 ) -> DataBundle:
     """Text classification data from a TSV/CSV file or a folder of split files.
 
@@ -334,6 +228,7 @@ def load_table_dataset(
         seed=seed,
         min_freq=min_freq,
         max_vocab=max_vocab,
+        subwords=subwords,
     )
 
 
@@ -343,8 +238,12 @@ def load_sst2(
     device: str | torch.device = "cpu",
     val_fraction: float = 0.05,
     seed: int = 0,
+    subwords: Subwords | None = None,
 ) -> DataBundle:
     """SST-2 in the GLUE layout: train.tsv -> train + a seeded validation carve, dev.tsv -> test.
+
+    Penn Treebank escapes (`-lrb-`, `\\/`, which only the dev sentences use) are read as the
+    characters they stand for, as the training phrases write them.
 
     Example:
         >>> bundle = load_sst2("data/sst2")  # doctest: +SKIP
@@ -354,9 +253,31 @@ def load_sst2(
     data_dir = Path(data_dir)
     train = read_table(data_dir / "train.tsv")
     test = read_table(data_dir / "dev.tsv", class_names=train.class_names)
-    bundle = build_word_bundle(train, None, test, max_len, device, val_fraction=val_fraction, seed=seed)
+    for table in (train, test):
+        table.texts = [unescape_ptb(text) for text in table.texts]
+    bundle = build_word_bundle(
+        train, None, test, max_len, device, val_fraction=val_fraction, seed=seed, subwords=subwords
+    )
     bundle.info.class_names = ["negative", "positive"]
     return bundle
+
+
+# Penn Treebank escapes. GLUE's SST-2 dev sentences write "(" as "-lrb-" and "/" as "\\/",
+# while its training phrases write the characters themselves: read both the same way.
+PTB_ESCAPES = {
+    "-lrb-": "(", "-rrb-": ")", "-lsb-": "[", "-rsb-": "]", "-lcb-": "{", "-rcb-": "}", "\\/": "/", "\\*": "*",
+}  # fmt: skip
+_PTB_PATTERN = re.compile("|".join(re.escape(escape) for escape in PTB_ESCAPES), re.IGNORECASE)
+
+
+def unescape_ptb(text: str) -> str:
+    """Penn Treebank escapes back to the characters they stand for.
+
+    Example:
+        >>> unescape_ptb("-lrb- a -rrb- funny\\/sad film")
+        '( a ) funny/sad film'
+    """
+    return _PTB_PATTERN.sub(lambda match: PTB_ESCAPES[match.group(0).lower()], text)
 
 
 def build_word_bundle(
@@ -370,9 +291,11 @@ def build_word_bundle(
     seed: int = 0,
     min_freq: int = 1,
     max_vocab: int | None = None,
+    subwords: Subwords | None = None,
 ) -> DataBundle:
     """Tokenize tables into a DataBundle; carve `val` from `train` when it is None
-    (`val_fraction` 0: no validation split, every row trains)."""
+    (`val_fraction` 0: no validation split, every row trains); `subwords` adds hashed
+    character n-grams to every token."""
     if max_len < 1:
         raise UsageError(f"max_len must be a positive integer, got {max_len}")
     if val is None and val_fraction != 0.0:
@@ -383,18 +306,18 @@ def build_word_bundle(
         order = torch.randperm(len(train.texts), generator=torch.Generator().manual_seed(seed)).tolist()
         num_val = min(max(1, round(len(order) * val_fraction)), len(order) - 1)
         train, val = train.subset(order[num_val:]), train.subset(order[:num_val])
-    tokenizer = WordTokenizer.build(train.texts, min_freq=min_freq, max_vocab=max_vocab)
+    tokenizer = WordTokenizer.build(train.texts, min_freq=min_freq, max_vocab=max_vocab, subwords=subwords)
 
     def split(table: Table | None) -> TokenBatches | None:
         if table is None:
             return None
-        ids, lengths = tokenizer.encode_batch(table.texts, max_len)
-        return TokenBatches(ids, lengths, torch.tensor(table.labels)).to(device)
+        ids, lengths, pieces = tokenizer.encode_compact(table.texts, max_len)
+        return TokenBatches(ids, lengths, torch.tensor(table.labels), pieces).to(device)
 
     info = DataInfo(
         modality="text",
         num_classes=len(train.class_names),
-        input_shape=(max_len,),
+        input_shape=(max_len,) if subwords is None else (max_len, 1 + subwords.per_word),
         class_names=list(train.class_names),
         preprocessing={
             "kind": "words",

@@ -94,7 +94,9 @@ def _word_model(kind: str) -> Builder:
 
         if info.preprocessing.get("kind") != "words":
             raise UsageError(f"{kind} classifies word sequences: use it with sst2, tsv:PATH or csv:PATH data")
-        vocab_size = len(info.preprocessing["tokenizer"]["tokens"])
+        from torchsmith.data.text import WordTokenizer
+
+        vocab_size = WordTokenizer.from_state_dict(info.preprocessing["tokenizer"]).num_embeddings
         cls = {"bow": text.BagOfWords, "textcnn": text.TextCNN, "bilstm": text.BiLSTMClassifier}[kind]
         return cls(**{"vocab_size": vocab_size, "num_classes": info.num_classes, **args})
 

@@ -3,7 +3,8 @@
 Every model takes one batch of token ids (B, L) int64 as its only forward input, so it
 trains unchanged in a generic loop. Classifiers treat id 0 as padding (at the end of
 each row) and derive the lengths from it; their outputs do not depend on how much
-padding a batch carries.
+padding a batch carries. They also take tokens with subword pieces, (B, L, P): each
+token's word id, then the ids of its hashed character n-grams (`TokenEmbedding`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,29 @@ PAD_ID = 0
 
 def _lengths(ids: torch.Tensor) -> torch.Tensor:
     """Tokens before the padding in each row (B,), at least 1 so an empty row still works."""
-    return (ids != PAD_ID).sum(dim=1).clamp(min=1)
+    words = ids if ids.dim() == 2 else ids[..., 0]
+    return (words != PAD_ID).sum(dim=1).clamp(min=1)
+
+
+class TokenEmbedding(nn.Embedding):
+    """An embedding of word ids (B, L), or of tokens with subword pieces (B, L, P).
+
+    With pieces, a token's vector is the mean of the vectors of its non-pad ids (its word
+    and its character n-grams, as fastText), so words never seen in training still get
+    the meaning of the n-grams they share with known words.
+
+    Example:
+        >>> embedding = TokenEmbedding(100, 8, padding_idx=0)
+        >>> embedding(torch.tensor([[[5, 40, 41], [0, 0, 0]]])).shape
+        torch.Size([1, 2, 8])
+    """
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if ids.dim() != 3:
+            return super().forward(ids)
+        batch, time, pieces = ids.shape
+        bags = ids.reshape(batch * time, pieces)
+        return F.embedding_bag(bags, self.weight, mode="mean", padding_idx=self.padding_idx).view(batch, time, -1)
 
 
 # ------------------------------------------------------------ language models
@@ -279,7 +302,8 @@ class BagOfWords(nn.Module):
         self.head = nn.Linear(embed_dim, num_classes)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.head(self.embedding(ids))  # (B, E) -> (B, classes)
+        # With subword pieces (B, L, P) the bag is every word and n-gram id of the text.
+        return self.head(self.embedding(ids.flatten(1)))  # (B, E) -> (B, classes)
 
 
 class TextCNN(nn.Module):
@@ -304,7 +328,7 @@ class TextCNN(nn.Module):
         dropout: float = 0.5,
     ) -> None:
         super().__init__()
-        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID)
+        self.embedding = TokenEmbedding(vocab_size, embed_dim, padding_idx=PAD_ID)
         self.convs = nn.ModuleList(nn.Conv1d(embed_dim, num_filters, size) for size in kernel_sizes)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(num_filters * len(kernel_sizes), num_classes)
@@ -343,7 +367,7 @@ class BiLSTMClassifier(nn.Module):
         dropout: float = 0.3,
     ) -> None:
         super().__init__()
-        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID)
+        self.embedding = TokenEmbedding(vocab_size, embed_dim, padding_idx=PAD_ID)
         self.lstm = nn.LSTM(
             embed_dim,
             hidden_dim,
