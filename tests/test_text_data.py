@@ -204,9 +204,10 @@ def test_subword_pieces_are_hashed_ngrams_shared_by_related_words() -> None:
     # The compact form (ids into one row per distinct word) gives the same batches.
     compact, _, pieces = tokenizer.encode_compact(["a fine films", "", "dull"], 8)
     assert pieces is not None and torch.equal(pieces[compact], ids)
-    source = TokenBatches(compact, lengths, torch.tensor([1, 0, 0]), pieces)
+    source = TokenBatches(compact, lengths, torch.tensor([1, 0, 0]), pieces, texts=["a fine films", "", "dull"])
     x, _ = source.get_batch(torch.tensor([2, 0]), None, train=True)
     assert torch.equal(x, ids[[2, 0]])
+    assert source.examples(torch.tensor([2, 0])) == {"example_texts": ["dull", "a fine films"]}  # for the report
     restored = WordTokenizer.from_state_dict(json.loads(json.dumps(tokenizer.state_dict())))
     assert restored.subwords == tokenizer.subwords
     assert torch.equal(restored.encode_batch(["dull films"], 8)[0], tokenizer.encode_batch(["dull films"], 8)[0])

@@ -82,7 +82,7 @@ RECIPES: dict[str, Recipe] = {
         Recipe(
             "sst2-fast",
             "BiLSTM (embeddings 128, hidden 192) with max pooling on SST-2 words and their hashed character "
-            "n-grams, batches grouped by length, AdamW lr 3e-3 + cosine, 3 epochs",
+            "n-grams, batches grouped by length, AdamW lr 3e-3 + cosine, 4 epochs",
             {
                 "model": {"name": "bilstm", "args": {"embed_dim": 128, "hidden_dim": 192, "dropout": 0.4}},
                 "data": {"name": "sst2", "val_fraction": 0.05, "options": {"max_len": 64, "subwords": 20000}},
@@ -93,7 +93,7 @@ RECIPES: dict[str, Recipe] = {
                     "scheduler": "cosine",
                     "min_lr_ratio": 0.005,
                 },
-                "train": {"max_epochs": 3, "batch_size": 64, "group_by_length": True, "monitor": "val_accuracy"},
+                "train": {"max_epochs": 4, "batch_size": 64, "group_by_length": True, "monitor": "val_accuracy"},
             },
         ),
         Recipe(

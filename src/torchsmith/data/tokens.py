@@ -196,13 +196,24 @@ class TokenBatches:
     """
 
     def __init__(
-        self, ids: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor, pieces: torch.Tensor | None = None
+        self,
+        ids: torch.Tensor,
+        lengths: torch.Tensor,
+        labels: torch.Tensor,
+        pieces: torch.Tensor | None = None,
+        texts: Sequence[str] | None = None,
     ) -> None:
         assert ids.dim() == 2 and len(ids) == len(lengths) == len(labels)
+        assert texts is None or len(texts) == len(labels)
         self.ids = ids
         self.lengths = lengths.cpu()
         self.labels = labels.long()
         self.pieces = pieces
+        self.texts = texts
+
+    def examples(self, indices: torch.Tensor) -> dict[str, object]:
+        """What the report shows for some samples: their texts (none when not kept)."""
+        return {} if self.texts is None else {"example_texts": [self.texts[i] for i in indices.tolist()]}
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -220,4 +231,4 @@ class TokenBatches:
 
     def to(self, device: torch.device | str) -> TokenBatches:
         pieces = None if self.pieces is None else self.pieces.to(device)
-        return TokenBatches(self.ids.to(device), self.lengths, self.labels.to(device), pieces)
+        return TokenBatches(self.ids.to(device), self.lengths, self.labels.to(device), pieces, self.texts)

@@ -312,7 +312,7 @@ def build_word_bundle(
         if table is None:
             return None
         ids, lengths, pieces = tokenizer.encode_compact(table.texts, max_len)
-        return TokenBatches(ids, lengths, torch.tensor(table.labels), pieces).to(device)
+        return TokenBatches(ids, lengths, torch.tensor(table.labels), pieces, table.texts).to(device)
 
     info = DataInfo(
         modality="text",
