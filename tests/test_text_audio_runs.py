@@ -84,6 +84,24 @@ def test_text_run_with_subwords_and_length_groups(tmp_path: Path, capsys: pytest
     assert "group_by_length needs in-memory sequence data" in capsys.readouterr().err
 
 
+def test_subword_textcnn_exports_to_onnx_with_parity(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install onnxruntime)")
+    pytest.importorskip("onnxscript", reason="onnxscript is not installed (pip install onnxscript)")
+    folder = tmp_path / "numbered"
+    folder.mkdir()
+    rows = ["sentence\tlabel"]
+    rows += [f"{POSITIVE[i % 4]} {i}\t1" for i in range(24)] + [f"{NEGATIVE[i % 4]} {i}\t0" for i in range(24)]
+    for name in ("train", "dev"):
+        (folder / f"{name}.tsv").write_text("\n".join(rows) + "\n")
+    run = tmp_path / "run"
+    flags = ["--data", f"tsv:{folder}", "--model", "textcnn", "--set", "data.options.subwords=500", "--epochs", "2"]
+    assert main(["train", *flags, "--run-dir", str(run), "--quiet"]) == 0
+    capsys.readouterr()
+    # The export's own parity check runs the ONNX model on batches of (B, L, 25) token pieces.
+    assert main(["export", str(run)]) == 0
+    assert "ok" in capsys.readouterr().out
+
+
 def write_tone(path: Path, frequency: float, rate: int = 8000, seconds: float = 0.5) -> None:
     t = torch.arange(int(rate * seconds)) / rate
     samples = (0.5 * torch.sin(2 * math.pi * frequency * t) * 32767).to(torch.int16)

@@ -217,7 +217,13 @@ def test_subwords_option_reads_a_bucket_count_or_fields() -> None:
     assert subwords_option(None) is None and subwords_option(0) is None
     assert subwords_option(5000) == Subwords(buckets=5000)
     assert subwords_option({"buckets": 10, "max_n": 6}) == Subwords(buckets=10, max_n=6)
-    bad_values = ((-3, "buckets >= 1"), ({"max_n": 4}, "buckets"), ({"buckets": 9, "n": 2}, "min_n"), ("x", "number"))
+    bad_values = (
+        (-3, "buckets >= 1"),
+        ({"max_n": 4}, "buckets"),
+        ({"buckets": 9, "n": 2}, "min_n"),
+        ("x", "number"),
+        ({"buckets": "many"}, "whole numbers"),
+    )
     for bad, message in bad_values:
         with pytest.raises(UsageError, match=message):
             subwords_option(bad)

@@ -59,7 +59,9 @@ def subwords_option(value: Any) -> Subwords | None:
             raise UsageError(
                 f"data.options.subwords takes buckets (required), min_n, max_n, per_word; got {sorted(value)}"
             )
-        return Subwords(**{key: int(number) for key, number in value.items()})
+        if not all(isinstance(number, int) and not isinstance(number, bool) for number in value.values()):
+            raise UsageError(f"data.options.subwords fields must be whole numbers, got {value}")
+        return Subwords(**value)
     raise UsageError(f"data.options.subwords must be a number of buckets (e.g. 20000) or a mapping, got {value!r}")
 
 
