@@ -139,7 +139,7 @@ def make_batches(
     if group_by_length and not (isinstance(data, MemorySource) and isinstance(lengths, torch.Tensor)):
         raise UsageError(
             "group_by_length needs in-memory sequence data that knows its lengths (the built-in text "
-            f"datasets), not {type(data).__name__}; leave train.group_by_length off for this data"
+            f"datasets), not {type(data).__name__}; leave group_by_length (train.group_by_length) off for this data"
         )
     if isinstance(data, DataLoader):
         if world_size > 1:
@@ -159,7 +159,7 @@ def make_batches(
             rank=rank,
             world_size=world_size,
             drop_last=_drops_last(len(data), batch_size, train, world_size),
-            lengths=lengths if train else None,
+            lengths=lengths,
         )
         return MemoryBatches(data.to(device), order, train, seed)
     if isinstance(data, Dataset):
