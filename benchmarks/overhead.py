@@ -18,6 +18,7 @@ from common import DEFAULT_DATA, device_name, interleaved, median, paired_ratio
 from torch import nn
 
 from torchsmith import Trainer
+from torchsmith.guard import FiniteCheck
 from torchsmith.models.vision import SimpleNet
 
 
@@ -29,9 +30,12 @@ def load_mnist(data_dir: str) -> tuple[torch.Tensor, torch.Tensor]:
     return x, train.targets.long()
 
 
-def hand_written(x: torch.Tensor, y: torch.Tensor, epochs: int) -> float:
+def hand_written(x: torch.Tensor, y: torch.Tensor, epochs: int, check: bool = False) -> float:
+    """The tutorial's loop; `check` adds the NaN guard's finite check (`FiniteCheck`, the
+    same call the Trainer makes) before each step, without the rest of the Trainer."""
     torch.manual_seed(0)
     model = SimpleNet(784, 10).to(x.device)
+    finite = FiniteCheck(list(model.parameters()), x.device) if check else None
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     criterion = nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(0)
@@ -44,6 +48,8 @@ def hand_written(x: torch.Tensor, y: torch.Tensor, epochs: int) -> float:
             optimizer.zero_grad(set_to_none=True)
             loss = criterion(model(inputs), targets)
             loss.backward()
+            if finite is not None and not finite.passes(loss.detach()):
+                raise RuntimeError("non-finite loss or gradient")
             optimizer.step()
             running_loss += loss.item()
     return running_loss

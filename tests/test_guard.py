@@ -210,3 +210,24 @@ def test_sync_free_guard_skips_the_step_on_the_device(blobs) -> None:
     # the flagged step changed nothing: the weights after it equal those before it
     assert all(torch.equal(snapshots.weights[bad + 1][k], snapshots.weights[bad][k]) for k in snapshots.weights[bad])
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_finite_check_flags_a_loss_whose_gradients_are_finite(bad: float) -> None:
+    """The loss goes through the same pass as the gradients: a non-finite constant added to
+    it leaves every gradient finite, and the check must still refuse the step."""
+    from torchsmith.guard import FiniteCheck
+
+    model = nn.Linear(4, 2)
+    check = FiniteCheck(list(model.parameters()), torch.device("cpu"))
+    loss = model(torch.ones(3, 4)).sum()
+    loss.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    assert check.passes(loss.detach())
+    assert not check.passes(loss.detach() + bad)
+    assert not check.passes(loss + bad)  # not detached: the check detaches, autograd stays intact
+    assert not check.passes((loss.detach() + bad).to(torch.bfloat16))
+    assert check.passes(loss.detach())  # the flag was reset after each hit
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads, strict=True))
+    model.weight.grad[0, 0] = float("nan")
+    assert not check.passes(loss.detach())
