@@ -7,6 +7,7 @@ alone (one fused pass over the loss and the gradients, nothing else of the Train
 ratio is what any exact check before the optimizer step costs on this job and machine.
 
     python benchmarks/guard.py --data-dir ../shared/data/mnist --repeats 5
+    python benchmarks/guard.py --model convnet --epochs 1 --repeats 3   # a larger step
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import argparse
 
 import torch
 from common import DEFAULT_DATA, interleaved, median, paired_ratio
-from overhead import hand_written, load_mnist, with_trainer
+from overhead import MODELS, hand_written, load_mnist, with_trainer
 
 
 def main() -> None:
@@ -23,18 +24,21 @@ def main() -> None:
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA / "mnist"))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--model", choices=sorted(MODELS), default="simplenet")
     args = parser.parse_args()
     x, y = load_mnist(args.data_dir)
     times = interleaved(
         {
-            "guard": lambda: with_trainer(x, y, args.epochs, guard=True),
-            "no-guard": lambda: with_trainer(x, y, args.epochs, guard=False),
-            "hand+check": lambda: hand_written(x, y, args.epochs, check=True),
-            "hand": lambda: hand_written(x, y, args.epochs),
+            "guard": lambda: with_trainer(x, y, args.epochs, guard=True, model_name=args.model),
+            "no-guard": lambda: with_trainer(x, y, args.epochs, guard=False, model_name=args.model),
+            "hand+check": lambda: hand_written(x, y, args.epochs, check=True, model_name=args.model),
+            "hand": lambda: hand_written(x, y, args.epochs, model_name=args.model),
         },
         args.repeats,
     )
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats} repeats")
+    print(
+        f"{args.model}; torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats} repeats"
+    )
     steps = args.epochs * -(-len(x) // 64)
     ratio = paired_ratio(times, "guard", "no-guard")
     extra = median([(a - b) / steps * 1e6 for a, b in zip(times["guard"], times["no-guard"], strict=True)])

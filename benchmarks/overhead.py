@@ -19,7 +19,7 @@ from torch import nn
 
 from torchsmith import Trainer
 from torchsmith.guard import FiniteCheck
-from torchsmith.models.vision import SimpleNet
+from torchsmith.models.vision import ConvNet, SimpleNet
 
 
 def load_mnist(data_dir: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,11 +30,16 @@ def load_mnist(data_dir: str) -> tuple[torch.Tensor, torch.Tensor]:
     return x, train.targets.long()
 
 
-def hand_written(x: torch.Tensor, y: torch.Tensor, epochs: int, check: bool = False) -> float:
+MODELS = {"simplenet": lambda: SimpleNet(784, 10), "convnet": lambda: ConvNet((1, 28, 28), 10)}
+
+
+def hand_written(
+    x: torch.Tensor, y: torch.Tensor, epochs: int, check: bool = False, model_name: str = "simplenet"
+) -> float:
     """The tutorial's loop; `check` adds the NaN guard's finite check (`FiniteCheck`, the
     same call the Trainer makes) before each step, without the rest of the Trainer."""
     torch.manual_seed(0)
-    model = SimpleNet(784, 10).to(x.device)
+    model = MODELS[model_name]().to(x.device)
     finite = FiniteCheck(list(model.parameters()), x.device) if check else None
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     criterion = nn.CrossEntropyLoss()
@@ -55,9 +60,9 @@ def hand_written(x: torch.Tensor, y: torch.Tensor, epochs: int, check: bool = Fa
     return running_loss
 
 
-def with_trainer(x: torch.Tensor, y: torch.Tensor, epochs: int, guard: bool) -> float:
+def with_trainer(x: torch.Tensor, y: torch.Tensor, epochs: int, guard: bool, model_name: str = "simplenet") -> float:
     torch.manual_seed(0)
-    model = SimpleNet(784, 10).to(x.device)
+    model = MODELS[model_name]().to(x.device)
     trainer = Trainer(
         model,
         loss=nn.CrossEntropyLoss(),
