@@ -227,6 +227,8 @@ def test_finite_check_flags_a_loss_whose_gradients_are_finite(bad: float) -> Non
     assert not check.passes(loss.detach() + bad)
     assert not check.passes(loss + bad)  # not detached: the check detaches, autograd stays intact
     assert not check.passes((loss.detach() + bad).to(torch.bfloat16))
+    assert not check.passes((loss.detach() + bad).double())
+    assert check.passes(torch.tensor(1e300, dtype=torch.float64))  # finite, though not in float32's range
     assert check.passes(loss.detach())  # the flag was reset after each hit
     assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads, strict=True))
     model.weight.grad[0, 0] = float("nan")
