@@ -31,19 +31,63 @@ from pathlib import Path
 
 import torch
 import torchvision
+from torch import nn
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
-from torchsmith.callbacks_ema import EMACallback
-from torchsmith.data.augment import cutout, random_flip
+from torchsmith.callbacks.ema import EMACallback
+from torchsmith.callbacks.whitening import WhitenBiasFreeze
+from torchsmith.data.augment import cutout, random_flip, translate_batch
 from torchsmith.models.speednet import SpeedNet, init_whitening
-from torchsmith.speed_parts import (
-    WhitenBiasFreeze,
-    label_smoothing_loss,
-    speed_sgd,
-    translate_batch,
-    tta_predict,
-    warmup_linear_decay,
-)
+from torchsmith.train.airbench_sgd import speed_sgd
+from torchsmith.train.tta import tta_predict
+
+
+# The hand-written loop's own airbench94 parts (the baseline reimplements them, as airbench does).
+def label_smoothing_loss(smoothing: float = 0.2) -> nn.CrossEntropyLoss:
+    """Cross entropy with label smoothing (airbench94 uses 0.2), mean over the batch.
+
+    Example:
+        >>> loss = label_smoothing_loss(0.2)
+        >>> float(loss(torch.zeros(2, 10), torch.tensor([1, 2]))) > 0
+        True
+    """
+    if not 0.0 <= smoothing < 1.0:
+        raise ValueError(f"label smoothing must be in [0, 1), got {smoothing}.")
+    return nn.CrossEntropyLoss(label_smoothing=smoothing)
+
+
+def warmup_linear_decay(
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    warmup_steps: int,
+    start_factor: float = 0.0,
+    end_factor: float = 0.0,
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Triangular schedule: lr factor rises linearly from `start_factor` to 1 over
+    `warmup_steps`, then falls linearly to `end_factor` at `total_steps` and stays there.
+
+    airbench94: `warmup_steps = int(0.23 * total_steps)`, `start_factor=0.2`,
+    `end_factor=0.07`. Call `scheduler.step()` after each optimizer step.
+
+    Example:
+        >>> opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+        >>> sched = warmup_linear_decay(opt, total_steps=100, warmup_steps=10)
+    """
+    if total_steps < 1 or not 0 <= warmup_steps <= total_steps:
+        raise ValueError(
+            f"need total_steps >= 1 and 0 <= warmup_steps <= total_steps, "
+            f"got total_steps={total_steps}, warmup_steps={warmup_steps}."
+        )
+
+    def factor(step: int) -> float:
+        if step >= total_steps:
+            return end_factor
+        if step < warmup_steps:
+            return start_factor + (1.0 - start_factor) * step / warmup_steps
+        progress = (step - warmup_steps) / (total_steps - warmup_steps)
+        return 1.0 + (end_factor - 1.0) * progress
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 @dataclass

@@ -18,8 +18,8 @@ from common import DEFAULT_DATA, device_name, interleaved, median, paired_ratio
 from torch import nn
 
 from torchsmith import Trainer
-from torchsmith.guard import FiniteCheck
 from torchsmith.models.vision import ConvNet, SimpleNet
+from torchsmith.train.guard import FiniteCheck
 
 
 def load_mnist(data_dir: str) -> tuple[torch.Tensor, torch.Tensor]:

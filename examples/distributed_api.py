@@ -16,9 +16,10 @@ import sys
 import torch
 from torch import nn
 
-from torchsmith import Trainer, distributed
+from torchsmith import Trainer
 from torchsmith.config import DataConfig
 from torchsmith.data.registry import load_data
+from torchsmith.io import rank
 
 epochs = int(sys.argv[1]) if len(sys.argv) > 1 else 3
 bundle = load_data(DataConfig(name="mnist-sample", val_fraction=0.1), seed=0)
@@ -29,6 +30,6 @@ trainer = Trainer(
 )
 history = trainer.fit(bundle.train, bundle.val)  # each process builds only its rows of every batch
 test = trainer.evaluate(bundle.test)  # every test sample counted once, over all processes
-if distributed.is_writer():  # rank 0 prints (and would write files)
+if rank.is_writer():  # rank 0 prints (and would write files)
     print(json.dumps({"history": history, "test": test}))
-distributed.shutdown()
+rank.shutdown()

@@ -19,7 +19,7 @@ from torch import nn
 
 from torchsmith import Trainer
 from torchsmith.state import TrainState
-from torchsmith.tasks import MetricAccumulator
+from torchsmith.train.metrics import MetricAccumulator
 
 TIMEOUT_S = 3.0
 

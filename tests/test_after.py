@@ -15,16 +15,16 @@ from conftest import shared_dataset, write_image_tree
 from torch import nn
 
 import torchsmith
-from torchsmith import export as export_module
-from torchsmith.cli import main
+from torchsmith.after import export as export_module
+from torchsmith.after.evaluate import evaluate_run
+from torchsmith.after.export import ExportError, check_parity
+from torchsmith.after.lr_find import lr_find, lr_find_run, suggest_lr
+from torchsmith.cli.main import main
 from torchsmith.config import RunConfig
 from torchsmith.data.vision import load_mnist_sample
 from torchsmith.errors import UsageError
-from torchsmith.evaluation import evaluate_run
-from torchsmith.export import ExportError, check_parity
-from torchsmith.lrfind import lr_find, lr_find_run, suggest_lr
 from torchsmith.models.registry import build_model
-from torchsmith.trainer import Trainer
+from torchsmith.train.trainer import Trainer
 
 
 def train(run: Path, *extra: str) -> Path:

@@ -20,22 +20,21 @@ import pytest
 import torch
 from torch import nn
 
-from torchsmith import checkpoint as ckpt_module
-from torchsmith.checkpoint import (
+from torchsmith.errors import TrainingFailure, UsageError
+from torchsmith.io import checkpoint as ckpt_module
+from torchsmith.io.checkpoint import (
     DATA_FILES,
     MANIFEST_FILE,
     CheckpointCorrupt,
     CheckpointWarning,
     UnsafeCheckpoint,
-    capture_rng_state,
     checkpoint_name,
     find_resumable,
     load_checkpoint,
-    restore_rng_state,
     save_checkpoint,
 )
-from torchsmith.errors import TrainingFailure, UsageError
-from torchsmith.safeio import sha256_file
+from torchsmith.io.files import sha256_file
+from torchsmith.io.rng import capture_rng_state, restore_rng_state
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "torchsmith"
 
@@ -245,7 +244,7 @@ def test_unloadable_training_state_is_refused_before_writing(tmp_path: Path) -> 
 SERVER = r"""
 import os, sys
 import torch
-from torchsmith.checkpoint import checkpoint_name, save_checkpoint
+from torchsmith.io.checkpoint import checkpoint_name, save_checkpoint
 folder = sys.argv[1]
 torch.set_num_threads(1)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import write_image_tree
 
-from torchsmith.cli import main
+from torchsmith.cli.main import main
 
 TUTORIAL_SIMPLENET = """
 import torch

@@ -24,10 +24,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from torchsmith.cli.launch import launch_command
 from torchsmith.data.loaders import MemoryBatches, make_batches
 from torchsmith.data.memory import ImageTensors
 from torchsmith.data.order import BatchOrder
-from torchsmith.distributed import launch_command
 from torchsmith.errors import UsageError
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -463,8 +463,8 @@ def test_nccl_group_of_one_gpu_trains_like_a_single_process() -> None:
     import torch.distributed as dist
 
     from torchsmith import Trainer
-    from torchsmith.callbacks import Callback
-    from torchsmith.distributed import Distributed
+    from torchsmith.callbacks.base import Callback
+    from torchsmith.train.distributed import Distributed
 
     class Record(Callback):
         def __init__(self) -> None:

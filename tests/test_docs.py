@@ -34,7 +34,8 @@ from typing import Any
 import pytest
 from conftest import write_image_tree
 
-from torchsmith.cli import build_parser, config_from_args, main
+from torchsmith.cli.flags import config_from_args
+from torchsmith.cli.main import build_parser, main
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -10,16 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torchsmith import doctor_data
-from torchsmith.doctor import (
-    Finding,
-    NanReport,
-    diagnose,
-    localize_nonfinite,
-    preflight,
-    raise_for_errors,
-)
-from torchsmith.doctor_data import scan_data, tensor_stats
+from torchsmith.doctor import data_scan as doctor_data
+from torchsmith.doctor.data_scan import scan_data, tensor_stats
+from torchsmith.doctor.diagnosis import NanReport, diagnose
+from torchsmith.doctor.nan_replay import localize_nonfinite
+from torchsmith.doctor.preflight import Finding, preflight, raise_for_errors
 from torchsmith.errors import UsageError
 
 CE = nn.CrossEntropyLoss()

@@ -12,11 +12,11 @@ from conftest import shared_dataset, tiny_mlp
 from torch import nn
 
 from torchsmith import Trainer
-from torchsmith.callbacks import Callback
-from torchsmith.cli import main
+from torchsmith.callbacks.base import Callback
+from torchsmith.callbacks.checkpointer import Checkpointer
+from torchsmith.cli.main import main
 from torchsmith.config import OptimConfig
 from torchsmith.errors import TrainingFailure
-from torchsmith.resume import Checkpointer
 
 
 class LogLayer(nn.Module):
@@ -216,7 +216,7 @@ def test_sync_free_guard_skips_the_step_on_the_device(blobs) -> None:
 def test_finite_check_flags_a_loss_whose_gradients_are_finite(bad: float) -> None:
     """The loss goes through the same pass as the gradients: a non-finite constant added to
     it leaves every gradient finite, and the check must still refuse the step."""
-    from torchsmith.guard import FiniteCheck
+    from torchsmith.train.guard import FiniteCheck
 
     model = nn.Linear(4, 2)
     check = FiniteCheck(list(model.parameters()), torch.device("cpu"))

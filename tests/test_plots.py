@@ -9,7 +9,7 @@ import pytest
 import torch
 from torchvision.io import decode_png
 
-from torchsmith.plots import encode_png, example_png, line_chart_svg, nice_ticks
+from torchsmith.report.plots import encode_png, example_png, line_chart_svg, nice_ticks
 
 SVG = "{http://www.w3.org/2000/svg}"
 

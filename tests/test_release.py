@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 
 import torchsmith
-from torchsmith.cli import main
+from torchsmith.cli.main import main
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = "torchsmith/data/samples/mnist_sample.npz"
@@ -50,13 +50,13 @@ def test_version_is_written_in_one_place() -> None:
     assert re.fullmatch(r"\d+\.\d+\.\d+", VERSION), VERSION
     pyproject = (REPO / "pyproject.toml").read_text(encoding="utf-8")
     assert re.search(r'^dynamic = \["version"\]', pyproject, re.M)
-    assert 'version = { attr = "torchsmith.__version__" }' in pyproject
+    assert 'version = { attr = "torchsmith._version.__version__" }' in pyproject
     project_table = pyproject.split("[project]", 1)[1].split("\n[", 1)[0]
     assert not re.search(r"^version\s*=", project_table, re.M), "a second, static version in pyproject.toml"
     elsewhere = [
         str(p.relative_to(REPO))
         for p in (REPO / "src").rglob("*.py")
-        if p.name != "__init__.py" and f'"{VERSION}"' in p.read_text(encoding="utf-8")
+        if p.name != "_version.py" and f'"{VERSION}"' in p.read_text(encoding="utf-8")
     ]
     assert not elsewhere, f"the version is written out again in {elsewhere}; import torchsmith.__version__"
 

@@ -13,12 +13,8 @@ import torch
 import yaml
 
 from torchsmith.errors import UsageError
-from torchsmith.report import (
-    most_confident_mistakes,
-    save_predictions,
-    write_comparison,
-    write_report,
-)
+from torchsmith.report.html import write_comparison, write_report
+from torchsmith.report.predictions import most_confident_mistakes, save_predictions
 
 NUM_SAMPLES, CLASS_NAMES = 200, ["cat", "dog", "bird"]
 

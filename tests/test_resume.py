@@ -16,11 +16,11 @@ from safetensors.torch import load_file
 from torch import nn
 
 from torchsmith import Trainer
-from torchsmith.callbacks import Callback
+from torchsmith.callbacks.base import Callback
+from torchsmith.callbacks.checkpointer import Checkpointer
 from torchsmith.config import OptimConfig
 from torchsmith.data.memory import ImageTensors
 from torchsmith.data.order import BatchOrder
-from torchsmith.resume import Checkpointer
 
 STEPS_PER_EPOCH = 6  # 90 samples, batch 16 (the last batch holds 10)
 
@@ -56,7 +56,7 @@ def run(
     train, val = data()
     callbacks: list[Callback] = [Checkpointer(run_dir, {}, every_steps=None), Record(losses, stop_at)]
     if ema:
-        from torchsmith.callbacks_ema import EMACallback
+        from torchsmith.callbacks.ema import EMACallback
 
         callbacks.insert(0, EMACallback(decay=0.8))  # first, as make_callbacks puts it
     trainer = Trainer(

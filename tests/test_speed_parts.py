@@ -13,19 +13,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from torchsmith.callbacks_ema import EMACallback
-from torchsmith.data.augment import augment_images, cutout, parse_policy, random_crop, random_flip
+from torchsmith.callbacks.ema import EMACallback
+from torchsmith.callbacks.whitening import WhitenBiasFreeze
+from torchsmith.data.augment import augment_images, cutout, parse_policy, random_crop, random_flip, translate_batch
 from torchsmith.data.memory import ImageTensors
 from torchsmith.models.speednet import SpeedNet, init_whitening
-from torchsmith.speed_parts import (
-    WhitenBiasFreeze,
-    label_smoothing_loss,
-    speed_sgd,
-    translate_batch,
-    tta_predict,
-    warmup_linear_decay,
-)
 from torchsmith.state import TrainState
+from torchsmith.train.airbench_sgd import speed_sgd
+from torchsmith.train.tta import tta_predict
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -408,31 +403,6 @@ def test_whiten_bias_freeze_after_epochs():
 
 
 # --- schedule, loss, optimizer ------------------------------------------------------------
-
-
-def test_warmup_linear_decay_values():
-    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=2.0)
-    scheduler = warmup_linear_decay(optimizer, 100, 23, start_factor=0.2, end_factor=0.07)
-    seen = {}
-    for step in range(121):
-        seen[step] = optimizer.param_groups[0]["lr"]
-        optimizer.step()
-        scheduler.step()
-    assert seen[0] == pytest.approx(0.4)
-    assert seen[11] == pytest.approx(2.0 * (0.2 + 0.8 * 11 / 23))
-    assert seen[23] == pytest.approx(2.0)
-    assert seen[50] == pytest.approx(2.0 * (1 - 0.93 * 27 / 77))
-    assert seen[100] == pytest.approx(0.14) and seen[120] == pytest.approx(0.14)
-    with pytest.raises(ValueError):
-        warmup_linear_decay(optimizer, 10, 11)
-
-
-def test_label_smoothing_loss_value():
-    loss = label_smoothing_loss(0.2)
-    logits = torch.tensor([[2.0, 0.0, -1.0]])
-    log_p = torch.log_softmax(logits, 1)[0]
-    expected = -(0.8 * log_p[0] + 0.2 * log_p.mean())
-    assert loss(logits, torch.tensor([0])).item() == pytest.approx(expected.item())
 
 
 def test_speed_sgd_groups_and_weight_decay():

@@ -13,7 +13,7 @@ PROBE = textwrap.dedent(
     import sys
     import torch
     from torchsmith import Trainer
-    from torchsmith.summary import summary
+    from torchsmith.report.model_summary import summary
 
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
     x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
@@ -43,7 +43,7 @@ def test_training_imports_neither_the_compiler_nor_matplotlib() -> None:
 
 
 def test_deferral_leaves_unknown_decorators_alone() -> None:
-    from torchsmith.lazy_dynamo import defer_dynamo_import
+    from torchsmith.train.defer_compiler import defer_dynamo_import
 
     def plain(value: int) -> int:
         return value + 1

@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from torchsmith.errors import UsageError
-from torchsmith.summary import parse_shape, summary
+from torchsmith.report.model_summary import parse_shape, summary
 
 
 class SmallConvNet(nn.Module):

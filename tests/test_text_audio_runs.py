@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import torchsmith
-from torchsmith.cli import main
+from torchsmith.cli.main import main
 from torchsmith.errors import UsageError
 
 POSITIVE = ["a gorgeous , witty film", "wonderful and moving", "a delight from start to finish", "great fun"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from torchsmith.cli import main
+from torchsmith.cli.main import main
 
 
 @pytest.fixture(scope="module")

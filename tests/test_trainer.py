@@ -9,7 +9,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from torchsmith import Trainer
-from torchsmith.callbacks import Callback, EarlyStopping
+from torchsmith.callbacks.base import Callback
+from torchsmith.callbacks.early_stopping import EarlyStopping
 from torchsmith.config import OptimConfig
 from torchsmith.errors import TrainingFailure
 
@@ -223,7 +224,7 @@ def test_optimizer_step_skips_the_wrapper_only_when_nothing_would_see_it(blobs) 
 
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
-    from torchsmith.optim import optimizer_step
+    from torchsmith.train.optim import optimizer_step
 
     x, y = blobs
 
@@ -283,7 +284,8 @@ def _batches_for_meter(steps: int, seed: int = 0) -> list[tuple[torch.Tensor, to
 
 
 def test_metric_accumulator_counts_like_a_direct_computation() -> None:
-    from torchsmith.tasks import Classification, MetricAccumulator
+    from torchsmith.train.metrics import MetricAccumulator
+    from torchsmith.train.tasks import Classification
 
     batches = _batches_for_meter(150)  # more steps than one summing chunk
     meter = MetricAccumulator(Classification())
@@ -298,7 +300,8 @@ def test_metric_accumulator_counts_like_a_direct_computation() -> None:
 
 
 def test_metric_accumulator_resumes_with_the_same_float_sums() -> None:
-    from torchsmith.tasks import Classification, MetricAccumulator
+    from torchsmith.train.metrics import MetricAccumulator
+    from torchsmith.train.tasks import Classification
 
     batches = _batches_for_meter(100, seed=1)
     whole, first = MetricAccumulator(Classification()), MetricAccumulator(Classification())
@@ -315,7 +318,8 @@ def test_metric_accumulator_resumes_with_the_same_float_sums() -> None:
 
 
 def test_metric_accumulator_bounds_the_outputs_it_keeps() -> None:
-    from torchsmith.tasks import MetricAccumulator, Sequence
+    from torchsmith.train.metrics import MetricAccumulator
+    from torchsmith.train.tasks import Sequence
 
     meter = MetricAccumulator(Sequence())
     meter.KEEP_BYTES = 4 * 8 * 12 * 3  # three steps of (8, 12) float32 outputs

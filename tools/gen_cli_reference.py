@@ -31,18 +31,18 @@ REGENERATE = "python tools/gen_cli_reference.py"
 
 # The public Python API, grouped as the reference page shows it: (module, [names]).
 API: list[tuple[str, str, list[str]]] = [
-    ("Training", "torchsmith.trainer", ["Trainer"]),
+    ("Training", "torchsmith.train.trainer", ["Trainer"]),
     ("Callbacks", "torchsmith.callbacks", ["Callback", "ProgressPrinter", "EarlyStopping"]),
-    ("Metric files", "torchsmith.tracking", ["MetricsLogger"]),
-    ("Checkpointing callbacks", "torchsmith.resume", ["Checkpointer", "StopOnSignal"]),
-    ("Weight averaging", "torchsmith.callbacks_ema", ["EMACallback"]),
+    ("Metric files", "torchsmith.callbacks", ["MetricsLogger"]),
+    ("Checkpointing callbacks", "torchsmith.callbacks", ["Checkpointer", "StopOnSignal"]),
+    ("Weight averaging", "torchsmith.callbacks", ["EMACallback"]),
     ("Shared training state", "torchsmith.state", ["TrainState"]),
     (
         "Configuration",
         "torchsmith.config",
         ["RunConfig", "ModelConfig", "DataConfig", "OptimConfig", "TrainConfig", "load_yaml", "parse_set"],
     ),
-    ("Losses and tasks", "torchsmith.tasks", ["resolve_loss", "Task", "Classification", "Sequence"]),
+    ("Losses and tasks", "torchsmith.train.tasks", ["resolve_loss", "Task", "Classification", "Sequence"]),
     ("Building blocks", "torchsmith.models.blocks", ["ConvLayer"]),
     ("Image models", "torchsmith.models.vision", ["SimpleNet", "ConvNet", "ConvBNNet"]),
     ("Fast CIFAR-10 model", "torchsmith.models.speednet", ["SpeedNet"]),
@@ -59,7 +59,7 @@ API: list[tuple[str, str, list[str]]] = [
     ("Speech data", "torchsmith.data.audio", ["load_fsdd", "load_wavfolder", "AudioOptions", "AudioAugment"]),
     (
         "Checkpoint files",
-        "torchsmith.checkpoint",
+        "torchsmith.io.checkpoint",
         ["Checkpoint", "save_checkpoint", "load_checkpoint", "find_resumable", "verify_checkpoint"],
     ),
     (
@@ -76,13 +76,13 @@ API: list[tuple[str, str, list[str]]] = [
             "DataScanReport",
         ],
     ),
-    ("Model summary", "torchsmith.summary", ["summary", "ModelSummary"]),
+    ("Model summary", "torchsmith.report.model_summary", ["summary", "ModelSummary"]),
     ("Reports", "torchsmith.report", ["write_report", "write_comparison"]),
-    ("Using a trained run (`torchsmith.load`)", "torchsmith.predictor", ["load", "Predictor", "Prediction"]),
-    ("Evaluating a run", "torchsmith.evaluation", ["evaluate_run", "Evaluation"]),
-    ("Exporting a run", "torchsmith.export", ["export_run", "ExportResult"]),
-    ("Learning-rate finder", "torchsmith.lrfind", ["lr_find", "LRFindResult"]),
-    ("The train command as a function", "torchsmith.run", ["train_run", "RunResult"]),
+    ("Using a trained run (`torchsmith.load`)", "torchsmith.after.predictor", ["load", "Predictor", "Prediction"]),
+    ("Evaluating a run", "torchsmith.after.evaluate", ["evaluate_run", "Evaluation"]),
+    ("Exporting a run", "torchsmith.after.export", ["export_run", "ExportResult"]),
+    ("Learning-rate finder", "torchsmith.after.lr_find", ["lr_find", "LRFindResult"]),
+    ("The train command as a function", "torchsmith.app", ["train_run", "RunResult"]),
     ("Errors", "torchsmith.errors", ["TorchsmithError", "UsageError", "TrainingFailure", "Interrupted"]),
 ]
 
@@ -262,7 +262,7 @@ def _config_section() -> list[str]:
 
 def cli_reference() -> str:
     """The whole `docs/cli.md` page, from `build_parser()`."""
-    from torchsmith.cli import build_parser
+    from torchsmith.cli.main import build_parser
 
     parser = build_parser()
     lines = [

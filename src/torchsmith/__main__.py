@@ -1,3 +1,3 @@
-from torchsmith.cli import main
+from torchsmith.cli.main import main
 
 raise SystemExit(main())

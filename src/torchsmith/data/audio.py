@@ -19,14 +19,14 @@ from torchsmith.data.audio_features import (  # noqa: F401  (re-exported)
     FEATURE_VERSION,
     FSDD_PATTERN,
     LogMel,
-    _fixed_waveform,
-    _hz_to_mel,
-    _mel_to_hz,
     fix_length,
+    fixed_waveform,
+    hz_to_mel,
     log_mel,
     logmel_features,
     mel_filterbank,
     mel_frequencies,
+    mel_to_hz,
     read_wav,
     resample,
 )
@@ -78,9 +78,9 @@ def warp_spectrograms(
     time = torch.arange(frames, device=x.device, dtype=x.dtype)
     source_time = centre + (time - centre) * rate - shift  # (B, frames), frame read by each output frame
     # output band centred at f reads the input at f / alpha, as a fractional band index
-    edges = _hz_to_mel(mel_frequencies(settings)).to(x)  # (n_mels + 2,), evenly spaced
-    centres_hz = _mel_to_hz(edges[1:-1])
-    source_band = (_hz_to_mel(centres_hz / alpha) - edges[1]) / (edges[2] - edges[1])  # (B, n_mels)
+    edges = hz_to_mel(mel_frequencies(settings)).to(x)  # (n_mels + 2,), evenly spaced
+    centres_hz = mel_to_hz(edges[1:-1])
+    source_band = (hz_to_mel(centres_hz / alpha) - edges[1]) / (edges[2] - edges[1])  # (B, n_mels)
     grid = torch.stack(
         [
             (2 * source_time / max(frames - 1, 1) - 1)[:, None, :].expand(-1, n_mels, -1),
@@ -352,7 +352,7 @@ def preprocess_files(paths: Sequence[str | Path], preprocessing: dict[str, Any])
         torch.Size([1, 1, 40, 51])
     """
     settings = LogMel.from_dict(preprocessing)
-    waves = torch.stack([_fixed_waveform(Path(path), settings) for path in paths])
+    waves = torch.stack([fixed_waveform(Path(path), settings) for path in paths])
     features = log_mel(waves, settings).half().float()  # the float16 rounding of the cache
     normalize = preprocessing["normalize"]
     if normalize != "recording":

@@ -165,18 +165,18 @@ class LogMel:
         return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
 
 
-def _hz_to_mel(hz: torch.Tensor) -> torch.Tensor:
+def hz_to_mel(hz: torch.Tensor) -> torch.Tensor:
     return 2595.0 * torch.log10(1.0 + hz / 700.0)
 
 
-def _mel_to_hz(mel: torch.Tensor) -> torch.Tensor:
+def mel_to_hz(mel: torch.Tensor) -> torch.Tensor:
     return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
 
 
 def mel_frequencies(settings: LogMel) -> torch.Tensor:
     """Edge and centre frequencies in Hz of the mel bands, shape (n_mels + 2,)."""
-    low, high = _hz_to_mel(torch.tensor([settings.f_min, settings.f_max], dtype=torch.float64))
-    return _mel_to_hz(torch.linspace(float(low), float(high), settings.n_mels + 2))
+    low, high = hz_to_mel(torch.tensor([settings.f_min, settings.f_max], dtype=torch.float64))
+    return mel_to_hz(torch.linspace(float(low), float(high), settings.n_mels + 2))
 
 
 def mel_filterbank(settings: LogMel) -> torch.Tensor:
@@ -236,7 +236,7 @@ def logmel_features(paths: list[Path], settings: LogMel, cache_dir: str | Path |
     cache_file = Path(cache_dir or default_cache_dir()) / "audio" / f"logmel-{key}.safetensors"
     if cache_file.exists():
         return load_file(cache_file)["features"]
-    waves = torch.stack([_fixed_waveform(path, settings) for path in paths])  # (N, samples)
+    waves = torch.stack([fixed_waveform(path, settings) for path in paths])  # (N, samples)
     # float16 halves memory and disk; log-mel values lie in about [-14, 15], where
     # float16 keeps about 3 significant digits, far finer than the augmentation noise
     features = torch.cat([log_mel(chunk, settings) for chunk in waves.split(256)]).half()
@@ -258,6 +258,6 @@ def _cache_key(paths: list[Path], settings: LogMel) -> str:
     return digest.hexdigest()[:24]
 
 
-def _fixed_waveform(path: Path, settings: LogMel) -> torch.Tensor:
+def fixed_waveform(path: Path, settings: LogMel) -> torch.Tensor:
     samples, rate = read_wav(path)
     return fix_length(resample(samples, rate, settings.sample_rate), settings.samples)

@@ -130,7 +130,7 @@ def apply_ops(
     if "crop" in ops:
         x = random_crop(x, ops["crop"], generator)
     if "translate" in ops:
-        from torchsmith.speed_parts import translate_batch
+        from torchsmith.data.augment import translate_batch
 
         x = translate_batch(x, ops["translate"], generator)
     if "flip" in ops:
@@ -138,3 +138,42 @@ def apply_ops(
     if "cutout" in ops:
         x = cutout(x, ops["cutout"], generator, fill)
     return x
+
+
+def translate_batch(x: torch.Tensor, max_shift: int, generator: torch.Generator | None) -> torch.Tensor:
+    """Shift each image (B, C, H, W) by its own (dy, dx) in [-max_shift, max_shift], reflecting at edges.
+
+    Equal to cropping an H x W window at a random offset out of the batch reflect-padded
+    by `max_shift` (airbench's translate), but done as two gathers with reflected indices,
+    so no padded copy is made and any dtype works (uint8 included). The offsets are
+    drawn like `data.augment.random_crop` (rows, then columns), so the two agree away
+    from the border for the same generator state.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> translate_batch(torch.rand(8, 3, 32, 32), 2, g).shape
+        torch.Size([8, 3, 32, 32])
+    """
+    if max_shift <= 0:
+        return x
+    batch, channels, height, width = x.shape
+    if max_shift >= min(height, width):
+        raise ValueError(
+            f"max_shift must be smaller than the image ({height}x{width}) for reflect padding, got {max_shift}."
+        )
+    device = _gen_device(x, generator)
+    span = 2 * max_shift + 1
+    dy = torch.randint(0, span, (batch,), generator=generator, device=device).to(x.device)
+    dx = torch.randint(0, span, (batch,), generator=generator, device=device).to(x.device)
+    rows = _reflect(dy.view(-1, 1) - max_shift + torch.arange(height, device=x.device), height)
+    cols = _reflect(dx.view(-1, 1) - max_shift + torch.arange(width, device=x.device), width)
+    rows = rows.view(batch, 1, height, 1).expand(batch, channels, height, width)
+    out = x.gather(2, rows)  # (B, C, H, W): row i of sample b is source row rows[b, i]
+    cols = cols.view(batch, 1, 1, width).expand(batch, channels, height, width)
+    return out.gather(3, cols)
+
+
+def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
+    # Reflect padding without repeating the edge ("reflect", not "symmetric"): -1 -> 1, size -> size - 2.
+    index = index.abs()
+    return torch.where(index > size - 1, 2 * (size - 1) - index, index)

@@ -1,0 +1,211 @@
+"""`torchsmith lr-find`: the learning-rate range test, with a suggested learning rate.
+
+A short run from a fresh copy of the model raises the LR exponentially from `min_lr` to
+`max_lr`, one optimizer step per value, and records the loss. The loss is smoothed with
+an exponential moving average (bias-corrected, so the first points are not pulled to
+zero) and the run stops once the smoothed loss exceeds 4x its best (divergence).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchsmith.config import OptimConfig, RunConfig, TrainConfig
+from torchsmith.errors import UsageError
+from torchsmith.train.trainer import Trainer
+
+SKIP_START = 5  # the first smoothed points hold too few losses to rank slopes by
+
+
+@dataclass
+class LRFindResult:
+    """The range test's curve and the suggested learning rate.
+
+    Example:
+        >>> result = lr_find(model, (inputs, targets), steps=100)  # doctest: +SKIP
+        >>> result.suggestion  # doctest: +SKIP
+        0.0031
+    """
+
+    lrs: list[float]
+    losses: list[float]
+    smoothed: list[float]
+    suggestion: float
+    min_loss_lr: float  # where the smoothed loss was lowest
+    stop_reason: str  # "max_lr reached", "diverged", "non-finite loss"
+
+    def to_text(self) -> str:
+        return (
+            f"lowest smoothed loss {min(self.smoothed):.4f} at lr {self.min_loss_lr:.3g}; {self.stop_reason} "
+            f"after {len(self.lrs)} steps\nsuggested lr {self.suggestion:.3g}  "
+            f"(steepest descent of the smoothed loss)"
+        )
+
+    def plot(self, path: str | Path) -> Path:
+        """Write the loss-vs-LR curve (log x) with the suggestion marked, as a PNG."""
+        from matplotlib.figure import Figure  # Agg canvas, without pyplot's global state
+
+        figure = Figure(figsize=(6.4, 4.0), dpi=100)
+        axes = figure.add_subplot()
+        axes.plot(self.lrs, self.losses, color="#9ab", linewidth=0.8, label="loss")
+        axes.plot(self.lrs, self.smoothed, color="#1f4e99", linewidth=1.8, label="smoothed loss")
+        axes.axvline(self.suggestion, color="#c33", linestyle="--", label=f"suggested lr {self.suggestion:.3g}")
+        axes.set_xscale("log")
+        low, start = min(self.smoothed + self.losses), self.smoothed[0]
+        axes.set_ylim(low - 0.1 * (start - low + 1e-8), start + 0.5 * (start - low + 1e-8))  # hide the blow-up
+        axes.set(xlabel="learning rate", ylabel="training loss", title="learning-rate range test")
+        axes.legend()
+        axes.grid(alpha=0.3)
+        figure.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, format="png")
+        return path
+
+
+def lr_find(
+    model: nn.Module,
+    train_data: Any,
+    *,
+    loss: Any = "cross_entropy",
+    task: str = "classification",
+    optim: OptimConfig | None = None,
+    config: TrainConfig | None = None,
+    min_lr: float = 1e-6,
+    max_lr: float = 1.0,
+    steps: int = 100,
+    smoothing: float = 0.9,
+    divergence: float = 4.0,
+) -> LRFindResult:
+    """Run the range test on a deep copy of `model` (the model itself is not changed).
+
+    `optim` names the optimizer and its settings (its lr and schedule are ignored);
+    `config` gives batch size, seed, device and precision.
+    """
+    _check_range(min_lr, max_lr, steps, smoothing)
+    optim = dataclasses.replace(optim or OptimConfig(), lr=min_lr, scheduler="none", warmup_steps=0)
+    config = dataclasses.replace(config or TrainConfig(), progress="none", compile=False)
+    torch.manual_seed(config.seed)  # dropout and other module randomness
+    trainer = Trainer(copy.deepcopy(model), loss=loss, task=task, config=config, optim=optim)
+    trainer.train_batches = trainer._batches(train_data, train=True)
+    trainer.setup()
+    lrs, losses, smoothed, stop_reason = _sweep(trainer, min_lr, max_lr, steps, smoothing, divergence)
+    if len(lrs) < 2 * SKIP_START:
+        raise UsageError(
+            f"the range test stopped after {len(lrs)} steps ({stop_reason}); lower --min-lr "
+            f"(now {min_lr:g}) so the first steps train"
+        )
+    best = smoothed.index(min(smoothed))
+    return LRFindResult(lrs, losses, smoothed, suggest_lr(lrs, smoothed), lrs[best], stop_reason)
+
+
+def _sweep(
+    trainer: Trainer, min_lr: float, max_lr: float, steps: int, smoothing: float, divergence: float
+) -> tuple[list[float], list[float], list[float], str]:
+    """One optimizer step per LR of the exponential sweep; (lrs, losses, smoothed losses, why it stopped)."""
+    assert trainer.optimizer is not None
+    lrs: list[float] = []
+    losses: list[float] = []
+    smoothed: list[float] = []
+    average, best, stop_reason = 0.0, math.inf, "max_lr reached"
+    for step, (inputs, targets) in zip(range(steps), _endless(trainer), strict=False):
+        lr = min_lr * (max_lr / min_lr) ** (step / (steps - 1))
+        for group in trainer.optimizer.param_groups:
+            group["lr"] = lr
+        value = _train_step(trainer, inputs, targets)  # one host read per step: the stop rule needs it
+        if not math.isfinite(value):
+            stop_reason = "non-finite loss"
+            break
+        average = smoothing * average + (1 - smoothing) * value
+        current = average / (1 - smoothing ** (step + 1))  # bias correction
+        lrs.append(lr)
+        losses.append(value)
+        smoothed.append(current)
+        best = min(best, current)
+        if current > divergence * best:
+            stop_reason = "diverged"
+            break
+    return lrs, losses, smoothed, stop_reason
+
+
+def suggest_lr(lrs: list[float], smoothed: list[float]) -> float:
+    """The LR where the smoothed loss falls fastest per decade, before its minimum.
+
+    Example:
+        >>> lrs = [10 ** (k / 10 - 4) for k in range(30)]
+        >>> loss = [1 / (1 + math.exp((math.log10(lr) + 2.5) * 4)) for lr in lrs]
+        >>> round(math.log10(suggest_lr(lrs, loss)), 1)
+        -2.5
+    """
+    stop = smoothed.index(min(smoothed))
+    log_lrs = [math.log10(lr) for lr in lrs]
+    best_index, best_slope = stop, math.inf
+    # central differences over the points before the minimum; the first few are left out
+    for i in range(max(1, SKIP_START), min(stop, len(lrs) - 1)):
+        slope = (smoothed[i + 1] - smoothed[i - 1]) / (log_lrs[i + 1] - log_lrs[i - 1])
+        if slope < best_slope:
+            best_index, best_slope = i, slope
+    return lrs[best_index]
+
+
+def lr_find_run(config: RunConfig, *, min_lr: float = 1e-6, max_lr: float = 1.0, steps: int = 100) -> LRFindResult:
+    """The range test for a run's config: its data, a freshly built model, its optimizer."""
+    from torchsmith.data.registry import load_data
+    from torchsmith.models.registry import build_model
+
+    bundle = load_data(config.data, config.train.seed)
+    torch.manual_seed(config.train.seed)
+    model = build_model(config.model.name, bundle.info, config.model.args)
+    return lr_find(
+        model,
+        bundle.train,
+        loss=config.loss,
+        task=bundle.info.task,
+        optim=config.optim,
+        config=config.train,
+        min_lr=min_lr,
+        max_lr=max_lr,
+        steps=steps,
+    )
+
+
+def _train_step(trainer: Trainer, inputs: Any, targets: Any) -> float:
+    """One optimizer step as the Trainer takes it (same train_step, autocast, clipping)."""
+    assert trainer.optimizer is not None
+    trainer.forward_model.train()
+    out = trainer.train_step(trainer.forward_model, (trainer._to_device(inputs), trainer._to_device(targets)))
+    out["loss"].backward()
+    if trainer.config.clip_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), trainer.config.clip_grad_norm)
+    trainer.optimizer.step()
+    trainer.optimizer.zero_grad(set_to_none=True)
+    return float(out["loss"].detach())
+
+
+def _endless(trainer: Trainer) -> Iterator[tuple[Any, Any]]:
+    """Training batches across as many epochs as the test needs."""
+    for epoch in itertools.count():
+        for inputs, targets, _ in trainer.train_batches.epoch(epoch):
+            yield inputs, targets
+
+
+def _check_range(min_lr: float, max_lr: float, steps: int, smoothing: float) -> None:
+    errors = []
+    if not 0 < min_lr < max_lr:
+        errors.append(f"--min-lr must be positive and below --max-lr, got {min_lr:g} and {max_lr:g}")
+    if steps < 2 * SKIP_START:
+        errors.append(f"--steps must be at least {2 * SKIP_START}, got {steps}")
+    if not 0 <= smoothing < 1:
+        errors.append(f"smoothing must be in [0, 1), got {smoothing}")
+    if errors:
+        raise UsageError("; ".join(errors))

@@ -1,0 +1,50 @@
+"""Preparers that turn raw text and WAV inputs into model inputs, as training built them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from torchsmith.data.bundle import DataInfo
+from torchsmith.errors import UsageError
+
+
+def expand_text_inputs(items: list[Any]) -> list[str]:
+    """Strings as given; an existing `.txt` file stands for its non-empty lines."""
+    texts: list[str] = []
+    for item in items:
+        path = Path(str(item))
+        if str(item).endswith(".txt") and path.is_file():
+            texts += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        elif isinstance(item, (str, Path)):
+            texts.append(str(item))
+        else:
+            raise UsageError(f"this run takes text (strings or a .txt file with one input per line), got {item!r}")
+    if not texts:
+        raise UsageError("predict got no text to classify")
+    return texts
+
+
+def prepare_words(items: list[Any], preprocessing: dict[str, Any], info: DataInfo) -> torch.Tensor:
+    """Token ids (N, L) with the run's own tokenizer and length cap, padded with 0
+    ((N, L, P) when the run's tokenizer adds subword pieces)."""
+    from torchsmith.data.text import WordTokenizer
+
+    tokenizer = WordTokenizer.from_state_dict(preprocessing["tokenizer"])
+    ids, lengths = tokenizer.encode_batch(expand_text_inputs(items), int(preprocessing["max_len"]))
+    return ids[:, : max(1, int(lengths.max()))]
+
+
+def prepare_logmel(items: list[Any], preprocessing: dict[str, Any], info: DataInfo) -> torch.Tensor:
+    """Log-mel spectrograms (N, 1, n_mels, frames) of WAV files, with the run's settings."""
+    from torchsmith.data.audio import preprocess_files
+
+    paths = []
+    for item in items:
+        path = Path(str(item))
+        if not path.is_file():
+            raise UsageError(f"input '{item}' is not a file: this run takes WAV file paths")
+        paths.append(path)
+    return preprocess_files(paths, preprocessing)

@@ -1,0 +1,303 @@
+"""`torchsmith train` as a function: config -> data -> model -> pre-flight -> fit -> run directory."""
+
+from __future__ import annotations
+
+import platform
+import re
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from torchsmith._version import __version__
+from torchsmith.callbacks.base import Callback
+from torchsmith.callbacks.checkpointer import Checkpointer
+from torchsmith.callbacks.early_stopping import EarlyStopping
+from torchsmith.callbacks.metrics_logger import MetricsLogger
+from torchsmith.callbacks.signals import StopOnSignal
+from torchsmith.config import RunConfig, save_yaml
+from torchsmith.data.bundle import DataBundle
+from torchsmith.data.registry import load_data
+from torchsmith.errors import Interrupted, TorchsmithError, TrainingFailure, UsageError
+from torchsmith.io import rank
+from torchsmith.io.checkpoint import plain_tensors
+from torchsmith.io.files import write_json
+from torchsmith.models.registry import build_model
+from torchsmith.report.html import write_report
+from torchsmith.report.model_summary import summary as model_summary
+from torchsmith.report.predictions import most_confident_mistakes, save_predictions
+from torchsmith.train import distributed
+from torchsmith.train.trainer import Trainer
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    summary: dict[str, Any]
+    trainer: Trainer
+
+
+def default_run_dir(config: RunConfig) -> Path:
+    model = re.sub(r"[^A-Za-z0-9_.-]+", "_", config.model.name.rpartition(":")[2] or config.model.name)
+    data = re.sub(r"[^A-Za-z0-9_.-]+", "_", config.data.name.partition(":")[0])
+    return Path("runs") / f"{model}-{data}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def train_run(config: RunConfig, *, quiet: bool = False, resume: bool = False) -> RunResult:
+    """Train as the config says and write the run directory; returns its summary.
+
+    With `resume`, continue from the newest complete checkpoint in the run directory. Under
+    torchrun every process runs this; rank 0 alone writes the run directory.
+    """
+    distributed.setup(config.train)  # under torchrun: join the process group first
+    run_dir, resume = rank.from_writer(lambda: resolve_run_dir(config, resume))
+    writer = rank.is_writer()
+    bundle = load_data(config.data, config.train.seed)
+    torch.manual_seed(config.train.seed)
+    model = build_model(config.model.name, bundle.info, config.model.args)
+    if config.model.init == "whitening":
+        whitening_init(model, bundle)
+    if quiet:
+        config.train.progress = "none"
+    callbacks = make_callbacks(config, run_dir)
+    trainer = Trainer(
+        model,
+        loss=config.loss,
+        optimizer=config.optim.name,
+        task=bundle.info.task,
+        config=config.train,
+        optim=config.optim,
+        callbacks=callbacks,
+    )
+    batch = first_batch(trainer, bundle)
+    findings = preflight(trainer, bundle, batch)
+    config.run_dir = str(run_dir)
+    if writer:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_yaml(config, run_dir / "config.yaml")
+        write_json(run_dir / "preprocessing.json", info_dict(bundle))
+        write_model_summary(trainer, batch[0], run_dir, quiet)
+    summary = base_summary(config, trainer)
+    if findings:
+        summary["preflight"] = [f.to_dict() for f in findings]
+    try:
+        trainer.fit(bundle.train, bundle.val, resume=resume)
+    except TorchsmithError as error:  # NaN guard, checkpoints: under DDP, the same on every rank
+        finish(run_dir, trainer, summary, "failed", error=str(error))
+        rank.settle()
+        raise
+    except Exception as error:  # an error inside the user's model or loss, or a lost process
+        finish(run_dir, trainer, summary, "failed", error=f"{type(error).__name__}: {error}")
+        raise TrainingFailure(
+            f"training failed at step {trainer.state.step}: {type(error).__name__}: {error}"
+        ) from error
+    stop_signal = trainer.state.stop_signal  # under DDP: agreed, the same on every rank
+    if stop_signal:
+        finish(run_dir, trainer, summary, "stopped")
+        rank.settle()
+        rank.shutdown()
+        raise Interrupted(stop_signal, 128 + signal.Signals[stop_signal].value, step=trainer.state.step)
+    if bundle.test is not None:
+        summary["test"] = test_and_save_predictions(trainer, bundle, run_dir)
+    finish(run_dir, trainer, summary, trainer.state.status)
+    if writer:
+        write_report(run_dir)
+    rank.settle()
+    rank.shutdown()
+    return RunResult(run_dir, summary, trainer)
+
+
+def resolve_run_dir(config: RunConfig, resume: bool) -> tuple[Path, bool]:
+    """The run directory, and whether to resume: asked for, or after torchrun restarted the
+    processes of a run that has checkpoints."""
+    run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(config)
+    checkpoints = run_dir / "checkpoints"
+    restarts = rank.restart_count()
+    if not resume and restarts and checkpoints.is_dir() and any(p.is_dir() for p in checkpoints.iterdir()):
+        print(f"restart {restarts}: resuming from the newest complete checkpoint in {run_dir}", file=sys.stderr)
+        resume = True
+    if resume and not checkpoints.is_dir():
+        raise UsageError(f"--resume: {run_dir} has no checkpoints/ folder; name the run with --run-dir")
+    return run_dir, resume
+
+
+def test_and_save_predictions(trainer: Trainer, bundle: DataBundle, run_dir: Path) -> dict[str, float]:
+    """Evaluate the test split once; keep its class probabilities for the report."""
+    collected: list[tuple[torch.Tensor, torch.Tensor]] = []
+    metrics = trainer.evaluate(bundle.test, collect=collected)
+    if not rank.is_writer() or bundle.info.task != "classification" or not collected or collected[0][0].dim() != 2:
+        return metrics
+    targets = torch.cat([t for _, t in collected])
+    probabilities = torch.cat([o for o, _ in collected]).softmax(dim=1)
+    indices = most_confident_mistakes(targets, probabilities, k=16)
+    describe = getattr(bundle.test, "examples", None)
+    extra = describe(indices) if describe is not None and len(indices) else {}
+    save_predictions(
+        run_dir,
+        targets,
+        probabilities,
+        bundle.info.class_names,
+        bundle.info.modality,
+        example_indices=indices if extra else None,
+        **extra,
+    )
+    return metrics
+
+
+def whitening_init(model: torch.nn.Module, bundle: DataBundle) -> None:
+    """Set SpeedNet's first conv from the covariance of the training images' patches."""
+    from torchsmith.models.speednet import init_whitening
+
+    images = getattr(bundle.train, "images", None)
+    if images is None or not hasattr(model, "whiten"):
+        raise UsageError("model.init=whitening needs image data held in memory and a model with a `whiten` conv")
+    preprocessing = bundle.info.preprocessing
+    init_whitening(model, images[:5000], mean=preprocessing["mean"], std=preprocessing["std"])
+
+
+def first_batch(trainer: Trainer, bundle: DataBundle) -> tuple[Any, Any]:
+    """The first training batch, unaugmented: what pre-flight and the model summary look at."""
+    inputs, targets, _ = next(iter(trainer._batches(bundle.train, train=False).epoch(0)))
+    return inputs, targets
+
+
+def preflight(trainer: Trainer, bundle: DataBundle, batch: tuple[Any, Any]) -> list[Any]:
+    """Check one batch before the first step; stop with a clear message when it cannot train."""
+    from torchsmith.doctor.preflight import preflight as run_preflight
+    from torchsmith.doctor.preflight import raise_for_errors
+
+    inputs, targets = batch
+    trainer.setup(for_training=False)
+    findings = run_preflight(
+        trainer.model,
+        trainer._to_device(inputs),
+        trainer._to_device(targets),
+        task=bundle.info.task,
+        num_classes=bundle.info.num_classes,
+        loss_fn=lambda o, t: trainer.loss_fn(*trainer.task.loss_view(o, t)),
+    )
+    for finding in findings if rank.is_writer() else ():
+        if finding.level == "warning":
+            print(f"warning: {finding.message}", file=sys.stderr)
+    raise_for_errors(findings)
+    return findings
+
+
+def write_model_summary(trainer: Trainer, inputs: Any, run_dir: Path, quiet: bool) -> None:
+    """The layer table: saved in full to the run directory, printed in short form."""
+    table = model_summary(trainer.model, trainer._to_device(inputs[:2]), batch_size=trainer.config.batch_size)
+    (run_dir / "model_summary.txt").write_text(table.to_text() + "\n", encoding="utf-8")
+    if not quiet:
+        print(table.to_text(short=True), file=sys.stderr)
+
+
+def make_callbacks(config: RunConfig, run_dir: Path) -> list[Callback]:
+    train = config.train
+    callbacks: list[Callback] = [
+        MetricsLogger(run_dir),
+        Checkpointer(run_dir, config.to_dict(), train.checkpoint_every, train.keep_last, train.monitor),
+        StopOnSignal(),
+    ]
+    if train.ema_decay is not None:
+        from torchsmith.callbacks.ema import EMACallback
+
+        # First: a checkpoint saved in the same hook then holds this step's average.
+        callbacks.insert(
+            0,
+            EMACallback(
+                train.ema_decay, train.ema_every, lookahead=train.ema_lookahead, warmup_power=train.ema_warmup_power
+            ),
+        )
+    if train.freeze_whitening_bias_after is not None:
+        from torchsmith.callbacks.whitening import WhitenBiasFreeze
+
+        callbacks.append(WhitenBiasFreeze(train.freeze_whitening_bias_after))
+    if config.train.early_stopping_patience:
+        callbacks.append(EarlyStopping(config.train.monitor, config.train.early_stopping_patience))
+    return callbacks
+
+
+def info_dict(bundle: DataBundle) -> dict[str, Any]:
+    info = bundle.info
+    return {
+        "modality": info.modality,
+        "task": info.task,
+        "num_classes": info.num_classes,
+        "class_names": info.class_names,
+        "input_shape": list(info.input_shape),
+        "preprocessing": info.preprocessing,
+    }
+
+
+def base_summary(config: RunConfig, trainer: Trainer) -> dict[str, Any]:
+    return {
+        "status": "running",
+        "model": config.model.name,
+        "data": config.data.name,
+        "device": str(trainer.device),
+        "processes": trainer.dist.world_size if trainer.dist else 1,
+        "versions": {"torchsmith": __version__, "torch": torch.__version__, "python": platform.python_version()},
+    }
+
+
+def finish(run_dir: Path, trainer: Trainer, summary: dict[str, Any], status: str, error: str = "") -> None:
+    """Write summary.json and the final weights; nothing already in the run directory is removed."""
+    state = trainer.state
+    metrics = state.history[-1] if state.history else state.metrics
+    summary.update(
+        {
+            "status": status,
+            "epochs": state.epoch,
+            "steps": state.step,
+            "train": {k[6:]: v for k, v in metrics.items() if k.startswith("train_")},
+            "val": {k[4:]: v for k, v in metrics.items() if k.startswith("val_")},
+            "best": best_epoch(state.history, trainer.config.monitor),
+            "train_time_s": round(state.train_time_s, 3),
+            "samples_per_s": round(state.samples_seen / state.train_time_s, 1) if state.train_time_s else 0.0,
+        }
+    )
+    if error:
+        summary["error"] = error
+    if state.stop_reason:
+        summary["stop_reason"] = state.stop_reason
+    if state.nan_events:
+        summary["nan_events"] = state.nan_events
+        summary["skipped_steps"], summary["rollbacks"] = state.skipped_steps, state.rollbacks
+    if not rank.is_writer():
+        return
+    if state.nan_events or summary.get("preflight"):
+        write_json(run_dir / "doctor.json", {"events": state.nan_events, "preflight": summary.get("preflight", [])})
+    if status != "failed":
+        save_file(plain_tensors(trainer.model.state_dict()), str(run_dir / "model.safetensors"))
+    write_json(run_dir / "summary.json", summary)
+
+
+def best_epoch(history: list[dict[str, float]], monitor: str) -> dict[str, float]:
+    scored = [row for row in history if monitor in row]
+    if not scored:
+        return {}
+    lower = "loss" in monitor or "perplexity" in monitor
+    row = (min if lower else max)(scored, key=lambda r: r[monitor])
+    return {"epoch": row["epoch"], "step": row["step"], monitor: row[monitor]}
+
+
+def result_line(summary: dict[str, Any]) -> str:
+    """The one-line result `train` prints last."""
+    split = "test" if summary.get("test") else "val"
+    metrics = summary.get(split, {})
+    parts = [f"{split}"]
+    if "accuracy" in metrics and "perplexity" not in metrics:
+        parts.append(f"accuracy {metrics['accuracy']:.4f} ")
+    if "loss" in metrics:
+        parts.append(f"loss {metrics['loss']:.4f} ")
+    if "perplexity" in metrics:
+        parts.append(f"perplexity {metrics['perplexity']:.3f} ")
+    tail = f"({summary['epochs']} epochs, {summary['train_time_s']:.1f} s)"
+    if summary["status"] != "completed":
+        tail += f"  [{summary['status']}]"
+    return " ".join(parts) + " " + tail

@@ -1,0 +1,52 @@
+"""The `torchsmith` command line: parsing and wiring only; the work lives in the modules."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from torchsmith._version import __version__
+from torchsmith.cli import inspect, runs, train
+from torchsmith.errors import TorchsmithError
+
+GROUPS = (train, inspect, runs)  # the order of `torchsmith --help`
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="torchsmith", description="Train custom PyTorch networks fast and safely.")
+    parser.add_argument("--version", action="version", version=f"torchsmith {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for group in GROUPS:
+        group.add_parsers(sub)
+    return parser
+
+
+COMMANDS = {name: command for group in GROUPS for name, command in group.COMMANDS.items()}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv or ["--help"])
+    args.argv = argv  # the train launcher passes them on to torchrun
+    debug = getattr(args, "debug", False)
+    try:
+        return COMMANDS[args.command](args)
+    except TorchsmithError as error:
+        if debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # a bug of ours or of a library: say so plainly, keep the exit code
+        if debug:
+            raise
+        print(
+            f"internal error: {type(error).__name__}: {error}\n(run again with --debug for the traceback, "
+            f"and please report it)",
+            file=sys.stderr,
+        )
+        return 1

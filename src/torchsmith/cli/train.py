@@ -1,0 +1,87 @@
+"""`torchsmith train`, `list` and `lr-find`: the commands that take the training flags."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from torchsmith.cli.flags import LR_FIND_SKIPS, add_config_flags, config_from_args
+from torchsmith.cli.launch import add_launch_arguments
+
+
+def add_parsers(sub: Any) -> None:
+    """Register train, list and lr-find on the CLI's subparsers."""
+    train = sub.add_parser("train", help="train a model (default: SimpleNet on the embedded MNIST sample)")
+    add_config_flags(train)
+    train.add_argument("--compile", action="store_true", default=None, help="train through torch.compile")
+    train.add_argument(
+        "--resume", action="store_true", help="continue the run in --run-dir from its newest complete checkpoint"
+    )
+    train.add_argument("--quiet", action="store_true", help="no progress output, only the result line")
+    train.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_launch_arguments(train)
+    listing = sub.add_parser("list", help="list built-in models, datasets or recipes")
+    listing.add_argument("what", choices=["models", "data", "recipes"])
+    add_lr_find_parser(sub)
+
+
+def add_lr_find_parser(sub: Any) -> None:
+    lr_find = sub.add_parser("lr-find", help="learning-rate range test: loss against an increasing LR")
+    add_config_flags(lr_find, skip=LR_FIND_SKIPS)
+    lr_find.add_argument("--min-lr", type=float, default=1e-6, help="first learning rate")
+    lr_find.add_argument("--max-lr", type=float, default=1.0, help="last learning rate")
+    lr_find.add_argument("--steps", type=int, default=100, help="optimizer steps of the sweep")
+    lr_find.add_argument("--plot", default=None, metavar="FILE.png", help="write the loss-vs-LR plot")
+    lr_find.add_argument("--debug", action="store_true", help="show tracebacks")
+    lr_find.set_defaults(compile=None)
+
+
+def command_train(args: argparse.Namespace) -> int:
+    from torchsmith.app import default_run_dir, result_line, train_run
+    from torchsmith.cli import launch
+    from torchsmith.io import rank
+
+    config = config_from_args(args)
+    if args.nproc_per_node is not None and not launch.launched():
+        run_dir = config.run_dir or str(default_run_dir(config))
+        launch.launch(args.argv, args, run_dir, quiet=args.quiet)  # does not return
+    result = train_run(config, quiet=args.quiet, resume=args.resume)
+    if rank.is_writer():
+        print(f"run directory: {result.run_dir}", file=sys.stderr)
+        print(result_line(result.summary))
+    return 0
+
+
+def command_list(args: argparse.Namespace) -> int:
+    if args.what == "models":
+        from torchsmith.models.registry import MODELS
+
+        rows = [(e.name, e.description) for e in MODELS.values()]
+    elif args.what == "data":
+        from torchsmith.data.registry import DATASETS
+
+        rows = [(e.name + (":PATH" if e.takes_path else ""), e.description) for e in DATASETS.values()]
+    else:
+        from torchsmith.recipes import RECIPES
+
+        rows = [(r.name, r.description) for r in RECIPES.values()]
+    width = max(len(name) for name, _ in rows)
+    for name, text in rows:
+        print(f"{name:<{width}}  {text}")
+    return 0
+
+
+def command_lr_find(args: argparse.Namespace) -> int:
+    from torchsmith.after.lr_find import lr_find_run
+
+    config = config_from_args(args)
+    result = lr_find_run(config, min_lr=args.min_lr, max_lr=args.max_lr, steps=args.steps)
+    print(result.to_text())
+    if args.plot:
+        print(f"plot: {result.plot(args.plot)}", file=sys.stderr)
+    print(f"train with: --optimizer {config.optim.name} --lr {result.suggestion:.3g}")
+    return 0
+
+
+COMMANDS = {"train": command_train, "list": command_list, "lr-find": command_lr_find}

@@ -1,0 +1,110 @@
+"""Metrics as sums on the device: `MetricAccumulator` keeps a loss sum and the task's
+statistics, read once per log interval, reduced exactly across batches and ranks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from torchsmith.train.tasks import Task
+
+
+class MetricAccumulator:
+    """Sums a loss and task statistics on the device; read once, when `compute` is called.
+
+    A step only keeps references (the detached loss, outputs and targets); the losses are
+    summed and the task's hits counted in chunks, a few kernels for many steps, so a small
+    model's step pays for no metric kernel at all.
+    """
+
+    CHUNK = 64  # steps per summing pass
+    KEEP_BYTES = 8 << 20  # outputs kept for the deferred hits; past this they are counted early
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+        self._has_stats = type(task).stats is not Task.stats  # skip the call where it adds nothing
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss_sum: torch.Tensor | float = 0.0
+        self.totals: dict[str, Any] = {}
+        self.count = 0
+        self._losses: list[torch.Tensor] = []
+        self._counts: list[int] = []
+        self._kept: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._kept_bytes = 0
+
+    def update(self, loss: torch.Tensor, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        n = self.task.count(targets)
+        self._losses.append(loss.detach())
+        self._counts.append(n)
+        outputs = outputs.detach()
+        if self._kept and (outputs.shape[1:] != self._kept[0][0].shape[1:] or targets.dim() != self._kept[0][1].dim()):
+            self._flush_hits()  # batches are joined for counting: only same-shaped ones
+        self._kept.append((outputs, targets))
+        self._kept_bytes += outputs.numel() * outputs.element_size()
+        if self._kept_bytes > self.KEEP_BYTES:
+            self._flush_hits()
+        if self._has_stats:
+            for key, value in self.task.stats(outputs, targets).items():
+                self.totals[key] = value if key not in self.totals else self.totals[key] + value
+        self.count += n
+        if len(self._losses) >= self.CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        """Fold the kept references into the sums (no host sync)."""
+        self._flush_hits()
+        if self._losses:
+            losses = torch.stack(self._losses).float()
+            weights = torch.tensor(self._counts, dtype=losses.dtype).to(losses.device, non_blocking=True)
+            self.loss_sum = self.loss_sum + torch.dot(losses, weights)
+            self._losses, self._counts = [], []
+
+    def _flush_hits(self) -> None:
+        if not self._kept:
+            return
+        kept, self._kept, self._kept_bytes = self._kept, [], 0
+        outputs = kept[0][0] if len(kept) == 1 else torch.cat([o for o, _ in kept])
+        targets = kept[0][1] if len(kept) == 1 else torch.cat([t for _, t in kept])
+        hits = self.task.hits(outputs, targets)
+        if hits is not None:
+            correct = hits.sum()
+            self.totals["correct"] = correct + self.totals["correct"] if "correct" in self.totals else correct
+
+    def state_dict(self) -> dict[str, Any]:
+        """The unfinished interval's sums, so a resumed run logs exactly the same values.
+
+        The losses not yet summed are saved as they are: summing them now would group the
+        float additions differently from a run that was never stopped.
+        """
+        self._flush_hits()  # integer counts: exact in any grouping
+        loss_sum = self.loss_sum.detach().cpu() if isinstance(self.loss_sum, torch.Tensor) else self.loss_sum
+        return {
+            "loss_sum": loss_sum,
+            "count": self.count,
+            "totals": {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in self.totals.items()},
+            "pending_losses": torch.stack(self._losses).cpu() if self._losses else None,
+            "pending_counts": list(self._counts),
+        }
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
+        def to(value: Any) -> Any:
+            return value.to(device) if isinstance(value, torch.Tensor) else value
+
+        self.reset()
+        self.loss_sum, self.count = to(state["loss_sum"]), state["count"]
+        self.totals = {k: to(v) for k, v in state["totals"].items()}
+        pending = state.get("pending_losses")
+        if pending is not None:
+            self._losses = list(pending.to(device).unbind())
+            self._counts = list(state["pending_counts"])
+
+    def compute(self) -> dict[str, float]:
+        if self.count == 0:
+            return {}
+        self.flush()
+        loss_sum = float(self.loss_sum)  # the one host-device sync per log interval
+        totals = {k: float(v) for k, v in self.totals.items()}
+        return self.task.summarize(loss_sum / self.count, totals, self.count)

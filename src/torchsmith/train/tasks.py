@@ -1,0 +1,115 @@
+"""Tasks decide how outputs meet targets: the loss's view of them and the metrics.
+
+Classification: one label per sample, outputs (B, C) -> cross entropy, accuracy.
+Sequence: one target per position, outputs (B, T, V) -> per-position cross entropy,
+perplexity and bits per character. The Trainer never assumes "one label per sample".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from torchsmith.errors import UsageError
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+LOSSES: dict[str, Callable[[], nn.Module]] = {
+    "cross_entropy": nn.CrossEntropyLoss,
+    "nll": nn.NLLLoss,
+    "mse": nn.MSELoss,
+    "l1": nn.L1Loss,
+    "smooth_l1": nn.SmoothL1Loss,
+    "bce_with_logits": nn.BCEWithLogitsLoss,
+}
+
+
+def resolve_loss(loss: str | LossFn | nn.Module | None, label_smoothing: float = 0.0) -> LossFn:
+    """A loss module, a callable `(outputs, targets) -> loss`, or a name from LOSSES."""
+    if loss is None or loss == "cross_entropy":
+        return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    if isinstance(loss, str):
+        if loss not in LOSSES:
+            import difflib
+
+            close = difflib.get_close_matches(loss, LOSSES, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise UsageError(f"unknown loss '{loss}'.{hint} Known losses: {', '.join(LOSSES)}")
+        return LOSSES[loss]()
+    if not callable(loss):
+        raise TypeError(f"loss must be a name, an nn.Module or a callable, got {type(loss).__name__}")
+    return loss
+
+
+class Task:
+    """Turns a batch's outputs into the loss and into summed statistics on the device."""
+
+    name = "task"
+
+    def loss_view(self, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return outputs, targets
+
+    def count(self, targets: torch.Tensor) -> int:
+        """How many loss terms the batch's mean loss averages over."""
+        return targets.shape[0]
+
+    def hits(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
+        """Per target, whether the prediction is right (summed as `correct`); None if undefined."""
+        return None
+
+    def stats(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Further per-batch sums, added up on the device under their names."""
+        return {}
+
+    def summarize(self, loss: float, totals: dict[str, float], count: int) -> dict[str, float]:
+        return {"loss": loss}
+
+
+class Classification(Task):
+    name = "classification"
+
+    def hits(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
+        if outputs.dim() != 2 or targets.dim() != 1:
+            return None
+        return outputs.argmax(dim=1) == targets
+
+    def summarize(self, loss: float, totals: dict[str, float], count: int) -> dict[str, float]:
+        out = {"loss": loss}
+        if "correct" in totals:
+            out["accuracy"] = totals["correct"] / max(count, 1)
+        return out
+
+
+class Sequence(Task):
+    name = "sequence"
+
+    def loss_view(self, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1)  # (B*T, V), (B*T,)
+
+    def count(self, targets: torch.Tensor) -> int:
+        return targets.numel()
+
+    def hits(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
+        return outputs.argmax(dim=-1) == targets
+
+    def summarize(self, loss: float, totals: dict[str, float], count: int) -> dict[str, float]:
+        return {
+            "loss": loss,
+            "perplexity": math.exp(min(loss, 50.0)),
+            "bits_per_char": loss / math.log(2),
+            "accuracy": totals.get("correct", 0.0) / max(count, 1),
+        }
+
+
+TASKS: dict[str, type[Task]] = {"classification": Classification, "sequence": Sequence}
+
+
+def resolve_task(task: str | Task) -> Task:
+    if isinstance(task, Task):
+        return task
+    if task not in TASKS:
+        raise UsageError(f"unknown task '{task}'; known tasks: {', '.join(TASKS)}")
+    return TASKS[task]()
