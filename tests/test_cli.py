@@ -105,7 +105,7 @@ def test_config_replays_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[st
         (["--lr", "0"], "--lr (optim.lr) must be positive"),
         (["--model", "simplnet"], "Did you mean 'simplenet'"),
         (["--data", "mnsit"], "Did you mean 'mnist'"),
-        (["--set", "optim.lrr=1"], "did you mean 'lr'"),
+        (["--set", "optim.lrr=1"], "Did you mean 'lr'"),
         (["--config", "missing.yaml"], "does not exist"),
         (["--model-args", "{bad"], "--model-args must be a JSON object"),
         (["--optimizer", "adamm"], "Did you mean 'adam"),

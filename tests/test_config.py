@@ -14,7 +14,7 @@ def test_from_dict_types_and_defaults() -> None:
 
 
 def test_unknown_key_suggests_close_match() -> None:
-    with pytest.raises(UsageError, match=r"unknown key 'optim.lrr'; did you mean 'lr'\?"):
+    with pytest.raises(UsageError, match=r"unknown key 'optim.lrr'\. Did you mean 'lr'\?"):
         RunConfig.from_dict({"optim": {"lrr": 0.1}})
 
 
@@ -33,7 +33,7 @@ def test_all_errors_reported_at_once() -> None:
     assert "train.precision must be one of fp32, bf16, fp16, got 'fp8'" in message
     assert "--lr (optim.lr) must be positive, got -1.0" in message
     assert "optim.beta2 must be in [0, 1), got 1.5" in message
-    assert "unknown key 'modle'; did you mean 'model'?" in message
+    assert "unknown key 'modle'. Did you mean 'model'?" in message
 
 
 def test_parse_set_nests_and_parses_scalars() -> None:

@@ -265,7 +265,7 @@ def test_read_table_errors_name_file_and_line(tmp_path: Path) -> None:
     no_label = write(tmp_path / "a.tsv", "sentence\tscore\nok\t1\n")
     with pytest.raises(UsageError, match=r"a\.tsv, line 1: no label column.*label_column"):
         read_table(no_label)
-    with pytest.raises(UsageError, match="did you mean 'score'"):
+    with pytest.raises(UsageError, match="Did you mean 'score'"):
         read_table(no_label, label_column="scor")
     mixed = write(tmp_path / "b.tsv", "sentence\tlabel\nx\t0\ny\t1\nz\tpositive\nw\t1\n")
     with pytest.raises(UsageError, match=r"b\.tsv, line 4: label 'positive'"):

@@ -120,7 +120,7 @@ def test_dataset_and_dataloader_inputs(blobs) -> None:
 
 
 def test_unknown_option_is_a_clear_type_error() -> None:
-    with pytest.raises(TypeError, match=r"'max_epoch' \(did you mean 'max_epochs'\?\)"):
+    with pytest.raises(TypeError, match=r"'max_epoch' Did you mean 'max_epochs'\?"):
         Trainer(tiny_mlp(), max_epoch=3)
 
 

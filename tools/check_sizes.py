@@ -1,6 +1,6 @@
 """Fail when a source file grows past the line budget, so that growth becomes a decision.
 
-Usage: python tools/check_sizes.py [--budget 500]
+Usage: python tools/check_sizes.py [--budget 400]
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--budget", type=int, default=500)
+    parser.add_argument("--budget", type=int, default=400)
     args = parser.parse_args()
     too_long = []
     for path in sorted((ROOT / "src").rglob("*.py")):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import platform
 import re
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -23,14 +22,15 @@ from torchsmith.callbacks.signals import StopOnSignal
 from torchsmith.config import RunConfig, save_yaml
 from torchsmith.data.bundle import DataBundle
 from torchsmith.data.registry import load_data
-from torchsmith.errors import Interrupted, TorchsmithError, TrainingFailure, UsageError
+from torchsmith.errors import Interrupted, TorchsmithError, TrainingFailure, UsageError, signal_exit_code
 from torchsmith.io import rank
-from torchsmith.io.checkpoint import plain_tensors
+from torchsmith.io.checkpoint_format import plain_tensors
 from torchsmith.io.files import write_json
 from torchsmith.models.registry import build_model
 from torchsmith.report.html import write_report
 from torchsmith.report.model_summary import summary as model_summary
 from torchsmith.report.predictions import most_confident_mistakes, save_predictions
+from torchsmith.state import lower_is_better
 from torchsmith.train import distributed
 from torchsmith.train.trainer import Trainer
 
@@ -101,7 +101,7 @@ def train_run(config: RunConfig, *, quiet: bool = False, resume: bool = False) -
         finish(run_dir, trainer, summary, "stopped")
         rank.settle()
         rank.shutdown()
-        raise Interrupted(stop_signal, 128 + signal.Signals[stop_signal].value, step=trainer.state.step)
+        raise Interrupted(stop_signal, signal_exit_code(stop_signal), step=trainer.state.step)
     if bundle.test is not None:
         summary["test"] = test_and_save_predictions(trainer, bundle, run_dir)
     finish(run_dir, trainer, summary, trainer.state.status)
@@ -162,7 +162,7 @@ def whitening_init(model: torch.nn.Module, bundle: DataBundle) -> None:
 
 def first_batch(trainer: Trainer, bundle: DataBundle) -> tuple[Any, Any]:
     """The first training batch, unaugmented: what pre-flight and the model summary look at."""
-    inputs, targets, _ = next(iter(trainer._batches(bundle.train, train=False).epoch(0)))
+    inputs, targets, _ = next(iter(trainer.batches(bundle.train, train=False).epoch(0)))
     return inputs, targets
 
 
@@ -175,8 +175,8 @@ def preflight(trainer: Trainer, bundle: DataBundle, batch: tuple[Any, Any]) -> l
     trainer.setup(for_training=False)
     findings = run_preflight(
         trainer.model,
-        trainer._to_device(inputs),
-        trainer._to_device(targets),
+        trainer.to_device(inputs),
+        trainer.to_device(targets),
         task=bundle.info.task,
         num_classes=bundle.info.num_classes,
         loss_fn=lambda o, t: trainer.loss_fn(*trainer.task.loss_view(o, t)),
@@ -190,7 +190,7 @@ def preflight(trainer: Trainer, bundle: DataBundle, batch: tuple[Any, Any]) -> l
 
 def write_model_summary(trainer: Trainer, inputs: Any, run_dir: Path, quiet: bool) -> None:
     """The layer table: saved in full to the run directory, printed in short form."""
-    table = model_summary(trainer.model, trainer._to_device(inputs[:2]), batch_size=trainer.config.batch_size)
+    table = model_summary(trainer.model, trainer.to_device(inputs[:2]), batch_size=trainer.config.batch_size)
     (run_dir / "model_summary.txt").write_text(table.to_text() + "\n", encoding="utf-8")
     if not quiet:
         print(table.to_text(short=True), file=sys.stderr)
@@ -281,8 +281,7 @@ def best_epoch(history: list[dict[str, float]], monitor: str) -> dict[str, float
     scored = [row for row in history if monitor in row]
     if not scored:
         return {}
-    lower = "loss" in monitor or "perplexity" in monitor
-    row = (min if lower else max)(scored, key=lambda r: r[monitor])
+    row = (min if lower_is_better(monitor) else max)(scored, key=lambda r: r[monitor])
     return {"epoch": row["epoch"], "step": row["step"], monitor: row[monitor]}
 
 

@@ -8,7 +8,6 @@ close-match suggestion for unknown keys.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import types
 import typing
@@ -18,7 +17,10 @@ from typing import Any
 
 import yaml
 
-from torchsmith.errors import UsageError
+from torchsmith.errors import UsageError, did_you_mean
+
+TTA_MODES = ("none", "flip", "flip-translate")  # test-time augmentation (train.tta)
+TASK_NAMES = ("classification", "sequence")  # what a DataInfo.task may name (train.tasks implements them)
 
 
 @dataclass
@@ -92,6 +94,15 @@ class TrainConfig:
     dist_timeout_s: float = 120.0  # how long a collective waits for the other processes before failing
 
 
+def with_options(config: TrainConfig, options: dict[str, Any]) -> TrainConfig:
+    """`config` with keyword options replaced, as `Trainer(..., max_epochs=3)` passes them."""
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    unknown = [f"'{key}'{did_you_mean(key, names)}" for key in options if key not in names]
+    if unknown:
+        raise TypeError(f"Trainer got unknown option(s) {'; '.join(unknown)} Options are: {', '.join(names)}.")
+    return dataclasses.replace(config, **options)
+
+
 @dataclass
 class RunConfig:
     """Everything a run needs; saved as `config.yaml` in the run directory.
@@ -133,9 +144,8 @@ def _build(cls: type, values: Any, where: str, errors: list[str]) -> Any:
     for key, value in values.items():
         path = f"{where}.{key}" if where != "config" else str(key)
         if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(names)}"
-            errors.append(f"unknown key '{path}'{hint}")
+            hint = did_you_mean(str(key), names) or f" Known keys: {', '.join(names)}."
+            errors.append(f"unknown key '{path}'.{hint}")
         elif dataclasses.is_dataclass(hints[key]):
             kwargs[key] = _build(hints[key], value, path, errors)
         else:
@@ -166,7 +176,7 @@ CHOICES = {
     "train.on_nan": ("stop", "skip", "rollback"),
     "train.progress": ("auto", "bar", "lines", "none"),
     "optim.scheduler": ("none", "cosine", "onecycle", "linear", "step"),
-    "train.tta": ("none", "flip", "flip-translate"),
+    "train.tta": TTA_MODES,
     "model.init": ("default", "whitening"),
 }
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
+import signal
+from collections.abc import Iterable
+
 
 class TorchsmithError(Exception):
     """Base class for errors torchsmith reports to the user with a clear message."""
@@ -28,3 +32,20 @@ class Interrupted(TorchsmithError):
         at = f" at step {step}" if step is not None else ""
         super().__init__(f"interrupted by {signal_name}{at}; the state was saved")
         self.exit_code = exit_code
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """ " Did you mean 'x'?" for the closest of `choices`, or "" when none is close: the one
+    suggestion every "unknown name" message in torchsmith gives.
+
+    Example:
+        >>> did_you_mean("adamm", ["sgd", "adam", "adamw"])
+        " Did you mean 'adam'?"
+    """
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def signal_exit_code(name: str) -> int:
+    """The shell's exit code for a run stopped by a signal: 128 + its number (SIGINT 130, SIGTERM 143)."""
+    return 128 + signal.Signals[name].value

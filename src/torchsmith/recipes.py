@@ -5,11 +5,10 @@ A recipe is a partial config; flags given explicitly override it.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from typing import Any
 
-from torchsmith.errors import UsageError
+from torchsmith.errors import UsageError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -173,7 +172,6 @@ RECIPES: dict[str, Recipe] = {
 
 def recipe_config(name: str) -> dict[str, Any]:
     if name not in RECIPES:
-        close = difflib.get_close_matches(name, RECIPES, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
+        hint = did_you_mean(name, RECIPES)
         raise UsageError(f"unknown recipe '{name}'.{hint} Known recipes: {', '.join(RECIPES)}")
     return RECIPES[name].config

@@ -79,10 +79,10 @@ def export_run(
 ) -> ExportResult:
     """Export a run's model (best checkpoint by default, else final) and check it on real inputs."""
     spec = get_format(format)
-    require_packages(spec)
     if not tolerance > 0:
         raise UsageError(f"--tolerance must be positive, got {tolerance}")
-    run = Run.open(run_dir)
+    run = Run.open(run_dir)  # a folder that is no run is said before a missing package
+    require_packages(spec)
     model, label = run.build_model(checkpoint)
     batches = parity_batches(run, data, data_dir)
     path = Path(output) if output else run.path / "export" / f"model{spec.suffix}"

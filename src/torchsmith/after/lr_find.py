@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import itertools
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchsmith.callbacks.base import Callback
 from torchsmith.config import OptimConfig, RunConfig, TrainConfig
 from torchsmith.errors import UsageError
 from torchsmith.train.trainer import Trainer
@@ -93,13 +92,27 @@ def lr_find(
     `config` gives batch size, seed, device and precision.
     """
     _check_range(min_lr, max_lr, steps, smoothing)
-    optim = dataclasses.replace(optim or OptimConfig(), lr=min_lr, scheduler="none", warmup_steps=0)
-    config = dataclasses.replace(config or TrainConfig(), progress="none", compile=False)
-    torch.manual_seed(config.seed)  # dropout and other module randomness
-    trainer = Trainer(copy.deepcopy(model), loss=loss, task=task, config=config, optim=optim)
-    trainer.train_batches = trainer._batches(train_data, train=True)
-    trainer.setup()
-    lrs, losses, smoothed, stop_reason = _sweep(trainer, min_lr, max_lr, steps, smoothing, divergence)
+    optim = dataclasses.replace(
+        optim or OptimConfig(), lr=min_lr, scheduler="none", warmup_steps=0, warmup_fraction=0.0
+    )
+    # The Trainer's own step, one per LR; log_every=1 reads each step's loss (the stop rule needs
+    # it) and the guard is off, since a non-finite loss is an answer here, not a failure.
+    config = dataclasses.replace(
+        config or TrainConfig(),
+        progress="none",
+        compile=False,
+        log_every=1,
+        nan_guard=False,
+        max_steps=steps,
+        max_epochs=steps,
+    )
+    sweep = _RangeTest(
+        [min_lr * (max_lr / min_lr) ** (step / (steps - 1)) for step in range(steps)], smoothing, divergence
+    )
+    torch.manual_seed(config.seed)  # the model copy's lazily built parts, if any
+    trainer = Trainer(copy.deepcopy(model), loss=loss, task=task, config=config, optim=optim, callbacks=[sweep])
+    trainer.fit(train_data)
+    lrs, losses, smoothed, stop_reason = sweep.lrs[: len(sweep.losses)], sweep.losses, sweep.smoothed, sweep.stop_reason
     if len(lrs) < 2 * SKIP_START:
         raise UsageError(
             f"the range test stopped after {len(lrs)} steps ({stop_reason}); lower --min-lr "
@@ -109,33 +122,42 @@ def lr_find(
     return LRFindResult(lrs, losses, smoothed, suggest_lr(lrs, smoothed), lrs[best], stop_reason)
 
 
-def _sweep(
-    trainer: Trainer, min_lr: float, max_lr: float, steps: int, smoothing: float, divergence: float
-) -> tuple[list[float], list[float], list[float], str]:
-    """One optimizer step per LR of the exponential sweep; (lrs, losses, smoothed losses, why it stopped)."""
-    assert trainer.optimizer is not None
-    lrs: list[float] = []
-    losses: list[float] = []
-    smoothed: list[float] = []
-    average, best, stop_reason = 0.0, math.inf, "max_lr reached"
-    for step, (inputs, targets) in zip(range(steps), _endless(trainer), strict=False):
-        lr = min_lr * (max_lr / min_lr) ** (step / (steps - 1))
-        for group in trainer.optimizer.param_groups:
-            group["lr"] = lr
-        value = _train_step(trainer, inputs, targets)  # one host read per step: the stop rule needs it
+class _RangeTest(Callback):
+    """Sets each step's learning rate of the exponential sweep and records the loss it gave;
+    stops the fit when the smoothed loss diverges or the loss is no longer finite."""
+
+    def __init__(self, lrs: list[float], smoothing: float, divergence: float) -> None:
+        self.lrs, self.smoothing, self.divergence = lrs, smoothing, divergence
+        self.losses: list[float] = []
+        self.smoothed: list[float] = []
+        self.average, self.best, self.stop_reason = 0.0, math.inf, "max_lr reached"
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self._set_lr(trainer, self.lrs[0])
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        value, step = trainer.state.last_loss, len(self.losses)
         if not math.isfinite(value):
-            stop_reason = "non-finite loss"
-            break
-        average = smoothing * average + (1 - smoothing) * value
-        current = average / (1 - smoothing ** (step + 1))  # bias correction
-        lrs.append(lr)
-        losses.append(value)
-        smoothed.append(current)
-        best = min(best, current)
-        if current > divergence * best:
-            stop_reason = "diverged"
-            break
-    return lrs, losses, smoothed, stop_reason
+            self._stop(trainer, "non-finite loss")
+            return
+        self.average = self.smoothing * self.average + (1 - self.smoothing) * value
+        current = self.average / (1 - self.smoothing ** (step + 1))  # bias correction
+        self.losses.append(value)
+        self.smoothed.append(current)
+        self.best = min(self.best, current)
+        if current > self.divergence * self.best:
+            self._stop(trainer, "diverged")
+        elif step + 1 < len(self.lrs):
+            self._set_lr(trainer, self.lrs[step + 1])
+
+    def _stop(self, trainer: Trainer, reason: str) -> None:
+        self.stop_reason = reason
+        trainer.state.request_stop(reason)
+
+    @staticmethod
+    def _set_lr(trainer: Trainer, lr: float) -> None:
+        for group in trainer.optimizer.param_groups if trainer.optimizer else []:
+            group["lr"] = lr
 
 
 def suggest_lr(lrs: list[float], smoothed: list[float]) -> float:
@@ -177,26 +199,6 @@ def lr_find_run(config: RunConfig, *, min_lr: float = 1e-6, max_lr: float = 1.0,
         max_lr=max_lr,
         steps=steps,
     )
-
-
-def _train_step(trainer: Trainer, inputs: Any, targets: Any) -> float:
-    """One optimizer step as the Trainer takes it (same train_step, autocast, clipping)."""
-    assert trainer.optimizer is not None
-    trainer.forward_model.train()
-    out = trainer.train_step(trainer.forward_model, (trainer._to_device(inputs), trainer._to_device(targets)))
-    out["loss"].backward()
-    if trainer.config.clip_grad_norm is not None:
-        torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), trainer.config.clip_grad_norm)
-    trainer.optimizer.step()
-    trainer.optimizer.zero_grad(set_to_none=True)
-    return float(out["loss"].detach())
-
-
-def _endless(trainer: Trainer) -> Iterator[tuple[Any, Any]]:
-    """Training batches across as many epochs as the test needs."""
-    for epoch in itertools.count():
-        for inputs, targets, _ in trainer.train_batches.epoch(epoch):
-            yield inputs, targets
 
 
 def _check_range(min_lr: float, max_lr: float, steps: int, smoothing: float) -> None:

@@ -21,7 +21,7 @@ from torchsmith.after.run_dir import Run
 from torchsmith.data.bundle import DataInfo
 from torchsmith.data.memory import ImageTensors
 from torchsmith.errors import UsageError
-from torchsmith.train.optim import resolve_device
+from torchsmith.train.device import resolve_device
 
 # (raw inputs, the run's preprocessing dict, its DataInfo) -> a batch of model inputs
 Preparer = Callable[[list[Any], dict[str, Any], DataInfo], torch.Tensor]

@@ -21,9 +21,9 @@ from torchsmith.config import RunConfig
 from torchsmith.data.bundle import DataBundle, DataInfo
 from torchsmith.errors import UsageError
 from torchsmith.io.checkpoint import CheckpointCorrupt, load_checkpoint
+from torchsmith.io.checkpoint_format import WEIGHTS_CHOICES
 from torchsmith.io.files import safe_load_yaml
 
-CHECKPOINTS = ("best", "last", "final")
 FINAL_WEIGHTS = "model.safetensors"
 
 
@@ -91,8 +91,8 @@ class Run:
     def load_state_dict(self, checkpoint: str | None = None) -> tuple[dict[str, torch.Tensor], str]:
         """The weights of `checkpoint` (best, last or final; None = default) and a label for them."""
         name = checkpoint or self.default_checkpoint()
-        if name not in CHECKPOINTS:
-            raise UsageError(f"--checkpoint must be one of {', '.join(CHECKPOINTS)}, got '{name}'")
+        if name not in WEIGHTS_CHOICES:
+            raise UsageError(f"--checkpoint must be one of {', '.join(WEIGHTS_CHOICES)}, got '{name}'")
         available = ", ".join(self.available_checkpoints()) or "none"
         if name == "final":
             file = self.path / FINAL_WEIGHTS

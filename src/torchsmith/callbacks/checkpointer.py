@@ -1,10 +1,9 @@
-"""Saving and restoring the whole training state, and stopping cleanly on signals.
+"""`Checkpointer`: saves the whole training state, atomically, so a run goes on exactly.
 
-A checkpoint holds the unwrapped model's weights and everything else a run needs to go
-on exactly as if never stopped: optimizer, scheduler, counters `(epoch, position, step)`,
-the device-side metric sums of the unfinished log interval, callback states and RNG
-states. Batch order, augmentation and dropout are derived from counters, so restoring
-the counters restores them.
+A checkpoint holds the unwrapped model's weights and `Trainer.state_dict()`: optimizer,
+scheduler, counters `(epoch, position, step)`, the device-side metric sums of the
+unfinished log interval, callback states and RNG states. Batch order, augmentation and
+dropout are derived from counters, so restoring the counters restores them.
 """
 
 from __future__ import annotations
@@ -18,65 +17,10 @@ import torch
 from torchsmith.callbacks.base import Callback
 from torchsmith.io import rank
 from torchsmith.io.checkpoint import Checkpoint, checkpoint_name, find_resumable, save_checkpoint
-from torchsmith.io.rng import capture_rng_state, restore_rng_state
+from torchsmith.state import lower_is_better
 
 if TYPE_CHECKING:
     from torchsmith.train.trainer import Trainer
-
-
-def training_state(trainer: Trainer, all_ranks: bool = True) -> dict[str, Any]:
-    """Everything but the weights, in types that load with `weights_only=True`.
-
-    Under DDP with `all_ranks` (a collective: every rank calls it), the unfinished log interval's
-    metric sums are those of all ranks, so the checkpoint resumes on any number of processes.
-    """
-    state = trainer.state.state_dict()
-    pending = (
-        trainer.dist.global_meter_state(trainer.meter)
-        if trainer.dist is not None and all_ranks
-        else trainer.meter.state_dict()
-    )
-    totals = dict(trainer.epoch_totals)
-    if state["position"] >= state["steps_per_epoch"] > 0:  # saved at an epoch's end
-        state["epoch"], state["position"] = state["epoch"] + 1, 0
-        totals = {}
-    return {
-        "trainer": state,
-        "meter": pending,
-        "epoch_totals": totals,
-        "optimizer": trainer.optimizer.state_dict() if trainer.optimizer else {},
-        "scheduler": trainer.scheduler.state_dict() if trainer.scheduler is not None else {},
-        "callbacks": {_key(i, c): c.state_dict() for i, c in enumerate(trainer.callbacks)},
-        "rng": capture_rng_state(),
-    }
-
-
-def restore(trainer: Trainer, checkpoint: Checkpoint) -> None:
-    """Load a checkpoint into a set-up trainer (model, optimizer, ... on their devices)."""
-    trainer.model.load_state_dict(checkpoint.model_state)
-    saved = checkpoint.training_state
-    state = trainer.state
-    state.load_state_dict(saved["trainer"])
-    # How the earlier process ended is not part of the state to go on from; the limits come
-    # from the current config, so a resumed run may be extended.
-    state.stop_requested, state.stop_reason, state.stop_signal, state.status = False, "", "", "running"
-    state.max_epochs, state.max_steps = trainer.config.max_epochs, trainer.config.max_steps
-    trainer.meter.load_state_dict(saved["meter"], trainer.device)
-    if not rank.is_writer():
-        trainer.meter.reset()  # the saved sums are those of all ranks: rank 0 alone carries them on
-    trainer.epoch_totals = dict(saved["epoch_totals"])
-    if trainer.optimizer is not None and saved["optimizer"]:
-        trainer.optimizer.load_state_dict(saved["optimizer"])
-    if trainer.scheduler is not None and saved["scheduler"]:
-        trainer.scheduler.load_state_dict(saved["scheduler"])
-    for index, callback in enumerate(trainer.callbacks):
-        if _key(index, callback) in saved["callbacks"]:
-            callback.load_state_dict(saved["callbacks"][_key(index, callback)])
-    restore_rng_state(saved["rng"])
-
-
-def _key(index: int, callback: Callback) -> str:
-    return f"{index}:{type(callback).__name__}"
 
 
 class Checkpointer(Callback):
@@ -100,7 +44,7 @@ class Checkpointer(Callback):
         """Rank 0 writes. Under DDP every rank calls this and waits until the checkpoint is complete,
         except with `all_ranks=False` (after an error, when the other ranks cannot be relied on)."""
         state = trainer.state
-        training = training_state(trainer, all_ranks)
+        training = trainer.state_dict(all_ranks)
         path = None
         if rank.is_writer():
             with trainer.inference_weights():  # the weights evaluation uses (a weight average, if kept)
@@ -126,7 +70,7 @@ class Checkpointer(Callback):
             self.save(trainer, checkpoint_name(trainer.state.step))
         value = trainer.state.metrics.get(self.monitor)
         if value is not None:
-            lower = "loss" in self.monitor or "perplexity" in self.monitor
+            lower = lower_is_better(self.monitor)
             if self.best is None or (value < self.best if lower else value > self.best):
                 self.best = value
                 self.save(trainer, "best")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from torchsmith.callbacks.base import Callback
+from torchsmith.state import lower_is_better
 
 if TYPE_CHECKING:
     from torchsmith.train.trainer import Trainer
@@ -20,7 +21,7 @@ class EarlyStopping(Callback):
 
     def __init__(self, monitor: str = "val_loss", patience: int = 3, min_delta: float = 0.0) -> None:
         self.monitor, self.patience, self.min_delta = monitor, patience, min_delta
-        self.lower_is_better = "loss" in monitor or "perplexity" in monitor
+        self.lower_is_better = lower_is_better(monitor)
         self.best: float | None = None
         self.bad_epochs = 0
 

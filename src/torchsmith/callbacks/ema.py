@@ -181,8 +181,7 @@ class EMACallback(Callback):
     # --- helpers ----------------------------------------------------------------------------
 
     def _total(self, trainer: Trainer) -> int | None:
-        state = trainer.state
-        return self.total_steps or state.max_steps or (state.steps_per_epoch * state.max_epochs)
+        return self.total_steps or trainer.state.total_steps
 
     def _pairs(self, tensors: dict[str, torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         assert self.shadow is not None

@@ -8,6 +8,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from torchsmith.callbacks.base import Callback
+from torchsmith.errors import signal_exit_code
 
 if TYPE_CHECKING:
     from torchsmith.train.trainer import Trainer
@@ -29,7 +30,7 @@ class StopOnSignal(Callback):
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.received == "SIGINT" and signum == signal.SIGINT:
             sys.stderr.write("second interrupt: exiting now; the last complete checkpoint is kept\n")
-            raise SystemExit(130)
+            raise SystemExit(signal_exit_code("SIGINT"))
         self.received = signal.Signals(signum).name
         self.trainer.state.request_stop(f"received {self.received}", signal=self.received)
 
@@ -43,7 +44,3 @@ class StopOnSignal(Callback):
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)
         self.previous = {}
-
-    @property
-    def exit_code(self) -> int:
-        return {"SIGTERM": 143, "SIGINT": 130}.get(self.received or "", 0)

@@ -63,7 +63,7 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) 
 
 
 CHECKPOINT_FLAG: dict[str, Any] = {
-    "choices": ["best", "last", "final"],
+    "choices": ["best", "last", "final"],  # io.checkpoint_format.WEIGHTS_CHOICES (not imported: --help stays light)
     "default": None,
     "help": "which weights: best or last (checkpoints/), final (model.safetensors); default best, else final",
 }

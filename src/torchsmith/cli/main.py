@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from torchsmith._version import __version__
 from torchsmith.cli import inspect, runs, train
-from torchsmith.errors import TorchsmithError
+from torchsmith.errors import TorchsmithError, signal_exit_code
 
 GROUPS = (train, inspect, runs)  # the order of `torchsmith --help`
 
@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return error.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return signal_exit_code("SIGINT")
     except Exception as error:  # a bug of ours or of a library: say so plainly, keep the exit code
         if debug:
             raise

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from torchsmith.config import DataConfig
 from torchsmith.data.bundle import DataBundle
-from torchsmith.errors import UsageError
+from torchsmith.errors import UsageError, did_you_mean
 
 if TYPE_CHECKING:
     from torchsmith.data.audio import AudioOptions
@@ -184,8 +183,7 @@ def load_data(config: DataConfig, seed: int) -> DataBundle:
     kind, sep, path = config.name.partition(":")
     entry = DATASETS.get(kind)
     if entry is None:
-        close = difflib.get_close_matches(kind, DATASETS, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
+        hint = did_you_mean(kind, DATASETS)
         raise UsageError(f"unknown dataset '{config.name}'.{hint} Known: {', '.join(DATASETS)}")
     if sep and not entry.takes_path:
         raise UsageError(f"dataset '{kind}' takes no path; use --data-dir for its location")

@@ -7,7 +7,6 @@ sequence (`TokenBatches`, a `MemorySource`, in `torchsmith.data.tokens`).
 from __future__ import annotations
 
 import csv
-import difflib
 import re
 import warnings
 from collections.abc import Sequence
@@ -26,7 +25,7 @@ from torchsmith.data.tokens import (  # noqa: F401  (PAD_ID, Subwords, subwords_
     WordTokenizer,
     subwords_option,
 )
-from torchsmith.errors import UsageError
+from torchsmith.errors import UsageError, did_you_mean
 
 TEXT_COLUMNS = ("sentence", "text", "review")
 LABEL_COLUMNS = ("label", "labels", "class", "target")
@@ -127,9 +126,8 @@ def _find_column(
     if chosen is not None:
         if chosen.strip().lower() in names:
             return names.index(chosen.strip().lower())
-        close = difflib.get_close_matches(chosen.lower(), names, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise UsageError(f"{path}, line 1: no column {chosen!r} in the header {header}{hint}")
+        hint = did_you_mean(chosen.lower(), names)
+        raise UsageError(f"{path}, line 1: no column {chosen!r} in the header {header}.{hint}")
     for candidate in candidates:
         if candidate in names:
             return names.index(candidate)

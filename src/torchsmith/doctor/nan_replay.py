@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
@@ -19,6 +19,7 @@ from torch import nn
 
 from torchsmith.doctor.data_scan import nonfinite_rows, tensor_stats, tensors_in
 from torchsmith.doctor.diagnosis import NanReport, diagnose
+from torchsmith.precision import autocast
 
 LossFn = Callable[[Any, Any], torch.Tensor]
 HISTORY_KEPT = 20  # recent steps kept in a NanReport
@@ -159,13 +160,6 @@ class _NonFiniteTracer:
         self.handles.clear()
 
 
-def _autocast(precision: str, device: torch.device) -> AbstractContextManager:
-    dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16}
-    if precision not in dtypes:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtypes[precision])
-
-
 def _scalar(loss: torch.Tensor) -> torch.Tensor:
     return loss if loss.ndim == 0 else loss.mean()
 
@@ -174,7 +168,7 @@ def _replay(model: nn.Module, loss_fn: LossFn, inputs: Any, targets: Any, report
     """One forward, loss and backward with hooks; fills the report's stage and stats."""
     tracer = _NonFiniteTracer(model)
     try:
-        with _autocast(report.precision, device_of(inputs)):
+        with autocast(report.precision, device_of(inputs)):
             outputs = model(inputs)
             loss = None if tracer.forward_event else _scalar(loss_fn(outputs, targets))
         if tracer.forward_event is not None:

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchsmith.config import TASK_NAMES
 from torchsmith.doctor.data_scan import out_of_range_rows, tensors_in
 from torchsmith.doctor.nan_replay import LossFn, device_of, state_kept
 from torchsmith.doctor.shapes import (
@@ -24,7 +25,6 @@ from torchsmith.doctor.shapes import (
 )
 from torchsmith.errors import UsageError
 
-TASKS = ("classification", "sequence")
 # a first loss above this multiple of ln(C) means the initial logits are far from uniform
 HIGH_LOSS_FACTOR = 3.0
 
@@ -215,8 +215,8 @@ def preflight(
         >>> findings = preflight(model, images, labels, num_classes=10, loss_fn=nn.CrossEntropyLoss())
         >>> raise_for_errors(findings)  # UsageError naming the layer, the shapes and the fix
     """
-    if task not in TASKS:
-        raise UsageError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    if task not in TASK_NAMES:
+        raise UsageError(f"task must be one of {', '.join(TASK_NAMES)}, got {task!r}")
     sizes = [t.shape[0] for t in tensors_in(inputs) if t.ndim > 0]
     if not sizes:
         raise UsageError(

@@ -1,15 +1,6 @@
 """Checkpoints you can trust: atomic, verified by SHA-256, loaded without unpickling code.
 
-A checkpoint is one folder, `checkpoints/<name>/`:
-
-| file | content |
-|---|---|
-| `model.safetensors` | the model's `state_dict` tensors |
-| `training.pt` | optimizer, scheduler, scaler, RNG and data position (`torch.load(weights_only=True)`) |
-| `config.yaml` | the resolved run config |
-| `meta.json` | `step`, `epoch`, save time, versions |
-| `manifest.json` | size and SHA-256 of the four files above, written last |
-
+The files of a checkpoint folder are described in `torchsmith.io.checkpoint_format`.
 The folder is written under a temporary name and renamed into place, then the
 `checkpoints/latest` file is updated, so a crash at any moment leaves the previous
 checkpoint complete. Loading verifies the manifest before reading anything.
@@ -25,14 +16,12 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import re
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +31,24 @@ import yaml
 
 from torchsmith._version import __version__
 from torchsmith.errors import TrainingFailure, UsageError
+from torchsmith.io.checkpoint_format import (
+    CONFIG_FILE,
+    DATA_FILES,
+    LATEST_FILE,
+    MANIFEST_FILE,
+    META_FILE,
+    MODEL_FILE,
+    TEMP_PREFIX,
+    TRAINING_FILE,
+    Checkpoint,
+    CheckpointCorrupt,
+    CheckpointWarning,
+    UnsafeCheckpoint,
+    check_plain,
+    checkpoint_name,
+    manifest_bytes,
+    plain_tensors,
+)
 from torchsmith.io.files import (
     atomic_write_text,
     fsync_dir,
@@ -51,58 +58,27 @@ from torchsmith.io.files import (
     write_and_fsync,
 )
 
-MODEL_FILE = "model.safetensors"
-TRAINING_FILE = "training.pt"
-CONFIG_FILE = "config.yaml"
-META_FILE = "meta.json"
-MANIFEST_FILE = "manifest.json"
-LATEST_FILE = "latest"
-DATA_FILES = (MODEL_FILE, TRAINING_FILE, CONFIG_FILE, META_FILE)
-MANIFEST_FORMAT = 1
-TEMP_PREFIX = ".tmp-"
+# The checkpoint API: the format's names are re-exported so one import serves a user.
+__all__ = [
+    "DATA_FILES",
+    "MANIFEST_FILE",
+    "Checkpoint",
+    "CheckpointCorrupt",
+    "CheckpointWarning",
+    "UnsafeCheckpoint",
+    "checkpoint_name",
+    "find_resumable",
+    "load_checkpoint",
+    "plain_tensors",
+    "save_checkpoint",
+    "verify_checkpoint",
+]
+
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 # only periodic checkpoints are subject to `keep_last`; "best", "last" and others never are
 _STEP_PATTERN = re.compile(r"step-(\d+)")
 # temp folders: ".tmp-<name>-<pid>" (being written), "...-old" (set aside), "...-del" (deleting)
 _TEMP_PATTERN = re.compile(r"\.tmp-([A-Za-z0-9][A-Za-z0-9_-]*?)-\d+(-old)?")
-_PLAIN_SCALARS = (bool, int, float, str, type(None), torch.dtype, torch.device)
-
-
-class CheckpointCorrupt(TrainingFailure):
-    """A checkpoint is incomplete or does not match its manifest (exit 1)."""
-
-
-class UnsafeCheckpoint(CheckpointCorrupt):
-    """A checkpoint matches its manifest but holds objects that could run code on load."""
-
-
-class CheckpointWarning(UserWarning):
-    """A checkpoint was skipped while looking for one to resume from."""
-
-
-@dataclass
-class Checkpoint:
-    """A loaded, verified checkpoint.
-
-    Example:
-        >>> ckpt = load_checkpoint(Path("runs/a/checkpoints/last"))  # doctest: +SKIP
-        >>> model.load_state_dict(ckpt.model_state)  # doctest: +SKIP
-    """
-
-    path: Path
-    model_state: dict[str, torch.Tensor]
-    training_state: dict[str, Any]
-    config: dict[str, Any]
-    meta: dict[str, Any]
-
-    @property
-    def step(self) -> int:
-        return int(self.meta["step"])
-
-
-def checkpoint_name(step: int) -> str:
-    """Name of the periodic checkpoint saved at optimizer step `step`, e.g. `step-000123`."""
-    return f"step-{step:06d}"
 
 
 def save_checkpoint(
@@ -130,7 +106,7 @@ def save_checkpoint(
     checkpoints_dir = Path(checkpoints_dir)
     _check_save_arguments(name, meta, keep_last)
     tensors = plain_tensors(model_state)
-    _check_plain("training_state", training_state)
+    check_plain("training_state", training_state)
     texts = _serialize_texts(name, config, meta)
     final = checkpoints_dir / name
     temp = checkpoints_dir / f"{TEMP_PREFIX}{name}-{os.getpid()}"
@@ -164,46 +140,6 @@ def _check_save_arguments(name: str, meta: dict[str, Any], keep_last: int | None
         raise UsageError(f"keep_last must be at least 1 (or None to keep all), got {keep_last}.")
 
 
-def plain_tensors(model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Detached, contiguous CPU tensors, none sharing memory (safetensors refuses aliases)."""
-    tensors: dict[str, torch.Tensor] = {}
-    seen_storages: set[int] = set()
-    for key, value in model_state.items():
-        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
-            raise UsageError(
-                f"model_state[{key!r}] is a {type(value).__name__}; model_state must map "
-                "str keys to tensors, as `model.state_dict()` does."
-            )
-        tensor = value.detach().cpu().contiguous()
-        storage = tensor.untyped_storage().data_ptr()
-        if storage in seen_storages and tensor.numel() > 0:
-            # tied weights: stored twice, tied again by the module's load_state_dict
-            tensor = tensor.clone()
-        seen_storages.add(tensor.untyped_storage().data_ptr())
-        tensors[key] = tensor
-    return tensors
-
-
-def _check_plain(where: str, value: Any) -> None:
-    """Refuse values that `torch.load(weights_only=True)` could not load back."""
-    if isinstance(value, (torch.Tensor, *_PLAIN_SCALARS)):
-        return
-    if isinstance(value, (list, tuple)):
-        for index, item in enumerate(value):
-            _check_plain(f"{where}[{index}]", item)
-        return
-    if isinstance(value, dict):
-        for key, item in value.items():
-            _check_plain(f"{where} key {key!r}", key)
-            _check_plain(f"{where}[{key!r}]", item)
-        return
-    raise UsageError(
-        f"{where} is a {type(value).__module__}.{type(value).__qualname__}; checkpoints hold "
-        "only tensors, numbers, strings, bools, None, lists, tuples and dicts. Convert it "
-        "(e.g. `.item()` for a NumPy scalar, `torch.from_numpy` for an array)."
-    )
-
-
 def _serialize_texts(name: str, config: dict, meta: dict) -> dict[str, str]:
     versions = {"torch_version": torch.__version__, "torchsmith_version": __version__}
     meta = {**meta, "name": name, "saved_at": time.time(), **versions}
@@ -235,15 +171,6 @@ def _write_files(
     fsync_dir(folder)
 
 
-def _manifest_bytes(entries: dict[str, Any]) -> bytes:
-    # one canonical form holding its own digest: any edit of the manifest is reported
-    # as such, rather than as a mismatch of the file whose entry was edited
-    body = {"format": MANIFEST_FORMAT, "files": entries}
-    own = hashlib.sha256(json.dumps(body, sort_keys=True).encode("utf-8")).hexdigest()
-    manifest = {**body, "manifest_sha256": own}
-    return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8")
-
-
 def _write_manifest(folder: Path) -> None:
     entries = {
         file_name: {
@@ -252,7 +179,7 @@ def _write_manifest(folder: Path) -> None:
         }
         for file_name in DATA_FILES
     }
-    write_and_fsync(folder / MANIFEST_FILE, _manifest_bytes(entries))
+    write_and_fsync(folder / MANIFEST_FILE, manifest_bytes(entries))
 
 
 def _publish(temp: Path, final: Path) -> None:
@@ -307,7 +234,7 @@ def verify_checkpoint(path: Path) -> None:
     try:
         entries = json.loads(raw)["files"]
         valid = (
-            raw == _manifest_bytes(entries)
+            raw == manifest_bytes(entries)
             and sorted(entries) == sorted(DATA_FILES)
             and all(sorted(entry) == ["sha256", "size"] for entry in entries.values())
         )

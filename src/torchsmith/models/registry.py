@@ -8,7 +8,6 @@ files you trust.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import importlib.util
 import inspect
@@ -22,7 +21,7 @@ from typing import Any
 from torch import nn
 
 from torchsmith.data.bundle import DataInfo
-from torchsmith.errors import UsageError
+from torchsmith.errors import UsageError, did_you_mean
 
 Builder = Callable[[DataInfo, dict[str, Any]], nn.Module]
 
@@ -135,10 +134,8 @@ def build_model(name: str, info: DataInfo, args: dict[str, Any] | None = None) -
         return _construct(load_user_class(name), args, name)
     entry = MODELS.get(name)
     if entry is None:
-        close = difflib.get_close_matches(name, MODELS, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
         raise UsageError(
-            f"unknown model '{name}'.{hint} Built-in models: {', '.join(sorted(MODELS))}; "
+            f"unknown model '{name}'.{did_you_mean(name, MODELS)} Built-in models: {', '.join(sorted(MODELS))}; "
             f"or name your own class as path/to/file.py:ClassName"
         )
     try:
@@ -158,10 +155,8 @@ def load_user_class(spec: str) -> type[nn.Module]:
             for n, v in vars(module).items()
             if inspect.isclass(v) and issubclass(v, nn.Module) and v.__module__ == module.__name__
         ]
-        close = difflib.get_close_matches(class_name, classes, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
         raise UsageError(
-            f"{target} has no class '{class_name}'.{hint} nn.Module classes defined "
+            f"{target} has no class '{class_name}'.{did_you_mean(class_name, classes)} nn.Module classes defined "
             f"there: {', '.join(classes) or 'none'}"
         )
     if not (inspect.isclass(cls) and issubclass(cls, nn.Module)):

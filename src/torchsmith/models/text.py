@@ -16,9 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from torchsmith.data.tokens import PAD_ID
 from torchsmith.errors import UsageError
-
-PAD_ID = 0
 
 
 def _lengths(ids: torch.Tensor) -> torch.Tensor:

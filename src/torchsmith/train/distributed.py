@@ -112,6 +112,11 @@ class Distributed:
         rank's share of the batch times the number of ranks."""
         return self.world_size * local_samples / global_samples
 
+    def batch_share(self, targets: Any, batches: Any, position: int) -> tuple[float, int]:
+        """(weight of this rank's mean loss, samples in the global batch) for the batch at `position`."""
+        total = batches.order.batch_size_at(position)
+        return self.loss_weight(len(targets), total), total
+
     def agree_step(self, state: TrainState, found_inf: torch.Tensor | None) -> bool:
         """Whether every rank found its loss and gradients finite; the ranks' stop requests ride along
         in the same reduction (one small all_reduce and one host read per step)."""

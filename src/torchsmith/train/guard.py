@@ -1,27 +1,33 @@
-"""What happens after the NaN guard fires: find the cause, then stop, skip or roll back.
+"""The NaN guard: a fused finite check of the loss and every gradient before the optimizer step.
 
-The guard itself (`FiniteCheck`, called by `Trainer._may_step`) is one fused finite check
-of the loss and every gradient before the optimizer step, so a bad step never reaches
-the weights. This module also replays that step with the doctor and applies the
-`on_nan` policy.
+`NanGuard` holds everything the guard needs between steps: the finite check, the on-device
+record of the first flagged step (the sync-free mode, `train.nan_check_every > 1`), and the
+last losses for the doctor's history. When it fires, `investigate` replays the step with the
+doctor and `verdict` says what the `on_nan` policy does with it (skip, roll back, stop); the
+Trainer applies that verdict, so nothing here writes to the trainer, optimizer or scheduler.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import torch
+from torch import nn
 
+from torchsmith.config import TrainConfig
 from torchsmith.doctor.diagnosis import NanReport
 from torchsmith.doctor.nan_replay import localize_nonfinite
 from torchsmith.errors import TrainingFailure
-
-if TYPE_CHECKING:
-    from torchsmith.state import TrainState
-    from torchsmith.train.trainer import Trainer
+from torchsmith.state import TrainState
 
 ROLLBACK_LR_FACTOR = 0.5
+RECENT = 16  # losses kept on the device for the doctor's history
+
+
+class RolledBack(Exception):
+    """The NaN policy restored an earlier checkpoint; the epoch loop restarts from its position."""
 
 
 class FiniteCheck:
@@ -62,107 +68,163 @@ class FiniteCheck:
         return False
 
 
-def investigate(
-    trainer: Trainer, inputs: Any, targets: Any, indices: torch.Tensor | None, history: list[dict[str, float]]
-) -> NanReport:
-    """Replay the failing step (same weights, batch and random seed) with hooks on every module."""
-    state = trainer.state
+class NanGuard:
+    """The guard's state for one Trainer: its check, its on-device record, its recent losses.
 
-    def loss_fn(outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return trainer.loss_fn(*trainer.task.loss_view(outputs, target))
+    Example:
+        >>> guard = NanGuard(TrainConfig())
+        >>> guard.setup([], torch.device("cpu"), optimizer=None)
+        >>> guard.passes(torch.tensor(float("nan")))
+        False
+    """
 
-    trainer._seed_step()  # the failing step's dropout masks
-    lr = trainer.optimizer.param_groups[0]["lr"] if trainer.optimizer else None
-    return localize_nonfinite(
-        trainer.model,
-        loss_fn,
-        inputs,
-        targets,
-        step=state.step,
-        epoch=state.epoch + 1,
-        sample_indices=indices,
-        history=history,
-        precision=trainer.config.precision,
-        lr=lr,
-    )
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        self.check = FiniteCheck([], torch.device("cpu"))
+        self.on_device = False  # the sync-free mode: a fused optimizer skips flagged steps itself
+        self.first_bad_step = torch.full((), -1, dtype=torch.int64)
+        self.recent: list[torch.Tensor | None] = [None] * RECENT
 
+    def setup(self, params: list[nn.Parameter], device: torch.device, optimizer: Any) -> None:
+        """Point the check at the model's parameters and choose the host or the on-device mode."""
+        self.check = FiniteCheck(params, device)
+        self.first_bad_step = torch.full((), -1, dtype=torch.int64, device=device)
+        wanted = self.config.nan_guard and self.config.nan_check_every > 1
+        # The sync-free guard needs an optimizer that skips flagged steps itself (fused ones).
+        self.on_device = (
+            wanted
+            and bool(getattr(optimizer, "_step_supports_amp_scaling", False))
+            and any(g.get("fused") for g in optimizer.param_groups)
+        )
+        if wanted and not self.on_device:
+            print(
+                "note: train.nan_check_every > 1 needs a fused optimizer (sgd, adam, adamw, adagrad); "
+                "checking every step",
+                file=sys.stderr,
+            )
 
-def apply_nan_policy(trainer: Trainer, report: NanReport) -> None:
-    """stop: raise; skip: drop the batch and go on; rollback: restore the last checkpoint."""
-    state, policy = trainer.state, trainer.config.on_nan
-    max_skips, max_rollbacks = trainer.config.nan_max_skips, trainer.config.nan_max_rollbacks
-    if policy == "skip" and state.skipped_steps < max_skips:
-        state.skipped_steps += 1
+    def passes(self, loss: torch.Tensor) -> bool:
+        """The host-mode verdict for this step's loss and gradients (one host read)."""
+        return not self.config.nan_guard or self.check.passes(loss)
+
+    def flag(self, loss: torch.Tensor) -> torch.Tensor | None:
+        """The device flag without a host read (for DDP's agreement), or None with the guard off."""
+        return self.check.flag(loss) if self.config.nan_guard else None
+
+    def device_flag(self, loss: torch.Tensor, step: int) -> torch.Tensor:
+        """On-device mode: the flag a fused optimizer reads as `found_inf`, and the first flagged
+        step recorded on the device (read every `nan_check_every` steps by `check_record`)."""
+        found = self.check.flag(loss)
+        first = self.first_bad_step
+        first.copy_(torch.where((first < 0) & (found[0] > 0), step, first))
+        return found
+
+    def check_record(self, state: TrainState) -> None:
+        """Read the on-device record (one sync per check interval); stop if a step was flagged."""
+        bad = int(self.first_bad_step)
+        if bad < 0:
+            return
+        cause = "non-finite loss or gradient (checked on the device)"
+        state.nan_events.append({"step": bad, "epoch": state.epoch + 1, "stage": "unknown", "cause": cause})
+        state.status = "failed"
+        raise TrainingFailure(
+            f"Non-finite loss or gradient at step {bad}. The optimizer skipped that step on the device, so the "
+            f"weights never saw it; the guard is read every {self.config.nan_check_every} steps, so "
+            f"{state.step - bad - 1} more steps ran. Rerun with --set train.nan_check_every=1 to stop "
+            f"within the failing step and have the doctor replay it."
+        )
+
+    def remember(self, step: int, loss: torch.Tensor) -> None:
+        self.recent[step % RECENT] = loss  # detached, on the device: read only if the guard fires
+
+    def history(self, state: TrainState) -> list[dict[str, float]]:
+        """The losses of the last steps and the last logged gradient norms, for the doctor."""
+        history = []
+        for step in range(max(0, state.step - RECENT), state.step):
+            loss = self.recent[step % RECENT]
+            if loss is not None:
+                history.append({"step": step, "loss": float(loss)})
+        for row in state.history[-3:]:
+            if "grad_norm" in row:
+                history.insert(0, {"step": row["step"], "grad_norm": row["grad_norm"], "lr": row.get("lr", 0.0)})
+        return history
+
+    def investigate(
+        self,
+        model: nn.Module,
+        loss_fn: Callable[[Any, Any], torch.Tensor],
+        batch: tuple[Any, Any, torch.Tensor | None],
+        state: TrainState,
+        lr: float | None,
+    ) -> NanReport:
+        """Replay the failing step (same weights, batch and seed: the caller re-seeds) with the doctor."""
+        inputs, targets, indices = batch
+        return localize_nonfinite(
+            model,
+            loss_fn,
+            inputs,
+            targets,
+            step=state.step,
+            epoch=state.epoch + 1,
+            sample_indices=indices,
+            history=self.history(state),
+            precision=self.config.precision,
+            lr=lr,
+        )
+
+    def verdict(self, report: NanReport, state: TrainState, indices: torch.Tensor | None, can_roll_back: bool) -> str:
+        """Record the event; what the `on_nan` policy does now: "skip", "rollback" or "stop" (its
+        limits counted). A skip is counted and said here; the caller drops the batch."""
+        batch = indices.tolist() if indices is not None else None
+        policy = self.config.on_nan
+        state.nan_events.append({"policy": policy, **report.to_dict(), "batch_indices": batch})
+        if policy == "skip" and state.skipped_steps < self.config.nan_max_skips:
+            state.skipped_steps += 1
+            print(
+                f"warning: skipped step {state.step} (epoch {state.epoch + 1}, batch {state.position}): "
+                f"{report.cause}; {state.skipped_steps} skipped so far",
+                file=sys.stderr,
+            )
+            return "skip"
+        if policy == "rollback" and state.rollbacks < self.config.nan_max_rollbacks and can_roll_back:
+            return "rollback"
+        return "stop"
+
+    @staticmethod
+    def rollback_memory(report: NanReport, state: TrainState) -> dict[str, Any]:
+        """What a rollback keeps across the restore: the events so far, the count, the batch that
+        failed and, when the batch's inputs were bad, those samples (bad inputs stay bad)."""
+        excluded = state.excluded_samples + (report.samples if report.stage == "input" else [])
+        return {
+            "nan_events": list(state.nan_events),
+            "rollbacks": state.rollbacks + 1,
+            "poisoned": [*state.poisoned, [state.epoch, state.position]],
+            "excluded_samples": sorted(set(excluded)),
+        }
+
+    def after_rollback(self, memory: dict[str, Any], report: NanReport, state: TrainState) -> None:
+        failed_epoch, failed_position = memory["poisoned"][-1]
+        for key, value in memory.items():
+            setattr(state, key, value)
         print(
-            f"warning: skipped step {state.step} (epoch {state.epoch + 1}, batch {state.position}): "
-            f"{report.cause}; {state.skipped_steps} skipped so far",
+            f"warning: {report.cause} at step {report.step}; rolled back to step {state.step}, "
+            f"learning rate x{ROLLBACK_LR_FACTOR}, skipping batch {failed_position} of epoch {failed_epoch + 1} "
+            f"(rollback {state.rollbacks}/{self.config.nan_max_rollbacks})",
             file=sys.stderr,
         )
-        state.position += 1
-        return
-    if policy == "rollback" and state.rollbacks < max_rollbacks:
-        roll_back(trainer, report)
-        return
-    state.status = "failed"
-    limit = {"skip": f" after {max_skips} skipped steps", "rollback": f" after {max_rollbacks} rollbacks"}
-    raise TrainingFailure(
-        f"{report.to_text()}\nTraining stopped{limit.get(policy, '')} before this step changed the weights; "
-        f"the last good state is saved. Policies: --on-nan stop|skip|rollback."
-    )
 
-
-def roll_back(trainer: Trainer, report: NanReport) -> None:
-    """Restore the newest checkpoint, lower the learning rate, and skip the failing batch."""
-    from torchsmith.callbacks.checkpointer import Checkpointer, restore
-    from torchsmith.train.trainer import RolledBack
-
-    state = trainer.state
-    checkpointer = next((c for c in trainer.callbacks if isinstance(c, Checkpointer)), None)
-    if checkpointer is None:
-        raise TrainingFailure(f"{report.to_text()}\n--on-nan rollback needs checkpoints (a run directory)")
-    failed_at = [state.epoch, state.position]
-    events, rollbacks, poisoned = list(state.nan_events), state.rollbacks + 1, [*state.poisoned, failed_at]
-    # Bad input samples stay bad: every later batch holding them is skipped too.
-    excluded = state.excluded_samples + (report.samples if report.stage == "input" else [])
-    restore(trainer, checkpointer.latest())
-    state.nan_events, state.rollbacks, state.poisoned = events, rollbacks, poisoned
-    state.excluded_samples = sorted(set(excluded))
-    for group in trainer.optimizer.param_groups if trainer.optimizer else []:
-        group["lr"] *= ROLLBACK_LR_FACTOR
-    if trainer.scheduler is not None and hasattr(trainer.scheduler, "base_lrs"):
-        trainer.scheduler.base_lrs = [lr * ROLLBACK_LR_FACTOR for lr in trainer.scheduler.base_lrs]
-    print(
-        f"warning: {report.cause} at step {report.step}; rolled back to step {state.step}, "
-        f"learning rate x{ROLLBACK_LR_FACTOR}, skipping batch {failed_at[1]} of epoch {failed_at[0] + 1} "
-        f"(rollback {rollbacks}/{trainer.config.nan_max_rollbacks})",
-        file=sys.stderr,
-    )
-    raise RolledBack()
-
-
-def flag_on_device(trainer: Trainer, found: torch.Tensor) -> None:
-    """The guard without a host sync: hand the device flag to the fused optimizer, which skips
-    a flagged step on the device, and remember the first flagged step."""
-    trainer.optimizer.found_inf = found  # type: ignore[union-attr]  # read by fused optimizers
-    first = trainer._first_bad_step
-    first.copy_(torch.where((first < 0) & (found[0] > 0), trainer.state.step, first))
-
-
-def check_device_flags(trainer: Trainer) -> None:
-    """Read the device guard's record (one sync per check interval); stop if a step was flagged."""
-    state = trainer.state
-    bad = int(trainer._first_bad_step)
-    if bad < 0:
-        return
-    cause = "non-finite loss or gradient (checked on the device)"
-    state.nan_events.append({"step": bad, "epoch": state.epoch + 1, "stage": "unknown", "cause": cause})
-    state.status = "failed"
-    raise TrainingFailure(
-        f"Non-finite loss or gradient at step {bad}. The optimizer skipped that step on the device, so the "
-        f"weights never saw it; the guard is read every {trainer.config.nan_check_every} steps, so "
-        f"{state.step - bad - 1} more steps ran. Rerun with --set train.nan_check_every=1 to stop "
-        f"within the failing step and have the doctor replay it."
-    )
+    def failure(self, report: NanReport, can_roll_back: bool) -> TrainingFailure:
+        """The error that ends the run, saying why the policy gave up."""
+        if self.config.on_nan == "rollback" and not can_roll_back:
+            return TrainingFailure(f"{report.to_text()}\n--on-nan rollback needs checkpoints (a run directory)")
+        limits = {
+            "skip": f" after {self.config.nan_max_skips} skipped steps",
+            "rollback": f" after {self.config.nan_max_rollbacks} rollbacks",
+        }
+        return TrainingFailure(
+            f"{report.to_text()}\nTraining stopped{limits.get(self.config.on_nan, '')} before this step changed "
+            f"the weights; the last good state is saved. Policies: --on-nan stop|skip|rollback."
+        )
 
 
 def known_bad(state: TrainState, indices: torch.Tensor | None) -> bool:
@@ -172,19 +234,3 @@ def known_bad(state: TrainState, indices: torch.Tensor | None) -> bool:
     if state.excluded_samples and indices is not None:
         return bool(torch.isin(indices.cpu(), torch.tensor(state.excluded_samples)).any())
     return False
-
-
-def loss_history(trainer: Trainer) -> list[dict[str, float]]:
-    """The losses of the last steps (kept on the device) and the last logged gradient norms."""
-    from torchsmith.train.trainer import RECENT
-
-    state = trainer.state
-    history = []
-    for step in range(max(0, state.step - RECENT), state.step):
-        loss = trainer._recent_losses[step % RECENT]
-        if loss is not None:
-            history.append({"step": step, "loss": float(loss)})
-    for row in state.history[-3:]:
-        if "grad_norm" in row:
-            history.insert(0, {"step": row["step"], "grad_norm": row["grad_norm"], "lr": row.get("lr", 0.0)})
-    return history

@@ -108,3 +108,48 @@ class MetricAccumulator:
         loss_sum = float(self.loss_sum)  # the one host-device sync per log interval
         totals = {k: float(v) for k, v in self.totals.items()}
         return self.task.summarize(loss_sum / self.count, totals, self.count)
+
+
+class TrainMetrics:
+    """The training metrics of the current epoch: device-side sums of the open log interval
+    (`meter`) and host sums of the intervals already read (`totals`), so `train_*` is the mean
+    over the epoch so far."""
+
+    def __init__(self, task: Task) -> None:
+        self.meter = MetricAccumulator(task)
+        self.totals: dict[str, float] = {}
+
+    def update(self, loss: torch.Tensor, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        self.meter.update(loss, outputs, targets)
+
+    def read(self, dist: Any = None) -> dict[str, float]:
+        """Close the open interval (one sync; under DDP summed over the ranks); its own means."""
+        meter = self.meter
+        if dist is not None:
+            dist.reduce_meter(meter)
+        count, values = meter.count, meter.compute()
+        meter.reset()
+        for key, value in values.items():
+            self.totals[key] = self.totals.get(key, 0.0) + value * count
+        self.totals["_count"] = self.totals.get("_count", 0) + count
+        return values
+
+    def epoch_means(self) -> dict[str, float]:
+        count = self.totals.get("_count", 0)
+        return {f"train_{k}": v / count for k, v in self.totals.items() if k != "_count"} if count else {}
+
+    def end_epoch(self) -> None:
+        self.totals = {}
+
+    def state_dict(self, dist: Any, epoch_ended: bool) -> dict[str, Any]:
+        """The open interval's sums (of all ranks when `dist` is given: a collective) and the totals."""
+        meter = dist.global_meter_state(self.meter) if dist is not None else self.meter.state_dict()
+        return {"meter": meter, "epoch_totals": {} if epoch_ended else dict(self.totals)}
+
+    def load_state_dict(self, saved: dict[str, Any], device: torch.device) -> None:
+        from torchsmith.io import rank
+
+        self.meter.load_state_dict(saved["meter"], device)
+        if not rank.is_writer():
+            self.meter.reset()  # the saved sums are those of all ranks: rank 0 alone carries them on
+        self.totals = dict(saved["epoch_totals"])

@@ -1,4 +1,4 @@
-"""Devices, optimizers and learning-rate schedules from names or from the user's objects."""
+"""Optimizers and learning-rate schedules from names or from the user's objects, and the step itself."""
 
 from __future__ import annotations
 
@@ -12,10 +12,8 @@ from torch import nn
 from torch.optim import optimizer as optimizer_module
 
 from torchsmith.config import OptimConfig
-from torchsmith.errors import UsageError
+from torchsmith.errors import UsageError, did_you_mean
 from torchsmith.train.defer_compiler import defer_dynamo_import
-
-OPTIMIZERS = ("sgd", "adamw", "adam", "adadelta", "rmsprop", "adagrad", "airbench-sgd")
 
 
 class _Kernels(TypedDict, total=False):
@@ -23,23 +21,6 @@ class _Kernels(TypedDict, total=False):
 
     fused: bool
     foreach: bool
-
-
-def resolve_device(name: str) -> torch.device:
-    """ "auto" picks cuda, then mps, then cpu; anything else must be available."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"--device must be auto, cpu, cuda, cuda:N or mps, got '{name}'") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but no CUDA device is available; use --device cpu")
-    return device
 
 
 # torch.optim.Optimizer's methods that torch marks as not to be traced by torch.compile.
@@ -94,11 +75,7 @@ def optimizer_by_name(name: str, params: Iterable[nn.Parameter], config: OptimCo
         "adagrad": lambda: torch.optim.Adagrad(params, lr=lr, weight_decay=wd, **fused),
     }
     if name not in makers:
-        import difflib
-
-        close = difflib.get_close_matches(name, makers, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise UsageError(f"unknown optimizer '{name}'.{hint} Known: {', '.join(makers)}")
+        raise UsageError(f"unknown optimizer '{name}'.{did_you_mean(name, makers)} Known: {', '.join(makers)}")
     return makers[name]()
 
 
@@ -130,6 +107,16 @@ def build_schedule(config: OptimConfig, optimizer: torch.optim.Optimizer, total_
             config.scheduler, step, total_steps, warmup, config.min_lr_ratio, config.warmup_start_ratio
         ),
     )
+
+
+def schedule_for(
+    spec: Any, own_schedule: bool, config: OptimConfig, optimizer: torch.optim.Optimizer, total_steps: int
+) -> tuple[Any, str]:
+    """(scheduler, "step" or "epoch"): the user's scheduler as given (stepped as its kind needs),
+    or the config's named schedule over `total_steps` when the Trainer chooses the schedule."""
+    if spec is not None or not own_schedule:
+        return spec, "step" if spec is None else steps_per_call(spec)
+    return build_schedule(config, optimizer, total_steps), "step"
 
 
 def steps_per_call(scheduler: Any) -> str:

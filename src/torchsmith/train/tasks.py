@@ -13,7 +13,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from torchsmith.errors import UsageError
+from torchsmith.config import TASK_NAMES
+from torchsmith.errors import UsageError, did_you_mean
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -33,10 +34,7 @@ def resolve_loss(loss: str | LossFn | nn.Module | None, label_smoothing: float =
         return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     if isinstance(loss, str):
         if loss not in LOSSES:
-            import difflib
-
-            close = difflib.get_close_matches(loss, LOSSES, n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
+            hint = did_you_mean(loss, LOSSES)
             raise UsageError(f"unknown loss '{loss}'.{hint} Known losses: {', '.join(LOSSES)}")
         return LOSSES[loss]()
     if not callable(loss):
@@ -104,7 +102,7 @@ class Sequence(Task):
         }
 
 
-TASKS: dict[str, type[Task]] = {"classification": Classification, "sequence": Sequence}
+TASKS: dict[str, type[Task]] = dict(zip(TASK_NAMES, (Classification, Sequence), strict=True))
 
 
 def resolve_task(task: str | Task) -> Task:

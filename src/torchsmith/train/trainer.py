@@ -1,50 +1,47 @@
 """The Trainer: fit, evaluate and predict for any nn.Module.
 
-`fit` reads top to bottom: every part of a training iteration is visible in `_train_one`.
-The one override point for unusual batches is `train_step(model, batch)`.
+`fit` reads top to bottom; every part of a training iteration is visible in `_train_one`, and
+the one override point for unusual batches is `train_step(model, batch)`. The Trainer owns its
+parts: the NaN guard returns a verdict that `_on_nonfinite` applies, and a checkpoint reads and
+restores the training state only through `state_dict` / `load_state_dict`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import difflib
 import gc
-import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from torchsmith.callbacks.base import Callback
+from torchsmith.callbacks.base import (
+    Callback,
+    CheckpointSource,
+    callback_states,
+    inference_weights,
+    load_callback_states,
+)
 from torchsmith.callbacks.progress import ProgressPrinter
-from torchsmith.config import OptimConfig, TrainConfig
+from torchsmith.config import OptimConfig, TrainConfig, with_options
 from torchsmith.data.loaders import make_batches
 from torchsmith.data.order import derive_seed
+from torchsmith.doctor.diagnosis import NanReport
 from torchsmith.errors import UsageError
 from torchsmith.io import rank
+from torchsmith.io.checkpoint import Checkpoint
+from torchsmith.io.rng import capture_rng_state, restore_rng_state
+from torchsmith.precision import autocast
 from torchsmith.state import TrainState
 from torchsmith.train import distributed
-from torchsmith.train.guard import FiniteCheck, check_device_flags, flag_on_device, known_bad, loss_history
-from torchsmith.train.metrics import MetricAccumulator
-from torchsmith.train.optim import (
-    build_optimizer,
-    build_schedule,
-    grad_norm,
-    optimizer_step,
-    resolve_device,
-    steps_per_call,
-    zero_grad,
-)
+from torchsmith.train.device import default_generator, resolve_device, to_device
+from torchsmith.train.evaluation import evaluate_batches, predict_outputs
+from torchsmith.train.guard import ROLLBACK_LR_FACTOR, NanGuard, RolledBack, known_bad
+from torchsmith.train.metrics import TrainMetrics
+from torchsmith.train.optim import build_optimizer, grad_norm, optimizer_step, schedule_for, zero_grad
 from torchsmith.train.tasks import LossFn, Task, resolve_loss, resolve_task
-
-RECENT = 16  # losses kept on the device for the doctor's history
-
-
-class RolledBack(Exception):
-    """Internal: the NaN policy restored an earlier checkpoint; the epoch loop restarts."""
 
 
 class Trainer:
@@ -71,7 +68,7 @@ class Trainer:
         optim: OptimConfig | None = None,
         **options: Any,
     ) -> None:
-        self.config = _with_options(config or TrainConfig(), options)
+        self.config = with_options(config or TrainConfig(), options)
         self.optim_config = optim or OptimConfig()
         # A ready optimizer (or factory) keeps the learning rate it was given unless `optim`
         # names a schedule too; named optimizers get the config's schedule (cosine by default).
@@ -84,6 +81,7 @@ class Trainer:
         self._optimizer_spec, self._scheduler_spec = optimizer, scheduler
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
+        self.scheduler_interval = "step"  # "step" or "epoch": when `scheduler.step()` is called
         self.callbacks = list(callbacks)
         if (
             self.config.progress != "none"
@@ -96,53 +94,49 @@ class Trainer:
         self.eval_model: nn.Module = model  # compiled view for evaluation (never DDP: no collectives)
         self.train_batches: Any = None
         self.grad_norm = torch.zeros(())
-        self._check = FiniteCheck([], torch.device("cpu"))  # the NaN guard's, set up with the model
-        self._first_bad_step = torch.full((), -1, dtype=torch.int64)
-        self._device_guard = False
+        self.guard = NanGuard(self.config)
+        self.train_metrics = TrainMetrics(self.task)
         self._batches_ready = False
         self._generator = torch.default_generator
         self._params: list[nn.Parameter] = []
         self._epoch_clock = (time.perf_counter(), 0.0)
-        self.meter = MetricAccumulator(self.task)
-        self.epoch_totals: dict[str, float] = {}  # host sums of the finished log intervals
-        self._recent_losses: list[torch.Tensor | None] = [None] * RECENT
 
     # ----------------------------------------------------------------- fit
     def fit(self, train_data: Any, val_data: Any = None, *, resume: bool = False) -> list[dict[str, float]]:
-        """Train; returns the per-epoch history (also on `trainer.state.history`).
-
-        `resume=True` continues from the newest complete checkpoint of the `Checkpointer`
-        callback, exactly where it stopped.
-        """
+        """Train; returns the per-epoch history (also `trainer.state.history`). `resume=True` goes on
+        exactly from the newest complete checkpoint of the `Checkpointer` callback."""
         state = self.state
-        self.train_batches = self._batches(train_data, train=True)
-        val_batches = self._batches(val_data, train=False) if val_data is not None else None
+        self.train_batches = self.batches(train_data, train=True)
+        val_batches = self.batches(val_data, train=False) if val_data is not None else None
         self.setup()
+        self._set_limits()  # from the config now: a second fit may train longer
         if resume:
-            self.resume_from_checkpoint()
+            self.restore(self._checkpoints("resume").latest())
         self._call("on_fit_start")
         try:
-            while not self._finished():
+            while not state.finished:
                 self._call("on_epoch_start")
                 self._epoch_clock = (time.perf_counter(), state.train_time_s)
                 self.forward_model.train()  # once per epoch: evaluation and the doctor restore it
                 try:
                     for inputs, targets, indices in self.train_batches.epoch(state.epoch, state.position):
-                        if state.poisoned and known_bad(self.state, indices):
+                        if state.poisoned and known_bad(state, indices):
                             state.position += 1  # a batch a rollback found non-finite
                             continue
                         self._train_one(inputs, targets, indices)
-                        if self._finished() or self._stopping():
+                        # under DDP, the stop request as all ranks agreed on it in this step's reduction
+                        if state.finished or (self.dist.stop_agreed if self.dist else state.stop_requested):
                             break
                 except RolledBack:
                     continue  # the counters moved back: iterate again from the restored position
                 epoch_seconds = self._clock()
-                if state.position < len(self.train_batches) and not self._finished():
+                if state.position < len(self.train_batches) and not state.finished:
                     break  # stopped mid-epoch (signal, early stop): no partial-epoch evaluation
                 self._end_epoch(val_batches, epoch_seconds)
-                if self._agree_stop():
+                if self.dist.agree_stop(state) if self.dist else state.stop_requested:
                     break
-            self._agree_stop()  # a signal that came after the last step's agreement
+            if self.dist:
+                self.dist.agree_stop(state)  # a signal that came after the last step's agreement
         except BaseException as error:
             state.status = "stopped" if isinstance(error, KeyboardInterrupt) else "failed"
             self._call("on_exception", error)
@@ -155,325 +149,252 @@ class Trainer:
 
     def _train_one(self, inputs: Any, targets: Any, indices: torch.Tensor | None) -> None:
         """One optimizer step: forward, loss, backward, finite check, clip, step, schedule."""
-        cfg, state = self.config, self.state
+        cfg, state, guard = self.config, self.state, self.guard
         if not self._batches_ready:
-            inputs, targets = self._to_device(inputs), self._to_device(targets)
-        self._seed_step()  # dropout and other module randomness follow (seed, step)
+            inputs, targets = self.to_device(inputs), self.to_device(targets)
+        self.seed_step()  # dropout and other module randomness follow (seed, step)
         out = self.train_step(self.forward_model, (inputs, targets))
-        weight, batch_samples = self._batch_share(targets)
+        weight, batch_samples = (
+            self.dist.batch_share(targets, self.train_batches, state.position) if self.dist else (1.0, len(targets))
+        )
         (out["loss"] * weight if weight != 1.0 else out["loss"]).backward()  # DDP averages over ranks here
         loss = out["loss"].detach()
         if cfg.clip_grad_norm is not None or state.step % cfg.log_every == cfg.log_every - 1:
             self.grad_norm = grad_norm(self._params, cfg.clip_grad_norm)
-        if self._device_guard:
-            flag_on_device(self, self._check.flag(loss))  # the fused optimizer skips the step if flagged
+        if guard.on_device:  # no host read: the fused optimizer skips a flagged step itself
+            self.optimizer.found_inf = guard.device_flag(loss, state.step)  # type: ignore[union-attr]
         elif not self._may_step(loss):
             self._on_nonfinite(inputs, targets, indices)
             return
         assert self.optimizer is not None
         optimizer_step(self.optimizer)
         zero_grad(self.optimizer)
-        if self.scheduler is not None and self._scheduler_interval == "step":
+        if self.scheduler is not None and self.scheduler_interval == "step":
             self.scheduler.step()
         if "outputs" in out:
-            self.meter.update(loss, out["outputs"], targets)
-        self._recent_losses[state.step % RECENT] = loss  # for the doctor's history (detached)
+            self.train_metrics.update(loss, out["outputs"], targets)
+        guard.remember(state.step, loss)
         state.step += 1
         state.position += 1
         state.samples_seen += batch_samples
         state.metrics_updated = state.step % cfg.log_every == 0
-        if self._device_guard and state.step % cfg.nan_check_every == 0:
-            check_device_flags(self)
+        if guard.on_device and state.step % cfg.nan_check_every == 0:
+            guard.check_record(state)
         if state.metrics_updated:
             self._log_train()
         self._call("on_step_end")
 
     def train_step(self, model: nn.Module, batch: tuple[Any, Any]) -> dict[str, torch.Tensor]:
-        """Forward and loss for one batch; override for unusual batches.
-
-        Must return {"loss": scalar tensor}, and "outputs" for the task's metrics.
-        """
+        """Forward and loss for one batch; override for unusual batches. Returns {"loss": scalar
+        tensor}, and "outputs" for the task's metrics."""
         inputs, targets = batch
         with self.autocast():
             outputs = model(inputs)
-            loss = self.loss_fn(*self.task.loss_view(outputs, targets))
+            loss = self.task_loss(outputs, targets)
         return {"loss": loss, "outputs": outputs}
+
+    def task_loss(self, outputs: Any, targets: Any) -> torch.Tensor:
+        """The loss as the task sees outputs and targets (e.g. flattened positions for sequences)."""
+        return self.loss_fn(*self.task.loss_view(outputs, targets))
 
     def _end_epoch(self, val_batches: Any, seconds: float) -> None:
         state = self.state
         self._log_train()
         if val_batches is not None:
             with self.inference_weights():
-                for key, value in self._evaluate_batches(val_batches).items():
+                for key, value in evaluate_batches(self, val_batches).items():
                     state.metrics[f"val_{key}"] = value
             self._call("on_eval_end")
         state.metrics["epoch_time_s"] = seconds
         state.history.append({"epoch": state.epoch + 1, "step": state.step, **state.metrics})
-        if self.scheduler is not None and self._scheduler_interval == "epoch":
+        if self.scheduler is not None and self.scheduler_interval == "epoch":
             self.scheduler.step()  # before callbacks, so a checkpoint saved there holds the next LR
         self._call("on_epoch_end")
         state.epoch += 1
         state.position = 0
-        self.epoch_totals = {}
+        self.train_metrics.end_epoch()
+
+    # ----------------------------------------------------------------- the NaN guard's verdict
+    def _may_step(self, loss: torch.Tensor) -> bool:
+        """The guard's verdict, one host read; under DDP all ranks agree on it and on stop requests."""
+        if self.dist is not None:
+            return self.dist.agree_step(self.state, self.guard.flag(loss))
+        return self.guard.passes(loss)
+
+    def _on_nonfinite(self, inputs: Any, targets: Any, indices: torch.Tensor | None) -> None:
+        """The guard fired: nothing was applied to the weights. Find the cause, then apply the
+        `on_nan` verdict: skip the batch, roll back to the last checkpoint, or stop."""
+        assert self.optimizer is not None
+        state = self.state
+        self.optimizer.zero_grad(set_to_none=True)
+        self.seed_step()  # the failing step's dropout masks
+        lr = self.optimizer.param_groups[0]["lr"]
+        report = self.guard.investigate(self.model, self.task_loss, (inputs, targets, indices), state, lr)
+        can_roll_back = any(isinstance(c, CheckpointSource) for c in self.callbacks)
+        verdict = self.guard.verdict(report, state, indices, can_roll_back)  # records the event
+        if verdict == "skip":
+            state.position += 1  # the batch is dropped; the weights never saw it
+        elif verdict == "rollback":
+            self._roll_back(report)
+        else:
+            state.status = "failed"
+            raise self.guard.failure(report, can_roll_back)
+
+    def _roll_back(self, report: NanReport) -> None:
+        """Restore the newest checkpoint, lower the learning rate, skip the failing batch."""
+        memory = self.guard.rollback_memory(report, self.state)  # what the restore must not undo
+        self.restore(self._checkpoints("--on-nan rollback").latest())
+        self.guard.after_rollback(memory, report, self.state)
+        for group in self.optimizer.param_groups if self.optimizer else []:
+            group["lr"] *= ROLLBACK_LR_FACTOR
+        if self.scheduler is not None and hasattr(self.scheduler, "base_lrs"):
+            self.scheduler.base_lrs = [lr * ROLLBACK_LR_FACTOR for lr in self.scheduler.base_lrs]
+        raise RolledBack()
 
     # ----------------------------------------------------------------- evaluate / predict
     def evaluate(self, data: Any, collect: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> dict[str, float]:
-        """Loss and the task's metrics over `data` (all samples, each counted once).
-
-        With `collect`, each batch's `(outputs, targets)` is appended to it (on the CPU).
-        """
+        """Loss and the task's metrics over `data`, each sample counted once; with `collect`, each
+        batch's `(outputs, targets)` is appended to it (on the CPU)."""
         self.setup(for_training=False)
-        return self._evaluate_batches(self._batches(data, train=False), collect)
-
-    def _evaluate_batches(self, batches: Any, collect: list[Any] | None = None) -> dict[str, float]:
-        meter = MetricAccumulator(self.task)
-        model = self.eval_model
-        was_training = model.training
-        model.eval()
-        parts = []
-        with torch.no_grad():
-            for inputs, targets, indices in batches.epoch(0):
-                inputs, targets = self._to_device(inputs), self._to_device(targets)
-                with self.autocast():
-                    outputs = self._eval_forward(model, inputs)
-                    loss = self.loss_fn(*self.task.loss_view(outputs, targets))
-                meter.update(loss, outputs, targets)
-                if collect is not None:
-                    parts.append((outputs.float().cpu(), targets.cpu(), indices))
-        model.train(was_training)
-        if self.dist is not None:  # each rank evaluated its slice of every batch: each sample once
-            self.dist.reduce_meter(meter, agree_keys=True)
-        if collect is not None:
-            collect.extend(self.dist.gather_in_order(parts) if self.dist else [(o, t) for o, t, _ in parts])
-        return meter.compute()
-
-    def _eval_forward(self, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-        if self.config.tta == "none":
-            return model(inputs)
-        from torchsmith.train.tta import tta_predict
-
-        return tta_predict(model, inputs, self.config.tta)  # averaged logits over flipped/shifted views
+        return evaluate_batches(self, self.batches(data, train=False), collect)
 
     def predict(self, inputs: torch.Tensor | Any) -> torch.Tensor:
         """The model's outputs for `inputs` (a tensor, batched here), gathered on the CPU."""
         self.setup(for_training=False)
-        outputs = []
-        self.model.eval()
-        with torch.no_grad():
-            for batch in self.iter_inputs(inputs):
-                with self.autocast():
-                    outputs.append(self.eval_model(batch).float().cpu())
-        return torch.cat(outputs)
+        return predict_outputs(self, inputs)
 
-    def iter_inputs(self, inputs: Any) -> Iterator[torch.Tensor]:
-        if isinstance(inputs, torch.Tensor):
-            for start in range(0, inputs.shape[0], self.config.eval_batch_size):
-                yield self._to_device(inputs[start : start + self.config.eval_batch_size])
-        else:
-            for inputs_batch, _, _ in self._batches(inputs, train=False).epoch(0):
-                yield self._to_device(inputs_batch)
+    # ----------------------------------------------------------------- state
+    def state_dict(self, all_ranks: bool = True) -> dict[str, Any]:
+        """Everything a run needs to go on exactly but the weights (the Checkpointer saves those from
+        `trainer.model`), loadable with `weights_only=True`. Under DDP with `all_ranks` (a collective)
+        the open log interval's sums are those of all ranks, so it resumes on any number of processes."""
+        state = self.state.state_dict()
+        epoch_ended = state["position"] >= state["steps_per_epoch"] > 0
+        if epoch_ended:  # saved at an epoch's end: resume at the next one's start
+            state["epoch"], state["position"] = state["epoch"] + 1, 0
+        return {
+            "trainer": state,
+            **self.train_metrics.state_dict(self.dist if all_ranks else None, epoch_ended),
+            "optimizer": self.optimizer.state_dict() if self.optimizer else {},
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
+            "callbacks": callback_states(self.callbacks),
+            "rng": capture_rng_state(),
+        }
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned into a set-up trainer (optimizer and scheduler built)."""
+        state = self.state
+        state.load_state_dict(saved["trainer"])
+        # How the earlier process ended is not state to go on from; limits come from the current config.
+        state.stop_requested, state.stop_reason, state.stop_signal, state.status = False, "", "", "running"
+        self._set_limits()
+        self.train_metrics.load_state_dict(saved, self.device)
+        if self.optimizer is not None and saved["optimizer"]:
+            self.optimizer.load_state_dict(saved["optimizer"])
+        if self.scheduler is not None and saved["scheduler"]:
+            self.scheduler.load_state_dict(saved["scheduler"])
+        load_callback_states(self.callbacks, saved["callbacks"])
+        restore_rng_state(saved["rng"])
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        """The checkpoint's weights and training state, so training goes on exactly from it."""
+        self.model.load_state_dict(checkpoint.model_state)
+        self.load_state_dict(checkpoint.training_state)
+
+    def _checkpoints(self, purpose: str) -> CheckpointSource:
+        source = next((c for c in self.callbacks if isinstance(c, CheckpointSource)), None)
+        if source is None:
+            raise UsageError(f"{purpose} needs a Checkpointer callback (a run directory) to find checkpoints in")
+        return source
 
     # ----------------------------------------------------------------- setup and helpers
     def setup(self, for_training: bool = True) -> None:
         """Move the model to the device and build optimizer, schedule and compiled view once."""
         if self.optimizer is None:
             self.model.to(self.device)
-            self._first_bad_step = torch.full((), -1, dtype=torch.int64, device=self.device)
             if self.config.channels_last:
                 self.model.to(memory_format=torch.channels_last)
             if self.config.deterministic:
                 torch.use_deterministic_algorithms(True, warn_only=True)
             compiled: Any = torch.compile(self.model) if self.config.compile else self.model
-            self.forward_model = compiled
-            self.eval_model = self.forward_model
+            self.forward_model = self.eval_model = compiled
         if not for_training:
             return
         if self.dist is not None and self.forward_model is self.eval_model:
             self.forward_model = self.dist.wrap(self.model, self.config.compile)  # DDP for this fit
-        if self.optimizer is not None:
-            return
+        if self.optimizer is None:
+            self._setup_training()
+
+    def _setup_training(self) -> None:
         self._params = list(self.model.parameters())  # listed once: walking the modules costs per step
-        self._check = FiniteCheck(self._params, self.device)
-        self._generator = (
-            torch.cuda.default_generators[self.device.index or 0]
-            if self.device.type == "cuda"
-            else torch.default_generator
-        )
+        self._generator = default_generator(self.device)
         # In-memory data already lives on the device in its final layout: no per-step move.
         self._batches_ready = getattr(self.train_batches, "on_device", False) and not self.config.channels_last
+        self._set_limits()
         self.optimizer = build_optimizer(self._optimizer_spec, self.model, self.optim_config, self.config.batch_size)
-        total = self.total_steps()
-        if self._scheduler_spec is not None or not self._own_schedule:
-            self.scheduler = self._scheduler_spec
-        else:
-            self.scheduler = build_schedule(self.optim_config, self.optimizer, total)
-        # The sync-free guard needs an optimizer that skips flagged steps itself (fused ones).
-        self._device_guard = (
-            self.config.nan_guard
-            and self.config.nan_check_every > 1
-            and bool(getattr(self.optimizer, "_step_supports_amp_scaling", False))
-            and any(g.get("fused") for g in self.optimizer.param_groups)
+        self.scheduler, self.scheduler_interval = schedule_for(
+            self._scheduler_spec, self._own_schedule, self.optim_config, self.optimizer, self.state.total_steps
         )
-        if self.config.nan_guard and self.config.nan_check_every > 1 and not self._device_guard:
-            print(
-                "note: train.nan_check_every > 1 needs a fused optimizer (sgd, adam, adamw, adagrad); "
-                "checking every step",
-                file=sys.stderr,
-            )
-        self._scheduler_interval = "step" if self._scheduler_spec is None else steps_per_call(self.scheduler)
-        self.state.max_epochs, self.state.max_steps = self.config.max_epochs, self.config.max_steps
-        self.state.steps_per_epoch = len(self.train_batches)
+        self.guard.setup(self._params, self.device, self.optimizer)
 
-    def total_steps(self) -> int:
-        per_epoch = len(self.train_batches)
-        total = per_epoch * self.config.max_epochs
-        return min(total, self.config.max_steps) if self.config.max_steps else total
-
-    def _finished(self) -> bool:
+    def _set_limits(self) -> None:  # the run's length from the current config: a resumed run may be extended
         state = self.state
-        if self.config.max_steps is not None and state.step >= self.config.max_steps:
-            return True
-        return state.epoch >= self.config.max_epochs
+        state.max_epochs, state.max_steps = self.config.max_epochs, self.config.max_steps
+        state.steps_per_epoch = len(self.train_batches) if self.train_batches is not None else 0
 
-    def _batches(self, data: Any, train: bool) -> Any:
-        cfg = self.config
-        rank, world_size = (self.dist.rank, self.dist.world_size) if self.dist else (0, 1)
+    def batches(self, data: Any, train: bool) -> Any:
+        """`data` (tensors, Dataset, DataLoader or in-memory source) as the Trainer iterates it."""
+        cfg, (rank_, world) = self.config, (self.dist.rank, self.dist.world_size) if self.dist else (0, 1)
+        size, grouped = (cfg.batch_size, cfg.group_by_length) if train else (cfg.eval_batch_size, False)
         return make_batches(
             data,
-            batch_size=cfg.batch_size if train else cfg.eval_batch_size,
+            batch_size=size,
             train=train,
             seed=cfg.seed,
             device=self.device,
-            rank=rank,
-            world_size=world_size,
-            group_by_length=train and cfg.group_by_length,
+            rank=rank_,
+            world_size=world,
+            group_by_length=grouped,
         )
 
-    def _to_device(self, value: Any) -> Any:
-        if isinstance(value, torch.Tensor):
-            if value.device != self.device:
-                value = value.to(self.device, non_blocking=True)
-            if self.config.channels_last and value.dim() == 4:
-                value = value.contiguous(memory_format=torch.channels_last)
-            return value
-        if isinstance(value, (tuple, list)):
-            return type(value)(self._to_device(v) for v in value)
-        if isinstance(value, dict):
-            return {k: self._to_device(v) for k, v in value.items()}
-        return value
+    def to_device(self, value: Any) -> Any:
+        """A batch's inputs or targets (nested tensors too) on the training device, in its layout."""
+        return to_device(value, self.device, self.config.channels_last)
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.config.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.config.precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+        return autocast(self.config.precision, self.device)
 
-    def _seed_step(self) -> None:
-        # The device's default generator directly: torch.manual_seed would also reseed every
-        # other backend, which costs more than a small training step.
-        # Under DDP each rank draws its own masks for its own samples.
+    def seed_step(self) -> None:
+        """Seed dropout from (seed, step) on the device's generator (torch.manual_seed would reseed
+        every backend, dearer than a small step); under DDP each rank draws its own masks."""
         counters = (3, self.state.step) if self.dist is None else (3, self.state.step, self.dist.rank)
         self._generator.manual_seed(derive_seed(self.config.seed, *counters))
 
-    def _may_step(self, loss: torch.Tensor) -> bool:
-        """The NaN guard's verdict, with one host read. Under DDP all ranks agree on it, and on
-        their stop requests, in one reduction, before any of them steps."""
-        if self.dist is not None:
-            return self.dist.agree_step(self.state, self._check.flag(loss) if self.config.nan_guard else None)
-        return not self.config.nan_guard or self._check.passes(loss)
-
-    def _batch_share(self, targets: Any) -> tuple[float, int]:
-        """(weight of this rank's mean loss, samples in the global batch) for the current step."""
-        if self.dist is None:
-            return 1.0, targets.shape[0]
-        total = self.train_batches.order.batch_size_at(self.state.position)
-        return self.dist.loss_weight(targets.shape[0], total), total
-
     def _release_ddp(self) -> None:
-        # DDP lives for one fit. Its reducer holds the process group from within reference cycles:
-        # left to the interpreter's exit, its teardown can abort the process (seen with gloo).
+        # DDP lives for one fit: its reducer holds the process group in reference cycles, whose
+        # teardown at the interpreter's exit can abort the process (seen with gloo).
         if self.forward_model is not self.eval_model:
             self.forward_model = self.eval_model
             gc.collect()
 
-    def _stopping(self) -> bool:
-        """The stop request, as all ranks agreed on it in this step's reduction under DDP."""
-        return self.state.stop_requested if self.dist is None else self.dist.stop_agreed
-
-    def _agree_stop(self) -> bool:
-        return self.state.stop_requested if self.dist is None else self.dist.agree_stop(self.state)
-
-    def _clock(self) -> float:
-        """Update `state.train_time_s`; returns the seconds spent in the current epoch."""
-        started, before = self._epoch_clock
-        seconds = time.perf_counter() - started
-        self.state.train_time_s = before + seconds
+    def _clock(self) -> float:  # updates state.train_time_s; the seconds spent in this epoch
+        seconds = time.perf_counter() - self._epoch_clock[0]
+        self.state.train_time_s = self._epoch_clock[1] + seconds
         return seconds
 
     def _log_train(self) -> None:
         """Read the device-side sums (one sync) into `state.metrics` as train_*."""
         self._clock()
-        meter = self.meter
-        if self.dist is not None:
-            self.dist.reduce_meter(meter)  # the sums and counts of all ranks
-        count = meter.count
-        values = meter.compute()
-        meter.reset()
-        totals = self.epoch_totals
-        for key, value in values.items():
-            totals[key] = totals.get(key, 0.0) + value * count
-        totals["_count"] = totals.get("_count", 0) + count
-        if totals["_count"]:
-            for key in values:
-                self.state.metrics[f"train_{key}"] = totals[key] / totals["_count"]
-        if "loss" in values:
-            self.state.last_loss = values["loss"]
-        self.state.metrics["lr"] = self.optimizer.param_groups[0]["lr"] if self.optimizer else 0.0
-        self.state.metrics["grad_norm"] = float(self.grad_norm)
+        interval = self.train_metrics.read(self.dist)
+        self.state.metrics.update(self.train_metrics.epoch_means())
+        self.state.last_loss = interval.get("loss", self.state.last_loss)
+        lr = self.optimizer.param_groups[0]["lr"] if self.optimizer else 0.0
+        self.state.metrics.update(lr=lr, grad_norm=float(self.grad_norm))
 
-    def _on_nonfinite(self, inputs: Any, targets: Any, indices: torch.Tensor | None) -> None:
-        """The guard fired: nothing was applied to the weights. Find the cause, then apply
-        the `on_nan` policy: stop, skip the batch, or roll back to the last checkpoint."""
-        from torchsmith.train.guard import apply_nan_policy, investigate
-
-        assert self.optimizer is not None
-        self.optimizer.zero_grad(set_to_none=True)
-        report = investigate(self, inputs, targets, indices, loss_history(self))
-        batch = indices.tolist() if indices is not None else None
-        self.state.nan_events.append({"policy": self.config.on_nan, **report.to_dict(), "batch_indices": batch})
-        apply_nan_policy(self, report)  # raises TrainingFailure or RolledBack, or returns to skip
-
-    def resume_from_checkpoint(self) -> None:
-        """Restore the newest complete checkpoint of the Checkpointer callback."""
-        from torchsmith.callbacks.checkpointer import Checkpointer, restore
-
-        checkpointer = next((c for c in self.callbacks if isinstance(c, Checkpointer)), None)
-        if checkpointer is None:
-            raise UsageError("resume needs a Checkpointer callback (a run directory) to find checkpoints in")
-        restore(self, checkpointer.latest())
-
-    @contextlib.contextmanager
-    def inference_weights(self) -> Iterator[nn.Module]:
-        """Within the block the model holds the weights that evaluation and saved models use:
-        its own, or the average a callback keeps (EMA without lookahead)."""
-        with contextlib.ExitStack() as stack:
-            for callback in self.callbacks:
-                if hasattr(callback, "inference_weights"):
-                    stack.enter_context(callback.inference_weights(self.model))
-            yield self.model
+    def inference_weights(self) -> contextlib.AbstractContextManager[nn.Module]:
+        """Within the block the model holds the weights evaluation uses (its own, or an EMA's)."""
+        return inference_weights(self.callbacks, self.model)
 
     def _call(self, hook: str, *args: Any) -> None:
         for callback in self.callbacks:
             getattr(callback, hook)(self, *args)
-
-
-def _with_options(config: TrainConfig, options: dict[str, Any]) -> TrainConfig:
-    names = [f.name for f in dataclasses.fields(TrainConfig)]
-    unknown = [k for k in options if k not in names]
-    if unknown:
-        hints = [
-            f"'{k}'" + (f" (did you mean '{m[0]}'?)" if (m := difflib.get_close_matches(k, names, 1)) else "")
-            for k in unknown
-        ]
-        raise TypeError(f"Trainer got unknown option(s) {', '.join(hints)}; options are: {', '.join(names)}")
-    return dataclasses.replace(config, **options)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-TTA_MODES = ("none", "flip", "flip-translate")
+from torchsmith.config import TTA_MODES
 
 
 @torch.no_grad()
