@@ -267,7 +267,7 @@ def test_sequence_task_checks_vocab_and_ignores_padding() -> None:
             CharModel(20, 20),
             tokens,
             targets,
-            task="regression",
+            task="ranking",
             num_classes=20,
             loss_fn=CE,
         )

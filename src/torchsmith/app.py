@@ -32,6 +32,7 @@ from torchsmith.report.model_summary import summary as model_summary
 from torchsmith.report.predictions import most_confident_mistakes, save_predictions
 from torchsmith.state import lower_is_better
 from torchsmith.train import distributed
+from torchsmith.train.tasks import Task, resolve_task
 from torchsmith.train.trainer import Trainer
 
 
@@ -69,7 +70,8 @@ def train_run(config: RunConfig, *, quiet: bool = False, resume: bool = False) -
         model,
         loss=config.loss,
         optimizer=config.optim.name,
-        task=bundle.info.task,
+        task=run_task(bundle),
+        model_output=config.model.output,
         config=config.train,
         optim=config.optim,
         callbacks=callbacks,
@@ -149,6 +151,12 @@ def test_and_save_predictions(trainer: Trainer, bundle: DataBundle, run_dir: Pat
     return metrics
 
 
+def run_task(bundle: DataBundle) -> Task:
+    """The data's task, with its class or output names and (tables) the target's scaling."""
+    info = bundle.info
+    return resolve_task(info.task, names=info.class_names, options=info.preprocessing.get("task_options"))
+
+
 def whitening_init(model: torch.nn.Module, bundle: DataBundle) -> None:
     """Set SpeedNet's first conv from the covariance of the training images' patches."""
     from torchsmith.models.speednet import init_whitening
@@ -179,7 +187,8 @@ def preflight(trainer: Trainer, bundle: DataBundle, batch: tuple[Any, Any]) -> l
         trainer.to_device(targets),
         task=bundle.info.task,
         num_classes=bundle.info.num_classes,
-        loss_fn=lambda o, t: trainer.loss_fn(*trainer.task.loss_view(o, t)),
+        loss_fn=trainer.output_loss,
+        select=lambda raw: trainer.select_output(raw)[0],
     )
     for finding in findings if rank.is_writer() else ():
         if finding.level == "warning":
@@ -200,7 +209,7 @@ def make_callbacks(config: RunConfig, run_dir: Path) -> list[Callback]:
     train = config.train
     callbacks: list[Callback] = [
         MetricsLogger(run_dir),
-        Checkpointer(run_dir, config.to_dict(), train.checkpoint_every, train.keep_last, train.monitor),
+        Checkpointer(run_dir, config.to_dict(), train.checkpoint_every, train.keep_last, train.monitor, train.keep_best),
         StopOnSignal(),
     ]
     if train.ema_decay is not None:

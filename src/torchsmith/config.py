@@ -20,7 +20,7 @@ import yaml
 from torchsmith.errors import UsageError, did_you_mean
 
 TTA_MODES = ("none", "flip", "flip-translate")  # test-time augmentation (train.tta)
-TASK_NAMES = ("classification", "sequence")  # what a DataInfo.task may name (train.tasks implements them)
+TASK_NAMES = ("classification", "sequence", "regression", "multilabel")  # what a DataInfo.task may name (train.tasks implements them)
 
 
 @dataclass
@@ -28,6 +28,9 @@ class ModelConfig:
     name: str = "simplenet"
     args: dict[str, Any] = field(default_factory=dict)
     init: str = "default"  # default | whitening (first conv from the training patches, SpeedNet)
+    # which part of a dict / ModelOutput / tuple the model returns is the prediction (default:
+    # "logits", else the first element); a returned "loss" is used as the loss
+    output: str | None = None
 
 
 @dataclass
@@ -54,6 +57,8 @@ class OptimConfig:
     warmup_start_ratio: float = 0.0  # the LR factor at the first warm-up step
     min_lr_ratio: float = 0.0
     label_smoothing: float = 0.0
+    plateau_factor: float = 0.1  # scheduler=plateau: LR factor when train.monitor stops improving
+    plateau_patience: int = 2  # scheduler=plateau: evaluations without improvement before lowering
 
 
 @dataclass
@@ -89,7 +94,11 @@ class TrainConfig:
     tta: str = "none"  # test-time augmentation in evaluation: none | flip | flip-translate
     freeze_whitening_bias_after: int | None = None  # epochs (SpeedNet's whitening bias)
     early_stopping_patience: int | None = None
-    monitor: str = "val_loss"
+    monitor: str = "val_loss"  # any reported metric: best checkpoints, early stopping, plateau LR
+    metrics: str = ""  # comma-separated metrics to compute (e.g. "accuracy,f1_macro"); "" = the task's defaults
+    accumulate: int = 1  # micro-batches per optimizer step (batch_size stays the global batch)
+    eval_every: int | None = None  # also evaluate every N steps (mid-epoch rows in metrics.csv)
+    keep_best: int = 1  # checkpoints kept by train.monitor (best-1 ... best-K; `best` is the top one)
     progress: str = "auto"  # auto | bar | lines | none
     dist_timeout_s: float = 120.0  # how long a collective waits for the other processes before failing
 
@@ -175,7 +184,7 @@ CHOICES = {
     "train.precision": ("fp32", "bf16", "fp16"),
     "train.on_nan": ("stop", "skip", "rollback"),
     "train.progress": ("auto", "bar", "lines", "none"),
-    "optim.scheduler": ("none", "cosine", "onecycle", "linear", "step"),
+    "optim.scheduler": ("none", "cosine", "onecycle", "linear", "step", "plateau"),
     "train.tta": TTA_MODES,
     "model.init": ("default", "whitening"),
 }
@@ -190,11 +199,17 @@ def validate(config: RunConfig) -> list[str]:
         "--batch-size (train.batch_size)": train.batch_size,
         "train.eval_batch_size": train.eval_batch_size,
         "train.log_every": train.log_every,
+        "--accumulate (train.accumulate)": train.accumulate,
+        "--keep-best (train.keep_best)": train.keep_best,
     }
     for name, value in positive.items():
         if value is not None and value <= 0:
             errors.append(f"{name} must be a positive integer, got {value}")
-    optional: dict[str, int | None] = {"--max-steps": train.max_steps, "train.checkpoint_every": train.checkpoint_every}
+    optional: dict[str, int | None] = {
+        "--max-steps": train.max_steps,
+        "train.checkpoint_every": train.checkpoint_every,
+        "--eval-every (train.eval_every)": train.eval_every,
+    }
     for name, optional_value in optional.items():
         if optional_value is not None and optional_value <= 0:
             errors.append(f"{name} must be a positive integer, got {optional_value}")
@@ -208,6 +223,8 @@ def validate(config: RunConfig) -> list[str]:
         errors.append(f"data.val_fraction must be in [0, 1), got {config.data.val_fraction}")
     if train.dist_timeout_s is not None and train.dist_timeout_s <= 0:
         errors.append(f"train.dist_timeout_s must be positive, got {train.dist_timeout_s}")
+    if train.accumulate and train.batch_size and train.accumulate > train.batch_size:
+        errors.append(f"--accumulate ({train.accumulate}) cannot exceed --batch-size ({train.batch_size})")
     if train.clip_grad_norm is not None and train.clip_grad_norm <= 0:
         errors.append(f"--clip-grad-norm must be positive, got {train.clip_grad_norm}")
     for key, allowed in CHOICES.items():

@@ -41,6 +41,8 @@ class TrainState:
     excluded_samples: list[int] = field(default_factory=list)
     # true on the steps where train metrics were just read (every `log_every` steps)
     metrics_updated: bool = False
+    # true on the steps where a mid-epoch evaluation (`eval_every`) just wrote val_* metrics
+    evaluated: bool = False
     stop_requested: bool = False
     stop_reason: str = ""
     stop_signal: str = ""  # "SIGTERM"/"SIGINT" when a signal asked for the stop

@@ -8,6 +8,7 @@ dropout are derived from counters, so restoring the counters restores them.
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +26,9 @@ if TYPE_CHECKING:
 
 class Checkpointer(Callback):
     """Writes `checkpoints/step-NNNNNN` every N steps or at each epoch's end, and `last`
-    when training ends, stops or fails; `best` when the monitored metric improves."""
+    when training ends, stops or fails; `best` when the monitored metric improves. With
+    `keep_best` K > 1 the K best by the monitored metric are kept too, as `best-step-NNNNNN`
+    (`best` is always the top one)."""
 
     def __init__(
         self,
@@ -34,11 +37,14 @@ class Checkpointer(Callback):
         every_steps: int | None = None,
         keep_last: int = 2,
         monitor: str = "val_loss",
+        keep_best: int = 1,
     ) -> None:
         self.folder = Path(run_dir) / "checkpoints"
         self.config, self.every_steps, self.keep_last = config, every_steps, keep_last
         self.monitor = monitor
         self.best: float | None = None
+        self.keep_best = keep_best
+        self.top: list[tuple[float, str]] = []  # (value, folder) of the kept best-step-N, best first
 
     def save(self, trainer: Trainer, name: str, all_ranks: bool = True) -> Path | None:
         """Rank 0 writes. Under DDP every rank calls this and waits until the checkpoint is complete,
@@ -64,16 +70,37 @@ class Checkpointer(Callback):
     def on_step_end(self, trainer: Trainer) -> None:
         if self.every_steps and trainer.state.step % self.every_steps == 0:
             self.save(trainer, checkpoint_name(trainer.state.step))
+        if trainer.state.evaluated:  # a mid-epoch evaluation (train.eval_every)
+            self.consider(trainer)
 
     def on_epoch_end(self, trainer: Trainer) -> None:
         if not self.every_steps:
             self.save(trainer, checkpoint_name(trainer.state.step))
+        self.consider(trainer)
+
+    def consider(self, trainer: Trainer) -> None:
+        """Save `best` when the monitored metric improved, and keep the top `keep_best` of them."""
         value = trainer.state.metrics.get(self.monitor)
-        if value is not None:
-            lower = lower_is_better(self.monitor)
-            if self.best is None or (value < self.best if lower else value > self.best):
-                self.best = value
-                self.save(trainer, "best")
+        if value is None:
+            return
+        lower = lower_is_better(self.monitor)
+        if self.best is None or (value < self.best if lower else value > self.best):
+            self.best = value
+            self.save(trainer, "best")
+        if self.keep_best > 1:
+            self.keep_top(trainer, value, lower)
+
+    def keep_top(self, trainer: Trainer, value: float, lower: bool) -> None:
+        ranked = sorted([*self.top, (value, "")], key=lambda item: item[0], reverse=not lower)
+        if ranked.index((value, "")) >= self.keep_best:
+            return  # not among the K best
+        name = f"best-{checkpoint_name(trainer.state.step)}"
+        self.save(trainer, name)
+        self.top = [(v, n or name) for v, n in ranked]
+        for _, dropped in self.top[self.keep_best :]:
+            if rank.is_writer():
+                shutil.rmtree(self.folder / dropped, ignore_errors=True)
+        self.top = self.top[: self.keep_best]
 
     def on_fit_end(self, trainer: Trainer) -> None:
         self.save(trainer, "last")
@@ -93,7 +120,8 @@ class Checkpointer(Callback):
             return rank.from_writer(lambda: find_resumable(self.folder))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best}
+        return {"best": self.best, "top": [list(item) for item in self.top]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best = state["best"]
+        self.top = [(float(v), str(n)) for v, n in state.get("top", [])]

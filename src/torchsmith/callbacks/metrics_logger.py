@@ -47,6 +47,8 @@ class MetricsLogger(Callback):
             if state.train_time_s > 0:
                 state.metrics["samples_per_s"] = state.samples_seen / state.train_time_s
             self._add({k: state.metrics[k] for k in STEP_KEYS if k in state.metrics}, trainer)
+        if state.evaluated:  # a mid-epoch evaluation (train.eval_every): its own row of val_* values
+            self._add({k: v for k, v in state.metrics.items() if k.startswith("val_")}, trainer)
 
     def on_epoch_end(self, trainer: Trainer) -> None:
         metrics = {k: v for k, v in trainer.state.metrics.items() if k != "epoch_time_s"}

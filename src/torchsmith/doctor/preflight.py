@@ -4,7 +4,7 @@ initial-loss mistakes explained in terms of the user's own layers."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,9 @@ from torchsmith.doctor.shapes import (
     shape_of,
 )
 from torchsmith.errors import UsageError
+
+Select = Callable[[Any], Any]  # what the model returned -> its prediction (a dict's "logits", ...)
+NUMERIC_TASKS = ("regression", "multilabel")  # float targets of a fixed width, no class indices
 
 # a first loss above this multiple of ln(C) means the initial logits are far from uniform
 HIGH_LOSS_FACTOR = 3.0
@@ -61,7 +64,9 @@ def _error(code: str, message: str) -> list[Finding]:
     return [Finding("error", code, message)]
 
 
-def _shape_pass(model: nn.Module, inputs: Any, batch: int) -> tuple[Any, list[Finding], ShapeTracer]:
+def _shape_pass(
+    model: nn.Module, inputs: Any, batch: int, select: Select | None
+) -> tuple[Any, list[Finding], ShapeTracer]:
     """Forward once with shape hooks; explain a crash or a lost batch dimension."""
     tracer = ShapeTracer(model)
     try:
@@ -74,6 +79,11 @@ def _shape_pass(model: nn.Module, inputs: Any, batch: int) -> tuple[Any, list[Fi
         )
     finally:
         tracer.remove()
+    if select is not None:
+        try:
+            outputs = select(outputs)  # the prediction in a dict, ModelOutput or tuple
+        except UsageError as error:  # its message names the keys the model returned
+            return None, _error("output-kind", str(error)), tracer
     out_shape = shape_of(outputs)
     if out_shape is not None and rows_of(out_shape) != batch:
         message = explain_batch_change(model, tracer, batch, out_shape)
@@ -98,6 +108,8 @@ def _check_outputs(
     layer = ""
     if last is not None and last.output_shape == out_shape:
         layer = f" (`{module_label(model, last.name)}` is {last.module})"
+    if task in NUMERIC_TASKS:
+        return _check_numeric_outputs(out_shape, targets, task, num_classes, layer)
     classification = task == "classification"
     # float targets are one row of class probabilities per sample (soft labels)
     labels = targets.shape[:1] if targets.is_floating_point() else targets.shape
@@ -124,6 +136,23 @@ def _check_outputs(
     return []
 
 
+def _check_numeric_outputs(
+    out_shape: tuple[int, ...], targets: torch.Tensor, task: str, width: int, layer: str
+) -> list[Finding]:
+    """Regression: (batch,) or (batch, K) outputs for K targets; multi-label: (batch, C) logits."""
+    batch = targets.shape[0]
+    wanted = [(batch, width)] + ([(batch,)] if task == "regression" and width == 1 else [])
+    if out_shape in wanted:
+        return []
+    what = "target value(s)" if task == "regression" else "labels (one logit each)"
+    message = (
+        f"The model returned {fmt(out_shape)} but the data has {width} {what} per sample, so the "
+        f"outputs must be {fmt(wanted[0])}{layer}. Fix: give the last layer {width} outputs, e.g. "
+        f"`--model-args '{{\"num_classes\": {width}}}'`."
+    )
+    return _error("output-shape", message)
+
+
 def _check_targets(targets: Any, batch: int, task: str, num_classes: int, loss_fn: LossFn) -> list[Finding]:
     """Same batch size as the inputs, integer labels, every label in [0, num_classes)."""
     if not isinstance(targets, torch.Tensor) or targets.ndim == 0:
@@ -132,8 +161,8 @@ def _check_targets(targets: Any, batch: int, task: str, num_classes: int, loss_f
     if targets.shape[0] != batch:
         message = f"The batch has {batch} inputs but {targets.shape[0]} targets; both need the same size in dim 0."
         return _error("target-batch", message)
-    if task == "classification" and targets.is_floating_point() and targets.ndim == 2:
-        return []  # soft labels (mixup, label smoothing): probabilities, not indices
+    if task in NUMERIC_TASKS or (task == "classification" and targets.is_floating_point() and targets.ndim == 2):
+        return []  # numbers per sample, or soft labels (mixup, label smoothing): probabilities, not indices
     if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
         dtype = str(targets.dtype).replace("torch.", "")
         message = (
@@ -163,6 +192,7 @@ def _check_first_loss(
     targets: torch.Tensor,
     loss_fn: LossFn,
     num_classes: int,
+    task: str,
 ) -> list[Finding]:
     """The first loss must be one finite number, and near ln(C) for an untrained model."""
     try:
@@ -181,7 +211,7 @@ def _check_first_loss(
             "division in the model or the loss."
         )
         return _error("loss-nonfinite", message)
-    expected = math.log(num_classes) if num_classes > 1 else 0.0
+    expected = math.log(num_classes) if num_classes > 1 and task not in NUMERIC_TASKS else 0.0
     if expected > 0 and value > HIGH_LOSS_FACTOR * expected:
         message = (
             f"The first loss is {value:.3g}, more than {HIGH_LOSS_FACTOR:g}x ln({num_classes})"
@@ -202,6 +232,7 @@ def preflight(
     task: str = "classification",
     num_classes: int,
     loss_fn: LossFn,
+    select: Select | None = None,
 ) -> list[Finding]:
     """Check one batch before training: batch dim kept, output width, labels, first loss.
 
@@ -209,7 +240,9 @@ def preflight(
     gradients. The model's mode, its buffers (BatchNorm statistics) and the RNG state
     are restored afterwards, and no hook stays registered; lazy modules are
     materialised. For "sequence", `num_classes` is the vocabulary size and outputs are
-    (*targets.shape, vocab). `loss_fn(outputs, targets)` is the trainer's loss.
+    (*targets.shape, vocab); for "regression" and "multilabel" it is the outputs' width.
+    `loss_fn(outputs, targets)` is the trainer's loss of what the model returns; `select` picks
+    the prediction from a dict, ModelOutput or tuple the model returns.
 
     Example:
         >>> findings = preflight(model, images, labels, num_classes=10, loss_fn=nn.CrossEntropyLoss())
@@ -225,7 +258,7 @@ def preflight(
     batch, device = sizes[0], device_of(inputs)
     findings = _check_targets(targets, batch, task, num_classes, loss_fn)
     with state_kept(model, device, train=False), torch.no_grad():
-        outputs, problems, tracer = _shape_pass(model, inputs, batch)
+        outputs, problems, tracer = _shape_pass(model, inputs, batch, select)
     findings += problems
     if problems or not isinstance(targets, torch.Tensor):
         return findings
@@ -233,5 +266,5 @@ def preflight(
     if any(finding.level == "error" for finding in findings):
         return findings  # a bad label would make the loss fail (a device assert on CUDA)
     with state_kept(model, device, train=True), torch.no_grad():
-        findings += _check_first_loss(model, inputs, targets, loss_fn, num_classes)
+        findings += _check_first_loss(model, inputs, targets, loss_fn, num_classes, task)
     return findings

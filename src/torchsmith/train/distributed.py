@@ -152,18 +152,21 @@ class Distributed:
         `agree_keys` for evaluation: a rank that got no sample has no statistics to name.
         """
         meter.flush()
-        keys = sorted(meter.totals)
+        shapes = {key: tuple(torch.as_tensor(value).shape) for key, value in meter.totals.items()}
         if agree_keys:
             gathered: list[Any] = [None] * self.world_size
-            dist.all_gather_object(gathered, keys)
-            keys = sorted(set().union(*gathered))
-        values = [meter.loss_sum, meter.count, *(meter.totals.get(key, 0) for key in keys)]
-        # float64: exact for counts up to 2**53, and no rounding added to the float32 loss sums
-        packed = torch.stack([torch.as_tensor(v, device=self.device).to(torch.float64).reshape(()) for v in values])
+            dist.all_gather_object(gathered, shapes)
+            shapes = {key: shape for rank_shapes in gathered for key, shape in rank_shapes.items()}
+        keys = sorted(shapes)
+        values = [meter.loss_sum, meter.count, *(meter.totals.get(key, torch.zeros(shapes[key])) for key in keys)]
+        # float64: exact for counts up to 2**53, and no rounding added to the float32 loss sums;
+        # vectors (confusion counts, histograms) travel flattened in the same single reduction
+        flat = [torch.as_tensor(v, device=self.device).to(torch.float64).reshape(-1) for v in values]
+        packed = torch.cat(flat)
         dist.all_reduce(packed)
-        loss_sum, count, *totals = packed.unbind()
-        meter.loss_sum, meter.count = loss_sum, int(count.item())
-        meter.totals = dict(zip(keys, totals, strict=True))
+        loss_sum, count, *totals = packed.split([t.numel() for t in flat])
+        meter.loss_sum, meter.count = loss_sum.reshape(()), int(count.item())
+        meter.totals = {key: total.reshape(shapes[key]) for key, total in zip(keys, totals, strict=True)}
 
     def global_meter_state(self, meter: MetricAccumulator) -> dict[str, Any]:
         """The state of the unfinished log interval summed over the ranks, for a checkpoint (the

@@ -27,8 +27,7 @@ def evaluate_batches(trainer: Trainer, batches: Any, collect: list[Any] | None =
         for inputs, targets, indices in batches.epoch(0):
             inputs, targets = trainer.to_device(inputs), trainer.to_device(targets)
             with trainer.autocast():
-                outputs = _eval_forward(trainer, model, inputs)
-                loss = trainer.task_loss(outputs, targets)
+                outputs, loss = _eval_forward(trainer, model, inputs, targets)
             meter.update(loss, outputs, targets)
             if collect is not None:
                 parts.append((outputs.float().cpu(), targets.cpu(), indices))
@@ -40,12 +39,13 @@ def evaluate_batches(trainer: Trainer, batches: Any, collect: list[Any] | None =
     return meter.compute()
 
 
-def _eval_forward(trainer: Trainer, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+def _eval_forward(trainer: Trainer, model: nn.Module, inputs: Any, targets: Any) -> tuple[torch.Tensor, torch.Tensor]:
     if trainer.config.tta == "none":
-        return model(inputs)
+        return trainer.forward_loss(model, inputs, targets)
     from torchsmith.train.tta import tta_predict
 
-    return tta_predict(model, inputs, trainer.config.tta)  # averaged logits over flipped/shifted views
+    outputs = tta_predict(model, inputs, trainer.config.tta)  # averaged logits over flipped/shifted views
+    return outputs, trainer.task_loss(outputs, targets)
 
 
 def iter_inputs(trainer: Trainer, inputs: Any) -> Iterator[torch.Tensor]:
@@ -65,5 +65,5 @@ def predict_outputs(trainer: Trainer, inputs: Any) -> torch.Tensor:
     with torch.no_grad():
         for batch in iter_inputs(trainer, inputs):
             with trainer.autocast():
-                outputs.append(trainer.eval_model(batch).float().cpu())
+                outputs.append(trainer.select_output(trainer.eval_model(batch))[0].float().cpu())
     return torch.cat(outputs)

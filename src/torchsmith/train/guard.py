@@ -85,11 +85,15 @@ class NanGuard:
         self.first_bad_step = torch.full((), -1, dtype=torch.int64)
         self.recent: list[torch.Tensor | None] = [None] * RECENT
 
-    def setup(self, params: list[nn.Parameter], device: torch.device, optimizer: Any) -> None:
-        """Point the check at the model's parameters and choose the host or the on-device mode."""
-        self.check = FiniteCheck(params, device)
+    def setup(self, params: list[nn.Parameter], device: torch.device, optimizer: Any, scaled: bool = False) -> None:
+        """Point the check at the model's parameters and choose the host or the on-device mode.
+
+        `scaled` (fp16 with a GradScaler): the guard checks the loss alone. Gradients that overflow
+        under loss scaling are the scaler's business: it skips that step and lowers the scale, which
+        is no NaN event; a non-finite loss is a real one, and the guard acts on it as always."""
+        self.check = FiniteCheck([] if scaled else params, device)
         self.first_bad_step = torch.full((), -1, dtype=torch.int64, device=device)
-        wanted = self.config.nan_guard and self.config.nan_check_every > 1
+        wanted = self.config.nan_guard and self.config.nan_check_every > 1 and not scaled
         # The sync-free guard needs an optimizer that skips flagged steps itself (fused ones).
         self.on_device = (
             wanted

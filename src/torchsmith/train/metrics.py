@@ -14,7 +14,7 @@ class MetricAccumulator:
     """Sums a loss and task statistics on the device; read once, when `compute` is called.
 
     A step only keeps references (the detached loss, outputs and targets); the losses are
-    summed and the task's hits counted in chunks, a few kernels for many steps, so a small
+    summed and the task's hits and statistics counted in chunks, a few kernels for many steps, so a small
     model's step pays for no metric kernel at all.
     """
 
@@ -46,9 +46,6 @@ class MetricAccumulator:
         self._kept_bytes += outputs.numel() * outputs.element_size()
         if self._kept_bytes > self.KEEP_BYTES:
             self._flush_hits()
-        if self._has_stats:
-            for key, value in self.task.stats(outputs, targets).items():
-                self.totals[key] = value if key not in self.totals else self.totals[key] + value
         self.count += n
         if len(self._losses) >= self.CHUNK:
             self.flush()
@@ -69,9 +66,11 @@ class MetricAccumulator:
         outputs = kept[0][0] if len(kept) == 1 else torch.cat([o for o, _ in kept])
         targets = kept[0][1] if len(kept) == 1 else torch.cat([t for _, t in kept])
         hits = self.task.hits(outputs, targets)
-        if hits is not None:
-            correct = hits.sum()
-            self.totals["correct"] = correct + self.totals["correct"] if "correct" in self.totals else correct
+        found = {"correct": hits.sum()} if hits is not None else {}
+        if self._has_stats:  # sums: over the joined batches they are those of the batches added up
+            found.update(self.task.stats(outputs, targets))
+        for key, value in found.items():
+            self.totals[key] = value + self.totals[key] if key in self.totals else value
 
     def state_dict(self) -> dict[str, Any]:
         """The unfinished interval's sums, so a resumed run logs exactly the same values.
@@ -106,8 +105,15 @@ class MetricAccumulator:
             return {}
         self.flush()
         loss_sum = float(self.loss_sum)  # the one host-device sync per log interval
-        totals = {k: float(v) for k, v in self.totals.items()}
+        totals = {k: _host(v) for k, v in self.totals.items()}
         return self.task.summarize(loss_sum / self.count, totals, self.count)
+
+
+def _host(value: Any) -> Any:
+    """A 0-d sum as a float, a larger one as a float64 CPU tensor (histograms, per-class counts)."""
+    if isinstance(value, torch.Tensor) and value.dim() > 0:
+        return value.detach().to("cpu", torch.float64)
+    return float(value)
 
 
 class TrainMetrics:
@@ -123,20 +129,28 @@ class TrainMetrics:
         self.meter.update(loss, outputs, targets)
 
     def read(self, dist: Any = None) -> dict[str, float]:
-        """Close the open interval (one sync; under DDP summed over the ranks); its own means."""
+        """Close the open interval (one sync; under DDP summed over the ranks); its own metrics.
+        Its sums join the epoch's, from which `epoch_means` computes the metrics exactly."""
         meter = self.meter
         if dist is not None:
             dist.reduce_meter(meter)
-        count, values = meter.count, meter.compute()
+        values = meter.compute()  # flushes: the sums below are complete
+        if meter.count:
+            epoch = self.totals
+            epoch["_count"] = epoch.get("_count", 0) + meter.count
+            epoch["_loss_sum"] = epoch.get("_loss_sum", 0.0) + float(meter.loss_sum)
+            for key, value in meter.totals.items():
+                epoch[key] = epoch[key] + _host(value) if key in epoch else _host(value)
         meter.reset()
-        for key, value in values.items():
-            self.totals[key] = self.totals.get(key, 0.0) + value * count
-        self.totals["_count"] = self.totals.get("_count", 0) + count
         return values
 
     def epoch_means(self) -> dict[str, float]:
         count = self.totals.get("_count", 0)
-        return {f"train_{k}": v / count for k, v in self.totals.items() if k != "_count"} if count else {}
+        if not count:
+            return {}
+        sums = {k: v for k, v in self.totals.items() if not k.startswith("_")}
+        values = self.meter.task.summarize(self.totals["_loss_sum"] / count, sums, count)
+        return {f"train_{k}": v for k, v in values.items()}
 
     def end_epoch(self) -> None:
         self.totals = {}

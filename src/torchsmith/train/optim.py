@@ -13,6 +13,7 @@ from torch.optim import optimizer as optimizer_module
 
 from torchsmith.config import OptimConfig
 from torchsmith.errors import UsageError, did_you_mean
+from torchsmith.state import lower_is_better
 from torchsmith.train.defer_compiler import defer_dynamo_import
 
 
@@ -110,18 +111,33 @@ def build_schedule(config: OptimConfig, optimizer: torch.optim.Optimizer, total_
 
 
 def schedule_for(
-    spec: Any, own_schedule: bool, config: OptimConfig, optimizer: torch.optim.Optimizer, total_steps: int
+    spec: Any,
+    own_schedule: bool,
+    config: OptimConfig,
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    monitor: str = "val_loss",
 ) -> tuple[Any, str]:
-    """(scheduler, "step" or "epoch"): the user's scheduler as given (stepped as its kind needs),
-    or the config's named schedule over `total_steps` when the Trainer chooses the schedule."""
+    """(scheduler, "step", "epoch" or "eval"): the user's scheduler as given (stepped as its kind
+    needs), or the config's named schedule over `total_steps` when the Trainer chooses the schedule;
+    `plateau` lowers the LR when `monitor` stops improving, stepped after each evaluation."""
     if spec is not None or not own_schedule:
         return spec, "step" if spec is None else steps_per_call(spec)
+    if config.scheduler == "plateau":
+        mode = "min" if lower_is_better(monitor) else "max"
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode=mode, factor=config.plateau_factor, patience=config.plateau_patience
+        )
+        return plateau, "eval"
     return build_schedule(config, optimizer, total_steps), "step"
 
 
 def steps_per_call(scheduler: Any) -> str:
-    """ "step" for schedules defined over optimizer steps, "epoch" for the rest."""
+    """ "step" for schedules defined over optimizer steps, "eval" for ReduceLROnPlateau (it reads
+    the monitored metric), "epoch" for the rest."""
     per_step = (torch.optim.lr_scheduler.OneCycleLR, torch.optim.lr_scheduler.CyclicLR)
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        return "eval"
     return "step" if isinstance(scheduler, per_step) else "epoch"
 
 

@@ -2,7 +2,7 @@
 
 `fit` reads top to bottom; every part of a training iteration is visible in `_train_one`, and
 the one override point for unusual batches is `train_step(model, batch)`. The Trainer owns its
-parts: the NaN guard returns a verdict that `_on_nonfinite` applies, and a checkpoint reads and
+parts: the NaN guard returns a verdict that `on_nonfinite` (train/nonfinite.py) applies, and a checkpoint reads and
 restores the training state only through `state_dict` / `load_state_dict`.
 """
 
@@ -28,7 +28,6 @@ from torchsmith.callbacks.progress import ProgressPrinter
 from torchsmith.config import OptimConfig, TrainConfig, with_options
 from torchsmith.data.loaders import make_batches
 from torchsmith.data.order import derive_seed
-from torchsmith.doctor.diagnosis import NanReport
 from torchsmith.errors import UsageError
 from torchsmith.io import rank
 from torchsmith.io.checkpoint import Checkpoint
@@ -38,9 +37,13 @@ from torchsmith.state import TrainState
 from torchsmith.train import distributed
 from torchsmith.train.device import default_generator, resolve_device, to_device
 from torchsmith.train.evaluation import evaluate_batches, predict_outputs
-from torchsmith.train.guard import ROLLBACK_LR_FACTOR, NanGuard, RolledBack, known_bad
+from torchsmith.train.guard import NanGuard, RolledBack, known_bad
+from torchsmith.train.nonfinite import on_nonfinite
 from torchsmith.train.metrics import TrainMetrics
 from torchsmith.train.optim import build_optimizer, grad_norm, optimizer_step, schedule_for, zero_grad
+from torchsmith.train.outputs import OutputSelector
+from torchsmith.train.step import forward_backward, make_scaler
+from torchsmith.train.task_base import configure_metrics
 from torchsmith.train.tasks import LossFn, Task, resolve_loss, resolve_task
 
 
@@ -63,6 +66,7 @@ class Trainer:
         *,
         scheduler: Any = None,
         task: str | Task = "classification",
+        model_output: str | None = None,
         callbacks: Sequence[Callback] = (),
         config: TrainConfig | None = None,
         optim: OptimConfig | None = None,
@@ -77,22 +81,24 @@ class Trainer:
         self.dist = distributed.setup(self.config)  # None unless torchrun started several processes
         self.device = self.dist.device if self.dist else resolve_device(self.config.device)
         self.task = resolve_task(task)
+        configure_metrics(self.task, self.config.metrics, self.config.monitor)  # a bad name stops here
+        if loss is None or (loss == "cross_entropy" and self.task.default_loss != "cross_entropy"):
+            loss = self.task.default_loss  # the default loss follows the task (mse, bce_with_logits)
         self.loss_fn = resolve_loss(loss, self.optim_config.label_smoothing)
+        self.select_output = OutputSelector(model_output)  # the prediction in a dict/tuple output
         self._optimizer_spec, self._scheduler_spec = optimizer, scheduler
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
-        self.scheduler_interval = "step"  # "step" or "epoch": when `scheduler.step()` is called
+        self.scheduler_interval = "step"  # "step", "epoch" or "eval": when `scheduler.step()` is called
         self.callbacks = list(callbacks)
-        if (
-            self.config.progress != "none"
-            and rank.is_writer()
-            and not any(isinstance(c, ProgressPrinter) for c in callbacks)
-        ):
+        if self.config.progress != "none" and rank.is_writer() and not any(isinstance(c, ProgressPrinter) for c in callbacks):
             self.callbacks.append(ProgressPrinter(self.config.progress))
         self.state = TrainState()
         self.forward_model: nn.Module = model  # compiled or DDP-wrapped view used for training
         self.eval_model: nn.Module = model  # compiled view for evaluation (never DDP: no collectives)
         self.train_batches: Any = None
+        self.val_batches: Any = None
+        self.scaler: Any = None  # a GradScaler under fp16
         self.grad_norm = torch.zeros(())
         self.guard = NanGuard(self.config)
         self.train_metrics = TrainMetrics(self.task)
@@ -107,11 +113,11 @@ class Trainer:
         exactly from the newest complete checkpoint of the `Checkpointer` callback."""
         state = self.state
         self.train_batches = self.batches(train_data, train=True)
-        val_batches = self.batches(val_data, train=False) if val_data is not None else None
+        self.val_batches = val_batches = self.batches(val_data, train=False) if val_data is not None else None
         self.setup()
         self._set_limits()  # from the config now: a second fit may train longer
         if resume:
-            self.restore(self._checkpoints("resume").latest())
+            self.restore(self.checkpoint_source("resume").latest())
         self._call("on_fit_start")
         try:
             while not state.finished:
@@ -153,26 +159,31 @@ class Trainer:
         if not self._batches_ready:
             inputs, targets = self.to_device(inputs), self.to_device(targets)
         self.seed_step()  # dropout and other module randomness follow (seed, step)
-        out = self.train_step(self.forward_model, (inputs, targets))
         weight, batch_samples = (
             self.dist.batch_share(targets, self.train_batches, state.position) if self.dist else (1.0, len(targets))
         )
-        (out["loss"] * weight if weight != 1.0 else out["loss"]).backward()  # DDP averages over ranks here
-        loss = out["loss"].detach()
+        loss, parts = forward_backward(self, inputs, targets, weight)  # micro-batches with --accumulate
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)  # true gradients for the clip and the norm
         if cfg.clip_grad_norm is not None or state.step % cfg.log_every == cfg.log_every - 1:
             self.grad_norm = grad_norm(self._params, cfg.clip_grad_norm)
         if guard.on_device:  # no host read: the fused optimizer skips a flagged step itself
             self.optimizer.found_inf = guard.device_flag(loss, state.step)  # type: ignore[union-attr]
         elif not self._may_step(loss):
-            self._on_nonfinite(inputs, targets, indices)
+            on_nonfinite(self, inputs, targets, indices)  # skip, roll back (RolledBack) or stop
             return
         assert self.optimizer is not None
-        optimizer_step(self.optimizer)
+        if self.scaler is not None:  # skips the step itself when the scaled gradients overflowed
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            optimizer_step(self.optimizer)
         zero_grad(self.optimizer)
         if self.scheduler is not None and self.scheduler_interval == "step":
             self.scheduler.step()
-        if "outputs" in out:
-            self.train_metrics.update(loss, out["outputs"], targets)
+        for part_loss, outputs, part_targets in parts:
+            if outputs is not None:
+                self.train_metrics.update(part_loss, outputs, part_targets)
         guard.remember(state.step, loss)
         state.step += 1
         state.position += 1
@@ -182,6 +193,10 @@ class Trainer:
             guard.check_record(state)
         if state.metrics_updated:
             self._log_train()
+        mid_epoch = state.position < len(self.train_batches) and self.val_batches is not None
+        state.evaluated = bool(cfg.eval_every and state.step % cfg.eval_every == 0 and mid_epoch)
+        if state.evaluated:
+            self._validate(self.val_batches)  # every `eval_every` steps (an epoch's end evaluates anyway)
         self._call("on_step_end")
 
     def train_step(self, model: nn.Module, batch: tuple[Any, Any]) -> dict[str, torch.Tensor]:
@@ -189,9 +204,19 @@ class Trainer:
         tensor}, and "outputs" for the task's metrics."""
         inputs, targets = batch
         with self.autocast():
-            outputs = model(inputs)
-            loss = self.task_loss(outputs, targets)
+            outputs, loss = self.forward_loss(model, inputs, targets)
         return {"loss": loss, "outputs": outputs}
+
+    def forward_loss(self, model: nn.Module, inputs: Any, targets: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(prediction, loss): the model's prediction (see `model_output`) and the loss it returned
+        itself, or the task's loss on the prediction."""
+        raw = model(inputs)
+        return self.select_output(raw)[0], self.output_loss(raw, targets)
+
+    def output_loss(self, raw: Any, targets: Any) -> torch.Tensor:
+        """The loss of what the model returned (a tensor, dict, ModelOutput or tuple)."""
+        outputs, own_loss = self.select_output(raw)
+        return own_loss if own_loss is not None else self.task_loss(outputs, targets)
 
     def task_loss(self, outputs: Any, targets: Any) -> torch.Tensor:
         """The loss as the task sees outputs and targets (e.g. flattened positions for sequences)."""
@@ -201,10 +226,7 @@ class Trainer:
         state = self.state
         self._log_train()
         if val_batches is not None:
-            with self.inference_weights():
-                for key, value in evaluate_batches(self, val_batches).items():
-                    state.metrics[f"val_{key}"] = value
-            self._call("on_eval_end")
+            self._validate(val_batches)
         state.metrics["epoch_time_s"] = seconds
         state.history.append({"epoch": state.epoch + 1, "step": state.step, **state.metrics})
         if self.scheduler is not None and self.scheduler_interval == "epoch":
@@ -214,42 +236,22 @@ class Trainer:
         state.position = 0
         self.train_metrics.end_epoch()
 
+    def _validate(self, val_batches: Any) -> None:
+        """Evaluate into `state.metrics` (val_*); a plateau schedule reads the monitored metric."""
+        with self.inference_weights():
+            for key, value in evaluate_batches(self, val_batches).items():
+                self.state.metrics[f"val_{key}"] = value
+        monitored = self.state.metrics.get(self.config.monitor)
+        if self.scheduler is not None and self.scheduler_interval == "eval" and monitored is not None:
+            self.scheduler.step(monitored)
+        self._call("on_eval_end")
+
     # ----------------------------------------------------------------- the NaN guard's verdict
     def _may_step(self, loss: torch.Tensor) -> bool:
         """The guard's verdict, one host read; under DDP all ranks agree on it and on stop requests."""
         if self.dist is not None:
             return self.dist.agree_step(self.state, self.guard.flag(loss))
         return self.guard.passes(loss)
-
-    def _on_nonfinite(self, inputs: Any, targets: Any, indices: torch.Tensor | None) -> None:
-        """The guard fired: nothing was applied to the weights. Find the cause, then apply the
-        `on_nan` verdict: skip the batch, roll back to the last checkpoint, or stop."""
-        assert self.optimizer is not None
-        state = self.state
-        self.optimizer.zero_grad(set_to_none=True)
-        self.seed_step()  # the failing step's dropout masks
-        lr = self.optimizer.param_groups[0]["lr"]
-        report = self.guard.investigate(self.model, self.task_loss, (inputs, targets, indices), state, lr)
-        can_roll_back = any(isinstance(c, CheckpointSource) for c in self.callbacks)
-        verdict = self.guard.verdict(report, state, indices, can_roll_back)  # records the event
-        if verdict == "skip":
-            state.position += 1  # the batch is dropped; the weights never saw it
-        elif verdict == "rollback":
-            self._roll_back(report)
-        else:
-            state.status = "failed"
-            raise self.guard.failure(report, can_roll_back)
-
-    def _roll_back(self, report: NanReport) -> None:
-        """Restore the newest checkpoint, lower the learning rate, skip the failing batch."""
-        memory = self.guard.rollback_memory(report, self.state)  # what the restore must not undo
-        self.restore(self._checkpoints("--on-nan rollback").latest())
-        self.guard.after_rollback(memory, report, self.state)
-        for group in self.optimizer.param_groups if self.optimizer else []:
-            group["lr"] *= ROLLBACK_LR_FACTOR
-        if self.scheduler is not None and hasattr(self.scheduler, "base_lrs"):
-            self.scheduler.base_lrs = [lr * ROLLBACK_LR_FACTOR for lr in self.scheduler.base_lrs]
-        raise RolledBack()
 
     # ----------------------------------------------------------------- evaluate / predict
     def evaluate(self, data: Any, collect: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> dict[str, float]:
@@ -277,6 +279,7 @@ class Trainer:
             **self.train_metrics.state_dict(self.dist if all_ranks else None, epoch_ended),
             "optimizer": self.optimizer.state_dict() if self.optimizer else {},
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
+            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
             "callbacks": callback_states(self.callbacks),
             "rng": capture_rng_state(),
         }
@@ -293,6 +296,8 @@ class Trainer:
             self.optimizer.load_state_dict(saved["optimizer"])
         if self.scheduler is not None and saved["scheduler"]:
             self.scheduler.load_state_dict(saved["scheduler"])
+        if self.scaler is not None and saved.get("scaler"):
+            self.scaler.load_state_dict(saved["scaler"])
         load_callback_states(self.callbacks, saved["callbacks"])
         restore_rng_state(saved["rng"])
 
@@ -301,7 +306,8 @@ class Trainer:
         self.model.load_state_dict(checkpoint.model_state)
         self.load_state_dict(checkpoint.training_state)
 
-    def _checkpoints(self, purpose: str) -> CheckpointSource:
+    def checkpoint_source(self, purpose: str) -> CheckpointSource:
+        """The callback that finds checkpoints (a run directory's Checkpointer), for resume and rollback."""
         source = next((c for c in self.callbacks if isinstance(c, CheckpointSource)), None)
         if source is None:
             raise UsageError(f"{purpose} needs a Checkpointer callback (a run directory) to find checkpoints in")
@@ -332,10 +338,12 @@ class Trainer:
         self._batches_ready = getattr(self.train_batches, "on_device", False) and not self.config.channels_last
         self._set_limits()
         self.optimizer = build_optimizer(self._optimizer_spec, self.model, self.optim_config, self.config.batch_size)
+        spec, own, monitor = self._scheduler_spec, self._own_schedule, self.config.monitor
         self.scheduler, self.scheduler_interval = schedule_for(
-            self._scheduler_spec, self._own_schedule, self.optim_config, self.optimizer, self.state.total_steps
+            spec, own, self.optim_config, self.optimizer, self.state.total_steps, monitor
         )
-        self.guard.setup(self._params, self.device, self.optimizer)
+        self.scaler = make_scaler(self.config.precision, self.device)
+        self.guard.setup(self._params, self.device, self.optimizer, scaled=self.scaler is not None)
 
     def _set_limits(self) -> None:  # the run's length from the current config: a resumed run may be extended
         state = self.state
@@ -346,16 +354,8 @@ class Trainer:
         """`data` (tensors, Dataset, DataLoader or in-memory source) as the Trainer iterates it."""
         cfg, (rank_, world) = self.config, (self.dist.rank, self.dist.world_size) if self.dist else (0, 1)
         size, grouped = (cfg.batch_size, cfg.group_by_length) if train else (cfg.eval_batch_size, False)
-        return make_batches(
-            data,
-            batch_size=size,
-            train=train,
-            seed=cfg.seed,
-            device=self.device,
-            rank=rank_,
-            world_size=world,
-            group_by_length=grouped,
-        )
+        place = {"device": self.device, "rank": rank_, "world_size": world}
+        return make_batches(data, batch_size=size, train=train, seed=cfg.seed, group_by_length=grouped, **place)
 
     def to_device(self, value: Any) -> Any:
         """A batch's inputs or targets (nested tensors too) on the training device, in its layout."""
