@@ -132,6 +132,8 @@ def test_and_save_predictions(trainer: Trainer, bundle: DataBundle, run_dir: Pat
     """Evaluate the test split once; keep its class probabilities for the report."""
     collected: list[tuple[torch.Tensor, torch.Tensor]] = []
     metrics = trainer.evaluate(bundle.test, collect=collected)
+    if rank.is_writer() and collected and bundle.info.task == "regression":
+        save_test_regression(run_dir, collected, bundle)
     if not rank.is_writer() or bundle.info.task != "classification" or not collected or collected[0][0].dim() != 2:
         return metrics
     targets = torch.cat([t for _, t in collected])
@@ -149,6 +151,20 @@ def test_and_save_predictions(trainer: Trainer, bundle: DataBundle, run_dir: Pat
         **extra,
     )
     return metrics
+
+
+def save_test_regression(run_dir: Path, collected: list[tuple[torch.Tensor, torch.Tensor]], bundle: DataBundle) -> None:
+    """The test split's predicted and true values, in the target's own units, for the report."""
+    from torchsmith.report.regression import save_regression
+
+    true = torch.cat([t for _, t in collected]).double()
+    predicted = torch.cat([o for o, _ in collected]).double().reshape(true.shape[0], -1)
+    true = true.reshape(true.shape[0], -1)
+    scale = bundle.info.preprocessing.get("task_options") or {}
+    if "mean" in scale:
+        mean, std = torch.tensor(scale["mean"], dtype=torch.float64), torch.tensor(scale["std"], dtype=torch.float64)
+        true, predicted = true * std + mean, predicted * std + mean
+    save_regression(run_dir, true, predicted, bundle.info.class_names)
 
 
 def run_task(bundle: DataBundle) -> Task:
@@ -301,6 +317,9 @@ def result_line(summary: dict[str, Any]) -> str:
     parts = [f"{split}"]
     if "accuracy" in metrics and "perplexity" not in metrics:
         parts.append(f"accuracy {metrics['accuracy']:.4f} ")
+    for name in ("r2", "mae", "f1_macro", "map"):  # regression and multi-label runs
+        if name in metrics:
+            parts.append(f"{name} {metrics[name]:.4f} ")
     if "loss" in metrics:
         parts.append(f"loss {metrics['loss']:.4f} ")
     if "perplexity" in metrics:

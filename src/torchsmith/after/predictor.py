@@ -16,12 +16,14 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from torchsmith.after.preparers import prepare_logmel, prepare_words
+from torchsmith.after.prediction_kinds import LabelPrediction, ValuePrediction
+from torchsmith.after.preparers import prepare_logmel, prepare_table, prepare_words
 from torchsmith.after.run_dir import Run
 from torchsmith.data.bundle import DataInfo
 from torchsmith.data.memory import ImageTensors
 from torchsmith.errors import UsageError
 from torchsmith.train.device import resolve_device
+from torchsmith.train.outputs import OutputSelector
 
 # (raw inputs, the run's preprocessing dict, its DataInfo) -> a batch of model inputs
 Preparer = Callable[[list[Any], dict[str, Any], DataInfo], torch.Tensor]
@@ -117,21 +119,38 @@ class Predictor:
             )
         return preparer(items, self.preprocessing, info)
 
-    def predict(self, inputs: Any, batch_size: int = 256) -> Prediction:
-        """Class probabilities and labels for image paths, tensors or (later) texts and WAV paths."""
-        if self.run.info.task != "classification":
-            raise UsageError(f"predict gives class labels, but this run's task is '{self.run.info.task}'")
+    def predict(self, inputs: Any, batch_size: int = 256) -> Prediction | ValuePrediction | LabelPrediction:
+        """Class probabilities and labels for image paths, texts, WAV paths, table rows or tensors;
+        values (regression) or the labels above the threshold (multi-label) for those tasks."""
+        task = self.run.info.task
+        if task not in ("classification", "regression", "multilabel"):
+            raise UsageError(f"predict gives labels or values, but this run's task is '{task}'")
         if isinstance(inputs, torch.Tensor):
             prepared = self.prepare(inputs)
             batches: Iterable[torch.Tensor] = prepared.split(batch_size)
         else:
             items = _as_items(inputs)  # files are decoded a batch at a time
             batches = (self.prepare(items[s : s + batch_size]) for s in range(0, len(items), batch_size))
-        chunks = []
         with torch.no_grad():
-            for batch in batches:
-                chunks.append(self.model(batch.to(self.device)).float().softmax(dim=1).cpu())  # (B, C)
-        return Prediction(torch.cat(chunks), self.class_names)
+            outputs = torch.cat([self.select(self.model(batch.to(self.device))).float().cpu() for batch in batches])
+        if task == "regression":
+            return ValuePrediction(self.target_units(outputs), self.class_names)
+        if task == "multilabel":
+            threshold = float((self.preprocessing.get("task_options") or {}).get("threshold", 0.5))
+            return LabelPrediction(outputs.sigmoid(), self.class_names, threshold)
+        return Prediction(outputs.softmax(dim=1), self.class_names)  # (N, C)
+
+    def select(self, raw: Any) -> torch.Tensor:
+        """The prediction in what the model returns (see `model.output`)."""
+        return OutputSelector(self.run.config.model.output, announce=False)(raw)[0]
+
+    def target_units(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Regression outputs (N, K) with the run's target standardisation undone."""
+        values = outputs.reshape(outputs.shape[0], -1).double()
+        scale = self.preprocessing.get("task_options") or {}
+        if "mean" in scale:
+            values = values * torch.tensor(scale["std"], dtype=torch.float64) + torch.tensor(scale["mean"], dtype=torch.float64)
+        return values
 
 
 def load(
@@ -224,6 +243,7 @@ PREPARERS: dict[str, Preparer] = {
     "image": prepare_images,
     "words": prepare_words,
     "logmel": prepare_logmel,
+    "table": prepare_table,
 }
 
 

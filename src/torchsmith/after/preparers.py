@@ -48,3 +48,33 @@ def prepare_logmel(items: list[Any], preprocessing: dict[str, Any], info: DataIn
             raise UsageError(f"input '{item}' is not a file: this run takes WAV file paths")
         paths.append(path)
     return preprocess_files(paths, preprocessing)
+
+
+def table_rows(items: list[Any]) -> tuple[list[str], list[dict[str, str]]]:
+    """Rows to predict from CSV files (every row; a target column is ignored) or dicts of column
+    values, with a name for each (`FILE:ROW`, rows counted from 1)."""
+    from torchsmith.data.tables import read_rows
+
+    names: list[str] = []
+    rows: list[dict[str, str]] = []
+    for item in items:
+        if isinstance(item, dict):
+            rows.append({str(k): str(v) for k, v in item.items()})
+            names.append(f"row {len(rows)}")
+        elif isinstance(item, (str, Path)) and Path(item).is_file():
+            found = read_rows(item)[1]
+            rows += found
+            names += [f"{item}:{i + 1}" for i in range(len(found))]
+        else:
+            raise UsageError(f"this run takes table rows: CSV files with the training columns, or dicts; got {item!r}")
+    if not rows:
+        raise UsageError("predict got no table rows")
+    return names, rows
+
+
+def prepare_table(items: list[Any], preprocessing: dict[str, Any], info: DataInfo) -> torch.Tensor:
+    """Float features (N, F) of table rows, encoded with the run's column statistics and values
+    (a category value never seen in training gets the unknown slot)."""
+    from torchsmith.data.tables import encode_rows
+
+    return encode_rows(table_rows(items)[1], preprocessing["columns"])

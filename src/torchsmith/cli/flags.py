@@ -28,7 +28,7 @@ TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--optimizer": ("optim.name", str, "sgd, adamw, adam, adadelta, rmsprop, adagrad"),
     "--lr": ("optim.lr", float, "learning rate"),
     "--weight-decay": ("optim.weight_decay", float, "weight decay"),
-    "--scheduler": ("optim.scheduler", str, "none, cosine, onecycle, linear, step"),
+    "--scheduler": ("optim.scheduler", str, "none, cosine, onecycle, linear, step, plateau (on train.monitor)"),
     "--loss": ("loss", str, "cross_entropy, nll, mse, l1, smooth_l1, bce_with_logits"),
     "--seed": ("train.seed", int, "random seed (data order, augmentation, init)"),
     "--device": ("train.device", str, "auto, cpu, cuda, cuda:N, mps"),
@@ -37,6 +37,15 @@ TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--on-nan": ("train.on_nan", str, "what to do on a non-finite loss/gradient: stop, skip, rollback"),
     "--checkpoint-every": ("train.checkpoint_every", int, "save a checkpoint every N steps"),
     "--keep-last": ("train.keep_last", int, "how many periodic checkpoints to keep"),
+    "--keep-best": ("train.keep_best", int, "how many checkpoints to keep by train.monitor (best-step-N; best = top)"),
+    "--metrics": (
+        "train.metrics",
+        str,
+        "metrics to compute, comma-separated (accuracy, top5, f1_macro, auroc, mae, rmse, r2, f1_micro, map, ...)",
+    ),
+    "--monitor": ("train.monitor", str, "metric for best checkpoints, early stopping and plateau LR (e.g. val_r2)"),
+    "--accumulate": ("train.accumulate", int, "micro-batches per optimizer step (--batch-size stays the global batch)"),
+    "--eval-every": ("train.eval_every", int, "also evaluate every N steps (mid-epoch rows in metrics.csv)"),
     "--run-dir": ("run_dir", str, "where the run's files go (default runs/<model>-<data>-<time>)"),
     "--recipe": ("recipe", str, "a tuned preset (see `torchsmith list recipes`); flags override it"),
 }
@@ -78,6 +87,9 @@ LR_FIND_SKIPS = (
     "--on-nan",
     "--checkpoint-every",
     "--keep-last",
+    "--keep-best",
+    "--eval-every",
+    "--monitor",
     "--run-dir",
 )
 

@@ -34,7 +34,9 @@ def add_parsers(sub: Any) -> None:
     evaluate.add_argument("--checkpoint", **CHECKPOINT_FLAG)
     evaluate.add_argument("--device", default=None, help="auto, cpu, cuda, ... (default: the run's)")
     evaluate.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
-    predict = sub.add_parser("predict", help="class labels and probabilities for input files")
+    predict = sub.add_parser(
+        "predict", help="class labels and probabilities (values for regression) for input files or table rows"
+    )
     predict.add_argument("run_dir", metavar="RUN", help="a run directory written by train")
     predict.add_argument(
         "inputs",
@@ -96,6 +98,10 @@ def command_predict(args: argparse.Namespace) -> int:
         from torchsmith.after.preparers import expand_text_inputs
 
         names = expand_text_inputs(names)  # a .txt file stands for its lines
+    elif predictor.preprocessing.get("kind") == "table":
+        from torchsmith.after.preparers import table_rows
+
+        names = table_rows(names)[0]  # a CSV file stands for its rows
     if args.output:
         write_predictions_csv(Path(args.output), names, rows)
         print(f"wrote {len(rows)} predictions to {args.output} (checkpoint {predictor.checkpoint})", file=sys.stderr)

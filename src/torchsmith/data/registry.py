@@ -121,6 +121,14 @@ def _table(kind: str) -> Loader:
     return load
 
 
+def _csv_table(config: DataConfig, path: str | None, seed: int) -> DataBundle:
+    from torchsmith.data.tables import load_table
+
+    if not path:
+        raise UsageError("table needs a path: --data table:PATH.csv (feature columns and a target column)")
+    return load_table(path, config.options, config.val_fraction, seed)
+
+
 def _sst2(config: DataConfig, path: str | None, seed: int) -> DataBundle:
     from torchsmith.data.text import load_sst2, subwords_option
 
@@ -164,6 +172,12 @@ DATASETS: dict[str, DataEntry] = {
             "csv",
             "csv:PATH, text classification from a CSV file or a folder with train/dev files",
             _table("csv"),
+            takes_path=True,
+        ),
+        DataEntry(
+            "table",
+            "table:PATH.csv, numeric and categorical columns and a target (--set data.options.target=NAME)",
+            _csv_table,
             takes_path=True,
         ),
         DataEntry("sst2", "SST-2 sentiment (GLUE layout: train.tsv, dev.tsv as the test split)", _sst2),

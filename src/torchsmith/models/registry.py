@@ -39,6 +39,15 @@ def _simplenet(info: DataInfo, args: dict[str, Any]) -> nn.Module:
     return SimpleNet(**{"in_features": flat_features(info.input_shape), "num_classes": info.num_classes, **args})
 
 
+def _mlp(info: DataInfo, args: dict[str, Any]) -> nn.Module:
+    from torchsmith.models.tabular import MLP
+    from torchsmith.models.vision import flat_features
+
+    if "hidden" in args:
+        args["hidden"] = tuple(args["hidden"])
+    return MLP(**{"in_features": flat_features(info.input_shape), "num_classes": info.num_classes, **args})
+
+
 def _convnet(info: DataInfo, args: dict[str, Any]) -> nn.Module:
     from torchsmith.models.vision import ConvNet
 
@@ -106,6 +115,7 @@ MODELS: dict[str, ModelEntry] = {
     entry.name: entry
     for entry in [
         ModelEntry("simplenet", "flatten, Linear(in -> 128), ReLU, Linear(128 -> classes)", _simplenet),
+        ModelEntry("mlp", "multilayer perceptron for tables: Linear-ReLU-Dropout (128, 64), linear head", _mlp),
         ModelEntry("convnet", "3 conv layers (32/64/128) + ReLU + max-pool, then 2 linear layers", _convnet),
         ModelEntry("convbn", "small fast conv net: conv-BN-ReLU + max-pool blocks (16/32), one linear layer", _convbn),
         ModelEntry("audiocnn", "conv-BN-ReLU stages over log-mel spectrograms, global average pooling", _audiocnn),

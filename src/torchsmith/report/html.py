@@ -43,6 +43,7 @@ import yaml
 
 from torchsmith.errors import UsageError
 from torchsmith.io.files import read_json
+from torchsmith.report.regression import regression_sections
 from torchsmith.report.plots import Series, example_png, line_chart_svg
 from torchsmith.report.predictions import (
     Predictions,
@@ -95,7 +96,7 @@ def write_report(run_dir: str | Path) -> Path:
         _environment(summary),
         _plot_section(run, "curves", "Training curves", rows, {g: groups[g] for g in order}),
         _plot_section(run, "optimization", "Learning rate and gradient norm", rows, optim),
-        *_prediction_sections(read_predictions(run)),
+        *(regression_sections(run) or _prediction_sections(read_predictions(run))),
         _section("model-summary", "Model summary", _pre(run / "model_summary.txt")),
         _doctor(run / "doctor.json"),
     ]

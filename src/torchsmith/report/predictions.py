@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from torchsmith.errors import UsageError
 from torchsmith.io.files import read_json
 
-MODALITIES = ("image", "text", "audio")
+MODALITIES = ("image", "text", "audio", "table")
 
 
 @dataclass
