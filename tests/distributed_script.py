@@ -72,6 +72,10 @@ def main(out: Path) -> None:
         and torch.allclose(merged_outputs, outputs, atol=1e-6)
     )
 
+    # Vector sums (confusion counts, score histograms, per-output error sums) reduce exactly: each
+    # task's metrics on two processes equal one process's over the whole data at once.
+    results["task_metrics"] = task_metrics(inputs, targets)
+
     # Rank 1 stops answering: rank 0's next collective must fail within the configured timeout.
     if context.rank == 0:
         start = time.perf_counter()
@@ -84,6 +88,28 @@ def main(out: Path) -> None:
         time.sleep(TIMEOUT_S + 5)
     (out / f"rank{context.rank}.json").write_text(json.dumps(results))
     os._exit(0)  # rank 0's process group is broken: leave without tearing it down
+
+
+def task_metrics(inputs: torch.Tensor, labels: torch.Tensor) -> list[list[dict[str, float]]]:
+    """[two-process metrics, one-process metrics] for classification, multi-label and regression."""
+    cases = [
+        ("classification", labels, "accuracy,f1_macro,auroc,top5"),
+        ("multilabel", (inputs[:, :4] > 0).float(), "f1_macro,f1_micro,f1_per_label,map,auroc,exact_match"),
+        ("regression", inputs[:, :4].sum(dim=1, keepdim=True).repeat(1, 4) * torch.arange(1.0, 5.0), "mae,rmse,r2"),
+    ]
+    found = []
+    for task, targets, metrics in cases:
+        torch.manual_seed(1)
+        model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+        options = {"device": "cpu", "progress": "none", "eval_batch_size": 7, "dist_timeout_s": TIMEOUT_S}
+        trainer = Trainer(model, task=task, metrics=metrics, **options)
+        spread = trainer.evaluate((inputs, targets))
+        single = MetricAccumulator(trainer.task)
+        with torch.no_grad():
+            outputs = model(inputs)
+            single.update(trainer.task_loss(outputs, targets), outputs, targets)
+        found.append([spread, single.compute()])
+    return found
 
 
 if __name__ == "__main__":

@@ -318,6 +318,10 @@ def test_collectives_agree_count_once_and_time_out(tmp_path: Path) -> None:
         assert result["loss"][0] == pytest.approx(result["loss"][1], rel=1e-6)
         assert result["collected_in_order"]
         assert result["pending"] == [9.0, 6, 6.0, 3.0 * (1 + result["rank"]), 3]  # losses 1 and 2, 3 samples each
+        for spread, single in result["task_metrics"]:  # classification, multi-label, regression
+            assert spread.keys() == single.keys() and len(spread) > 3
+            for name, value in single.items():
+                assert spread[name] == pytest.approx(value, rel=1e-9 if name != "loss" else 1e-6), name
     assert 3.0 * 0.8 <= ranks[0]["failed_after_s"] < 3.0 + 3.0  # train.dist_timeout_s=3 in the script
 
 

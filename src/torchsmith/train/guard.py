@@ -21,6 +21,7 @@ from torchsmith.doctor.diagnosis import NanReport
 from torchsmith.doctor.nan_replay import localize_nonfinite
 from torchsmith.errors import TrainingFailure
 from torchsmith.state import TrainState
+from torchsmith.train.optim import prime_fused_momentum
 
 ROLLBACK_LR_FACTOR = 0.5
 RECENT = 16  # losses kept on the device for the doctor's history
@@ -100,6 +101,8 @@ class NanGuard:
             and bool(getattr(optimizer, "_step_supports_amp_scaling", False))
             and any(g.get("fused") for g in optimizer.param_groups)
         )
+        if self.on_device:
+            prime_fused_momentum(optimizer)  # a flagged first step is skipped inside the fused kernel
         if wanted and not self.on_device:
             print(
                 "note: train.nan_check_every > 1 needs a fused optimizer (sgd, adam, adamw, adagrad); "

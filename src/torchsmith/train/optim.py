@@ -202,3 +202,19 @@ def optimizer_step(optimizer: torch.optim.Optimizer) -> None:
         raw(optimizer)
     finally:
         torch.set_grad_enabled(enabled)
+
+
+def prime_fused_momentum(optimizer: Any) -> None:
+    """Zero momentum buffers for a fused SGD whose first step may be skipped (a GradScaler's overflow,
+    the on-device NaN guard). torch's fused SGD creates them with `empty_like` on its first call and
+    fills them only if that step runs: a skipped first step leaves uninitialised memory that the
+    next step multiplies by the momentum (seen as weights of 1e28). With dampening 0, a zero buffer
+    gives the first step exactly the plain first step's update (buffer = gradient)."""
+    if not isinstance(optimizer, torch.optim.SGD):
+        return
+    for group in optimizer.param_groups:
+        if group.get("fused") and group["momentum"] and not group["dampening"]:
+            for param in group["params"]:
+                state = optimizer.state[param]
+                if state.get("momentum_buffer") is None:
+                    state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from torchsmith.train.optim import prime_fused_momentum
+
 if TYPE_CHECKING:
     from torchsmith.train.trainer import Trainer
 
@@ -74,8 +76,9 @@ def forward_backward(trainer: Trainer, inputs: Any, targets: Any, weight: float)
     return batch_loss, done
 
 
-def make_scaler(precision: str, device: torch.device) -> Any:
+def make_scaler(precision: str, device: torch.device, optimizer: Any) -> Any:
     """A GradScaler for fp16 (its gradients underflow without loss scaling); None otherwise."""
     if precision != "fp16" or device.type not in ("cuda", "cpu", "xpu"):
         return None
+    prime_fused_momentum(optimizer)  # the scaler may skip the very first step
     return torch.amp.GradScaler(device.type)

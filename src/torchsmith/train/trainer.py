@@ -342,7 +342,7 @@ class Trainer:
         self.scheduler, self.scheduler_interval = schedule_for(
             spec, own, self.optim_config, self.optimizer, self.state.total_steps, monitor
         )
-        self.scaler = make_scaler(self.config.precision, self.device)
+        self.scaler = make_scaler(self.config.precision, self.device, self.optimizer)
         self.guard.setup(self._params, self.device, self.optimizer, scaled=self.scaler is not None)
 
     def _set_limits(self) -> None:  # the run's length from the current config: a resumed run may be extended
