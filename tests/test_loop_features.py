@@ -96,21 +96,24 @@ def test_eval_every_writes_mid_epoch_rows_plateau_lowers_the_lr_and_keep_best_ke
     torch.manual_seed(0)
     model = nn.Linear(8, 4)
     checkpointer = Checkpointer(tmp_path, {}, monitor="val_accuracy", keep_best=2)
-    trainer = Trainer(model, optimizer="sgd", max_epochs=2, batch_size=16, eval_every=4, log_every=5, monitor="val_accuracy",
-                      callbacks=[MetricsLogger(tmp_path, tensorboard=False), checkpointer], progress="none")  # fmt: skip
+    logger = MetricsLogger(tmp_path, tensorboard=False)
+    options = {"eval_every": 4, "log_every": 5, "monitor": "val_accuracy", "progress": "none"}
+    trainer = Trainer(model, optimizer="sgd", max_epochs=2, batch_size=16, callbacks=[logger, checkpointer], **options)
     trainer.optim_config.scheduler, trainer.optim_config.lr = "plateau", 1e-6  # nothing improves
     trainer.optim_config.plateau_patience, trainer.optim_config.plateau_factor = 0, 0.5
     trainer.fit((inputs, targets), (inputs[:40], targets[:40]))
     rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
     evaluated = [int(r["step"]) for r in rows if r.get("val_loss")]
     assert evaluated == [4, 8, 10, 12, 16, 20]  # every 4 steps and at the two epoch ends (10 steps each)
-    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-6 * 0.5**5)  # halved at each evaluation but the first
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(
+        1e-6 * 0.5**5
+    )  # halved at each evaluation but the first
     kept = sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith("best"))
     assert kept[0] == "best" and len(kept) == 3  # best and the two best-step-N
 
 
 def test_unknown_plateau_monitor_is_refused_before_training() -> None:
-    with pytest.raises(UsageError, match="train.monitor 'val_bleu'"):
+    with pytest.raises(UsageError, match=r"train\.monitor 'val_bleu'"):
         Trainer(nn.Linear(8, 4), monitor="val_bleu", progress="none")
 
 

@@ -42,7 +42,9 @@ def wine_csv(tmp_path: Path) -> Path:
 
 
 def test_columns_are_encoded_from_the_training_split(tmp_path: Path) -> None:
-    rows = [[f"{i * 1.5}", ["red", "green", "blue"][i % 3], "" if i == 4 else str(i % 2), f"{2 * i + 1}"] for i in range(40)]
+    rows = [
+        [f"{i * 1.5}", ["red", "green", "blue"][i % 3], "" if i == 4 else str(i % 2), f"{2 * i + 1}"] for i in range(40)
+    ]
     path = write_csv(tmp_path / "t.csv", ["size", "colour", "flag", "price"], rows)
     bundle = load_table(str(path), {"test_fraction": 0.25}, val_fraction=0.2, seed=0)
     info = bundle.info
@@ -65,7 +67,7 @@ def test_the_target_is_named_by_an_option_else_target_or_label_else_the_last(win
     assert bundle.info.task == "classification" and bundle.info.class_names == ["class_0", "class_1", "class_2"]
     by_option = load_table(str(wine_csv), {"target": "alcohol"}, 0.1, 0)
     assert by_option.info.task == "regression" and by_option.info.class_names == ["alcohol"]
-    with pytest.raises(UsageError, match="data.options.target names 'vintage', which is no column"):
+    with pytest.raises(UsageError, match=r"data\.options\.target names 'vintage', which is no column"):
         load_table(str(wine_csv), {"target": "vintage"}, 0.1, 0)
     with pytest.raises(UsageError, match="regression needs numbers"):
         load_table(str(wine_csv), {"task": "regression"}, 0.1, 0)
@@ -118,7 +120,7 @@ def test_a_classification_table_trains_predicts_and_exports(tmp_path: Path, wine
 
 
 def test_a_table_name_without_a_path_or_file_is_a_usage_error(tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match="table:PATH.csv"):
+    with pytest.raises(UsageError, match=r"table:PATH\.csv"):
         load_data(RunConfig.from_dict({"data": {"name": "table"}}).data, 0)
     with pytest.raises(UsageError, match="does not exist"):
         load_data(RunConfig.from_dict({"data": {"name": f"table:{tmp_path / 'missing.csv'}"}}).data, 0)

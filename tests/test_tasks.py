@@ -27,7 +27,9 @@ def evaluate(task: str, outputs: torch.Tensor, targets: torch.Tensor, metrics: s
     loss = nn.functional.mse_loss if task == "regression" else nn.functional.binary_cross_entropy_with_logits
     for start in range(0, len(targets), batch):
         o, t = outputs[start : start + batch], targets[start : start + batch]
-        value = nn.functional.cross_entropy(o, t) if task == "classification" else loss(o.reshape(t.shape), t.to(o.dtype))
+        value = (
+            nn.functional.cross_entropy(o, t) if task == "classification" else loss(o.reshape(t.shape), t.to(o.dtype))
+        )
         meter.update(value, o, t)
     return meter.compute()
 
@@ -41,8 +43,12 @@ def test_classification_f1_and_auroc_equal_scikit_learn() -> None:
         logits = probabilities.log()  # softmax(log p) = p: the histogram sees these scores
         found = evaluate("classification", logits, targets, "accuracy,f1_macro,precision_macro,recall_macro,auroc", 64)
         predicted = probabilities.argmax(dim=1).numpy()
-        assert found["f1_macro"] == pytest.approx(sklearn_metrics.f1_score(targets, predicted, average="macro"), abs=1e-12)
-        assert found["recall_macro"] == pytest.approx(sklearn_metrics.recall_score(targets, predicted, average="macro"), abs=1e-12)
+        assert found["f1_macro"] == pytest.approx(
+            sklearn_metrics.f1_score(targets, predicted, average="macro"), abs=1e-12
+        )
+        assert found["recall_macro"] == pytest.approx(
+            sklearn_metrics.recall_score(targets, predicted, average="macro"), abs=1e-12
+        )
         # AUROC from histograms is exact for scores quantized to the bins: scikit-learn on those
         bins = (logits.softmax(dim=1) * SCORE_BINS).floor()
         if classes == 2:
@@ -88,7 +94,9 @@ def test_regression_metrics_per_output_and_mean_equal_scikit_learn() -> None:
     targets, outputs = targets.double(), outputs.double()  # scikit-learn would sum in float32
     for i, name in enumerate(("0", "1", "2")):
         assert found[f"r2_{name}"] == pytest.approx(sklearn_metrics.r2_score(targets[:, i], outputs[:, i]), rel=1e-9)
-        assert found[f"mae_{name}"] == pytest.approx(sklearn_metrics.mean_absolute_error(targets[:, i], outputs[:, i]), rel=1e-6)
+        assert found[f"mae_{name}"] == pytest.approx(
+            sklearn_metrics.mean_absolute_error(targets[:, i], outputs[:, i]), rel=1e-6
+        )
     assert found["r2"] == pytest.approx(sklearn_metrics.r2_score(targets, outputs), rel=1e-9)
     expected_rmse = sklearn_metrics.root_mean_squared_error(targets, outputs)  # the mean of per-output RMSEs
     assert found["rmse"] == pytest.approx(expected_rmse, rel=1e-6)
@@ -148,9 +156,9 @@ def test_regression_trains_and_reports_r2() -> None:
 
 def test_metric_and_monitor_names_are_checked_before_training() -> None:
     model = nn.Linear(4, 3)
-    with pytest.raises(UsageError, match="no metric 'f1_macr'. Did you mean 'f1_macro'"):
+    with pytest.raises(UsageError, match=r"no metric 'f1_macr'\. Did you mean 'f1_macro'"):
         Trainer(model, metrics="accuracy,f1_macr", progress="none")
-    with pytest.raises(UsageError, match="train.monitor 'val_r2' is no metric of the classification task"):
+    with pytest.raises(UsageError, match=r"train\.monitor 'val_r2' is no metric of the classification task"):
         Trainer(model, monitor="val_r2", progress="none")
     with pytest.raises(UsageError, match="train_<metric> or val_<metric>"):
         Trainer(model, monitor="r2", progress="none")

@@ -225,7 +225,9 @@ def make_callbacks(config: RunConfig, run_dir: Path) -> list[Callback]:
     train = config.train
     callbacks: list[Callback] = [
         MetricsLogger(run_dir),
-        Checkpointer(run_dir, config.to_dict(), train.checkpoint_every, train.keep_last, train.monitor, train.keep_best),
+        Checkpointer(
+            run_dir, config.to_dict(), train.checkpoint_every, train.keep_last, train.monitor, train.keep_best
+        ),
         StopOnSignal(),
     ]
     if train.ema_decay is not None:

@@ -149,7 +149,9 @@ class Predictor:
         values = outputs.reshape(outputs.shape[0], -1).double()
         scale = self.preprocessing.get("task_options") or {}
         if "mean" in scale:
-            values = values * torch.tensor(scale["std"], dtype=torch.float64) + torch.tensor(scale["mean"], dtype=torch.float64)
+            values = values * torch.tensor(scale["std"], dtype=torch.float64) + torch.tensor(
+                scale["mean"], dtype=torch.float64
+            )
         return values
 
 

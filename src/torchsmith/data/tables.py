@@ -54,7 +54,9 @@ def target_columns(columns: list[str], option: Any) -> list[str]:
         names = [name.strip() for name in str(option).split(",") if name.strip()]
         missing = [name for name in names if name not in columns]
         if missing:
-            raise UsageError(f"data.options.target names '{missing[0]}', which is no column; columns: {', '.join(columns)}")
+            raise UsageError(
+                f"data.options.target names '{missing[0]}', which is no column; columns: {', '.join(columns)}"
+            )
         return names
     lower = {name.lower(): name for name in columns}
     return [next((lower[n] for n in TARGET_NAMES if n in lower), columns[-1])]
@@ -112,7 +114,9 @@ def _target(rows: Rows, names: list[str], task: str, target: dict[str, Any]) -> 
         index = {value: i for i, value in enumerate(target["classes"])}
         return torch.tensor([index[row[names[0]]] for row in rows], dtype=torch.int64)
     values = torch.tensor([[_number(row[n]) for n in names] for row in rows], dtype=torch.float64)  # (N, K)
-    values = (values - torch.tensor(target["mean"], dtype=torch.float64)) / torch.tensor(target["std"], dtype=torch.float64)
+    values = (values - torch.tensor(target["mean"], dtype=torch.float64)) / torch.tensor(
+        target["std"], dtype=torch.float64
+    )
     return (values.squeeze(1) if len(names) == 1 else values).float()
 
 

@@ -43,7 +43,6 @@ import yaml
 
 from torchsmith.errors import UsageError
 from torchsmith.io.files import read_json
-from torchsmith.report.regression import regression_sections
 from torchsmith.report.plots import Series, example_png, line_chart_svg
 from torchsmith.report.predictions import (
     Predictions,
@@ -53,6 +52,7 @@ from torchsmith.report.predictions import (
     read_predictions,
     save_predictions,
 )
+from torchsmith.report.regression import regression_sections
 
 __all__ = [
     "confusion_matrix",

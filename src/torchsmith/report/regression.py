@@ -23,7 +23,10 @@ _SIZE, _MARGIN = 360, 48  # the scatter's square, and the room for its axes
 def save_regression(run_dir: str | Path, true: torch.Tensor, predicted: torch.Tensor, names: list[str]) -> Path:
     """Write the test split's true and predicted values (N, K) for the report."""
     run = Path(run_dir)
-    tensors = {k: v.detach().cpu().float().reshape(v.shape[0], -1).contiguous() for k, v in (("true", true), ("predicted", predicted))}
+    tensors = {
+        k: v.detach().cpu().float().reshape(v.shape[0], -1).contiguous()
+        for k, v in (("true", true), ("predicted", predicted))
+    }
     save_file(tensors, run / "regression.safetensors")
     (run / "regression.json").write_text(json.dumps({"names": [str(n) for n in names]}), encoding="utf-8")
     return run / "regression.safetensors"
@@ -39,7 +42,7 @@ def regression_sections(run: Path) -> list[str]:
     name = str(names[0]) if names else "target"
     scatter = scatter_svg(true[:, 0], predicted[:, 0], name)
     note = f"<p>{len(true)} test samples; the scatter shows output '{escape(name)}'.</p>" if true.shape[1] > 1 else ""
-    body = f"{note}<img class=\"plot\" alt=\"predicted against true\" src=\"data:image/svg+xml;base64,{_b64(scatter)}\"/>"
+    body = f'{note}<img class="plot" alt="predicted against true" src="data:image/svg+xml;base64,{_b64(scatter)}"/>'
     body += "<h3>Largest errors</h3>" + _largest_errors(true, predicted, names)
     return [f'<section id="predictions"><h2>Test predictions: predicted against true</h2>{body}</section>\n']
 
@@ -87,12 +90,17 @@ def scatter_svg(true: torch.Tensor, predicted: torch.Tensor, name: str) -> str:
         for t in ticks
     )
     frame = f'<rect x="{_MARGIN}" y="{_MARGIN}" width="{span}" height="{span}" fill="none" stroke="#888"/>'
-    diagonal = f'<line x1="{_MARGIN}" y1="{_SIZE - _MARGIN}" x2="{_SIZE - _MARGIN}" y2="{_MARGIN}" stroke="#d62728" stroke-dasharray="4 3"/>'
+    low_corner, high_corner = _SIZE - _MARGIN, _MARGIN
+    diagonal = (
+        f'<line x1="{high_corner}" y1="{low_corner}" x2="{low_corner}" y2="{high_corner}" '
+        'stroke="#d62728" stroke-dasharray="4 3"/>'
+    )
     labels = (
         f'<text x="{_SIZE / 2}" y="{_SIZE - 8}" text-anchor="middle">true {escape(name)}</text>'
         f'<text x="12" y="{_SIZE / 2}" transform="rotate(-90 12 {_SIZE / 2})" text-anchor="middle">predicted</text>'
     )
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{_SIZE}" height="{_SIZE}" font-family="sans-serif" '
-        f'font-size="11"><rect width="{_SIZE}" height="{_SIZE}" fill="white"/>{frame}{diagonal}{dots}{axes}{labels}</svg>'
+        f'font-size="11"><rect width="{_SIZE}" height="{_SIZE}" fill="white"/>'
+        f"{frame}{diagonal}{dots}{axes}{labels}</svg>"
     )

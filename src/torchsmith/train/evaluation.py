@@ -39,6 +39,18 @@ def evaluate_batches(trainer: Trainer, batches: Any, collect: list[Any] | None =
     return meter.compute()
 
 
+def validate(trainer: Trainer, val_batches: Any) -> None:
+    """Evaluate with the inference weights into `state.metrics` as val_*; a plateau schedule then
+    steps on the monitored metric."""
+    state = trainer.state
+    with trainer.inference_weights():
+        for key, value in evaluate_batches(trainer, val_batches).items():
+            state.metrics[f"val_{key}"] = value
+    monitored = state.metrics.get(trainer.config.monitor)
+    if trainer.scheduler is not None and trainer.scheduler_interval == "eval" and monitored is not None:
+        trainer.scheduler.step(monitored)
+
+
 def _eval_forward(trainer: Trainer, model: nn.Module, inputs: Any, targets: Any) -> tuple[torch.Tensor, torch.Tensor]:
     if trainer.config.tta == "none":
         return trainer.forward_loss(model, inputs, targets)

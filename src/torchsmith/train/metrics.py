@@ -145,7 +145,7 @@ class TrainMetrics:
         return values
 
     def epoch_means(self) -> dict[str, float]:
-        count = self.totals.get("_count", 0)
+        count = int(self.totals.get("_count", 0))
         if not count:
             return {}
         sums = {k: v for k, v in self.totals.items() if not k.startswith("_")}

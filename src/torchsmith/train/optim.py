@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Callable, Iterable
-from typing import Any, TypedDict
+from typing import Any, Literal, TypedDict
 
 import torch
 from torch import nn
@@ -124,7 +124,7 @@ def schedule_for(
     if spec is not None or not own_schedule:
         return spec, "step" if spec is None else steps_per_call(spec)
     if config.scheduler == "plateau":
-        mode = "min" if lower_is_better(monitor) else "max"
+        mode: Literal["min", "max"] = "min" if lower_is_better(monitor) else "max"
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode=mode, factor=config.plateau_factor, patience=config.plateau_patience
         )

@@ -31,7 +31,9 @@ class OutputSelector:
     def __call__(self, raw: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         if isinstance(raw, torch.Tensor):
             if self.key is not None:
-                raise UsageError(f"model.output is '{self.key}' but the model returns a plain tensor; unset model.output")
+                raise UsageError(
+                    f"model.output is '{self.key}' but the model returns a plain tensor; unset model.output"
+                )
             return raw, None
         if isinstance(raw, Mapping):
             return self._from_mapping(raw)
@@ -39,7 +41,9 @@ class OutputSelector:
             index = self._index(len(raw))
             return self._checked(raw[index], f"element {index}", f"a {type(raw).__name__} of {len(raw)}"), None
         if hasattr(raw, "logits"):  # an output object that is no mapping
-            return self._from_mapping({k: getattr(raw, k) for k in ("logits", "loss") if getattr(raw, k, None) is not None})
+            return self._from_mapping(
+                {k: getattr(raw, k) for k in ("logits", "loss") if getattr(raw, k, None) is not None}
+            )
         raise UsageError(
             f"the model returned {type(raw).__name__}; torchsmith takes a tensor, a dict or ModelOutput "
             f"(with 'logits'), or a tuple whose first element is the prediction"
@@ -63,7 +67,10 @@ class OutputSelector:
         if self.key is None:
             return 0
         if not self.key.isdigit() or int(self.key) >= length:
-            raise UsageError(f"the model returns a tuple of {length}: model.output must be an index 0..{length - 1}, got '{self.key}'")
+            raise UsageError(
+                f"the model returns a tuple of {length}: model.output must be an index "
+                f"0..{length - 1}, got '{self.key}'"
+            )
         return int(self.key)
 
     def _checked(self, value: Any, which: str, returned: str, own_loss: torch.Tensor | None = None) -> torch.Tensor:

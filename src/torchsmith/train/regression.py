@@ -72,14 +72,19 @@ class Regression(Task):
         out = {"loss": loss}
         if "sq_err" not in totals or count == 0:
             return out
-        sums = {k: torch.as_tensor(totals[k], dtype=torch.float64).reshape(-1) for k in ("abs_err", "sq_err", "t_sum", "t_sq")}
+        sums = {
+            k: torch.as_tensor(totals[k], dtype=torch.float64).reshape(-1)
+            for k in ("abs_err", "sq_err", "t_sum", "t_sq")
+        }
         variance = sums["t_sq"] - sums["t_sum"].square() / count  # total sum of squares per output
         per_output = {
             "mae": sums["abs_err"] / count,
             "mse": sums["sq_err"] / count,
             "rmse": (sums["sq_err"] / count).sqrt(),
             # a constant target: R^2 is 1 for a perfect fit, else 0 (scikit-learn's convention)
-            "r2": torch.where(variance > 0, 1 - sums["sq_err"] / variance.clamp_min(1e-300), (sums["sq_err"] == 0).double()),
+            "r2": torch.where(
+                variance > 0, 1 - sums["sq_err"] / variance.clamp_min(1e-300), (sums["sq_err"] == 0).double()
+            ),
         }
         names = self.names if len(self.names) == variance.numel() else [str(i) for i in range(variance.numel())]
         for metric in self.selected:

@@ -63,7 +63,8 @@ def forward_backward(trainer: Trainer, inputs: Any, targets: Any, weight: float)
     done: list[Part] = []
     for i, (x, y) in enumerate(zip(micro_inputs, micro_targets, strict=True)):
         last = i == parts - 1
-        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        no_sync = getattr(model, "no_sync", None)  # DDP: gradients sync on the last micro-batch only
+        sync = contextlib.nullcontext() if last or no_sync is None else no_sync()
         with sync:
             out = trainer.train_step(model, (x, y))
             share = terms[i] / total

@@ -130,7 +130,9 @@ def average_precision_from_histogram(histogram: torch.Tensor) -> torch.Tensor:
     return torch.where(total > 0, (positives * precision).sum(dim=1) / total.clamp_min(1), torch.nan)
 
 
-def f1_scores(true_positives: torch.Tensor, false_positives: torch.Tensor, false_negatives: torch.Tensor) -> torch.Tensor:
+def f1_scores(
+    true_positives: torch.Tensor, false_positives: torch.Tensor, false_negatives: torch.Tensor
+) -> torch.Tensor:
     """Per column F1 = 2TP / (2TP + FP + FN), 0 where nothing was predicted or present."""
     tp, fp, fn = (v.double() for v in (true_positives, false_positives, false_negatives))
     denominator = 2 * tp + fp + fn
@@ -155,9 +157,7 @@ def configure_metrics(task: Task, metrics: str | Sequence[str], monitor: str) ->
     task.select([name for name in names if name])
     split, _, metric = monitor.partition("_")
     if split not in ("train", "val") or not metric:
-        raise UsageError(
-            f"train.monitor must be train_<metric> or val_<metric> (e.g. val_loss), got '{monitor}'"
-        )
+        raise UsageError(f"train.monitor must be train_<metric> or val_<metric> (e.g. val_loss), got '{monitor}'")
     if metric in task.metric_names and metric not in task.selected:
         task.selected = (*task.selected, metric)
     elif task.metric_names and not task.knows(metric):

@@ -11,7 +11,8 @@ The Trainer never assumes "one label per sample"; the protocol is in train/task_
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence as Names
+from collections.abc import Callable
+from collections.abc import Sequence as Names
 from typing import Any
 
 import torch

@@ -36,10 +36,10 @@ from torchsmith.precision import autocast
 from torchsmith.state import TrainState
 from torchsmith.train import distributed
 from torchsmith.train.device import default_generator, resolve_device, to_device
-from torchsmith.train.evaluation import evaluate_batches, predict_outputs
+from torchsmith.train.evaluation import evaluate_batches, predict_outputs, validate
 from torchsmith.train.guard import NanGuard, RolledBack, known_bad
-from torchsmith.train.nonfinite import on_nonfinite
 from torchsmith.train.metrics import TrainMetrics
+from torchsmith.train.nonfinite import on_nonfinite
 from torchsmith.train.optim import build_optimizer, grad_norm, optimizer_step, schedule_for, zero_grad
 from torchsmith.train.outputs import OutputSelector
 from torchsmith.train.step import forward_backward, make_scaler
@@ -91,7 +91,8 @@ class Trainer:
         self.scheduler: Any = None
         self.scheduler_interval = "step"  # "step", "epoch" or "eval": when `scheduler.step()` is called
         self.callbacks = list(callbacks)
-        if self.config.progress != "none" and rank.is_writer() and not any(isinstance(c, ProgressPrinter) for c in callbacks):
+        shows_progress = self.config.progress != "none" and rank.is_writer()
+        if shows_progress and not any(isinstance(c, ProgressPrinter) for c in callbacks):
             self.callbacks.append(ProgressPrinter(self.config.progress))
         self.state = TrainState()
         self.forward_model: nn.Module = model  # compiled or DDP-wrapped view used for training
@@ -238,12 +239,7 @@ class Trainer:
 
     def _validate(self, val_batches: Any) -> None:
         """Evaluate into `state.metrics` (val_*); a plateau schedule reads the monitored metric."""
-        with self.inference_weights():
-            for key, value in evaluate_batches(self, val_batches).items():
-                self.state.metrics[f"val_{key}"] = value
-        monitored = self.state.metrics.get(self.config.monitor)
-        if self.scheduler is not None and self.scheduler_interval == "eval" and monitored is not None:
-            self.scheduler.step(monitored)
+        validate(self, val_batches)
         self._call("on_eval_end")
 
     # ----------------------------------------------------------------- the NaN guard's verdict
@@ -354,8 +350,10 @@ class Trainer:
         """`data` (tensors, Dataset, DataLoader or in-memory source) as the Trainer iterates it."""
         cfg, (rank_, world) = self.config, (self.dist.rank, self.dist.world_size) if self.dist else (0, 1)
         size, grouped = (cfg.batch_size, cfg.group_by_length) if train else (cfg.eval_batch_size, False)
-        place = {"device": self.device, "rank": rank_, "world_size": world}
-        return make_batches(data, batch_size=size, train=train, seed=cfg.seed, group_by_length=grouped, **place)
+        return make_batches(
+            data, batch_size=size, train=train, seed=cfg.seed, device=self.device, rank=rank_, world_size=world,
+            group_by_length=grouped,
+        )  # fmt: skip
 
     def to_device(self, value: Any) -> Any:
         """A batch's inputs or targets (nested tensors too) on the training device, in its layout."""
