@@ -32,7 +32,7 @@ from torchsmith.report.model_summary import summary as model_summary
 from torchsmith.report.predictions import most_confident_mistakes, save_predictions
 from torchsmith.state import lower_is_better
 from torchsmith.train import distributed
-from torchsmith.train.tasks import Task, resolve_task
+from torchsmith.train.tasks import task_for_data
 from torchsmith.train.trainer import Trainer
 
 
@@ -70,7 +70,7 @@ def train_run(config: RunConfig, *, quiet: bool = False, resume: bool = False) -
         model,
         loss=config.loss,
         optimizer=config.optim.name,
-        task=run_task(bundle),
+        task=task_for_data(bundle.info),
         model_output=config.model.output,
         config=config.train,
         optim=config.optim,
@@ -165,12 +165,6 @@ def save_test_regression(run_dir: Path, collected: list[tuple[torch.Tensor, torc
         mean, std = torch.tensor(scale["mean"], dtype=torch.float64), torch.tensor(scale["std"], dtype=torch.float64)
         true, predicted = true * std + mean, predicted * std + mean
     save_regression(run_dir, true, predicted, bundle.info.class_names)
-
-
-def run_task(bundle: DataBundle) -> Task:
-    """The data's task, with its class or output names and (tables) the target's scaling."""
-    info = bundle.info
-    return resolve_task(info.task, names=info.class_names, options=info.preprocessing.get("task_options"))
 
 
 def whitening_init(model: torch.nn.Module, bundle: DataBundle) -> None:

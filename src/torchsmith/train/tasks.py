@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from torchsmith.config import TASK_NAMES
+from torchsmith.data.bundle import DataInfo
 from torchsmith.errors import UsageError, did_you_mean
 from torchsmith.train.multilabel import MultiLabel
 from torchsmith.train.regression import Regression
@@ -30,7 +31,7 @@ from torchsmith.train.task_base import (
     score_histogram,
 )
 
-__all__ = ["LOSSES", "TASKS", "LossFn", "Task", "resolve_loss", "resolve_task"]
+__all__ = ["LOSSES", "TASKS", "LossFn", "Task", "resolve_loss", "resolve_task", "task_for_data"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -138,6 +139,12 @@ class Sequence(Task):
 
 
 TASKS: dict[str, type[Task]] = dict(zip(TASK_NAMES, (Classification, Sequence, Regression, MultiLabel), strict=True))
+
+
+def task_for_data(info: DataInfo) -> Task:
+    """The task a dataset names, with its class or output names and its task options (a table's
+    target scaling, which the regression metrics undo)."""
+    return resolve_task(info.task, names=info.class_names, options=info.preprocessing.get("task_options"))
 
 
 def resolve_task(task: str | Task, names: list[str] | None = None, options: dict[str, Any] | None = None) -> Task:
