@@ -61,7 +61,9 @@ def main() -> None:
     args = parser.parse_args()
     bundle = load_cifar10(args.data_dir, val_fraction=0.1, seed=0, augment="flip")
     names = [*bundle.info.class_names, "vehicle", "animal"]
-    images = bundle.train if args.train_samples is None else bundle.train.subset(torch.arange(args.train_samples))
+    # a seeded random subset: the image tree's split is in class order
+    chosen = torch.randperm(len(bundle.train), generator=torch.Generator().manual_seed(0))[: args.train_samples]
+    images = bundle.train if args.train_samples is None else bundle.train.subset(chosen.sort().values)
     train, test = TwoLabels(images, names[:10]), TwoLabels(bundle.test, names[:10])
     torch.manual_seed(0)
     model = ConvBNNet(input_shape=(3, 32, 32), num_classes=12, widths=(32, 64, 128))

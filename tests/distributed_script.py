@@ -101,7 +101,7 @@ def task_metrics(inputs: torch.Tensor, labels: torch.Tensor) -> list[list[dict[s
     for task, targets, metrics in cases:
         torch.manual_seed(1)
         model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
-        options = {"device": "cpu", "progress": "none", "eval_batch_size": 7, "dist_timeout_s": TIMEOUT_S}
+        options = {"device": "cpu", "progress": "none", "eval_batch_size": 250, "dist_timeout_s": 60.0}
         trainer = Trainer(model, task=task, metrics=metrics, **options)
         spread = trainer.evaluate((inputs, targets))
         single = MetricAccumulator(trainer.task)
