@@ -321,7 +321,9 @@ def test_collectives_agree_count_once_and_time_out(tmp_path: Path) -> None:
         for spread, single in result["task_metrics"]:  # classification, multi-label, regression
             assert spread.keys() == single.keys() and len(spread) > 3
             for name, value in single.items():
-                assert spread[name] == pytest.approx(value, rel=1e-9 if name != "loss" else 1e-6), name
+                assert spread[name] == pytest.approx(value, rel=1e-7 if name != "loss" else 1e-6), (
+                    name
+                )  # float64 sums, any order
     assert 3.0 * 0.8 <= ranks[0]["failed_after_s"] < 3.0 + 3.0  # train.dist_timeout_s=3 in the script
 
 
