@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from torchsmith.config import DataConfig, parse_model_args
-from torchsmith.data.bundle import DataInfo
+
+if TYPE_CHECKING:
+    import torch
 
 
 def add_parsers(sub: Any) -> None:
@@ -35,7 +35,9 @@ def add_parsers(sub: Any) -> None:
 
 
 def command_summary(args: argparse.Namespace) -> int:
+    import torch
 
+    from torchsmith.data.bundle import DataInfo
     from torchsmith.models.registry import build_model
     from torchsmith.report.model_summary import parse_shape, summary
 
@@ -89,6 +91,8 @@ def command_doctor(args: argparse.Namespace) -> int:
 
 
 def split_tensors(source: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
     """All of a split's inputs and targets: raw uint8 images when held, else built batches."""
     if hasattr(source, "images") and hasattr(source, "labels"):
         return source.images, source.labels
