@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,7 @@ def command_sweep(args: argparse.Namespace) -> int:
         trials=args.trials, sampler=args.sampler, pruner=args.pruner, storage=args.storage or "",
         study_name=args.study_name or "", sampler_seed=args.sampler_seed,
     )  # fmt: skip
+    signal.signal(signal.SIGTERM, stop_on_sigterm)  # between trials too: the running trial is queued again
     study = open_study(plan)
     enqueue_base(study, plan)
     if not args.worker:
@@ -89,6 +91,10 @@ def command_sweep(args: argparse.Namespace) -> int:
     print(f"best: trial {best[0]['number']}  {metric} {best[0][metric]:.4f}")
     print(command)
     return 0
+
+
+def stop_on_sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # what SIGINT does; inside training StopOnSignal saves the state first
 
 
 def require_optuna() -> None:

@@ -52,7 +52,7 @@ def _state(trial: Any) -> str:
     state = trial.state.name.lower()
     if state == "fail" and "fail_reason" not in trial.user_attrs:
         return "interrupted"
-    return {"complete": "completed"}.get(state, state)
+    return {"complete": "completed", "fail": "failed"}.get(state, state)
 
 
 def best_rows(rows: list[dict[str, Any]], plan: SweepPlan, count: int = 10) -> list[dict[str, Any]]:

@@ -20,6 +20,8 @@ that several processes and machines share it and a killed sweep resumes:
 from __future__ import annotations
 
 import math
+import os
+import socket
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -84,7 +86,7 @@ def make_plan(base: RunConfig, space: list[SearchParam], folder: Path, **options
 def open_study(plan: SweepPlan) -> Any:
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # trials are reported by print_trial
     samplers = {
         "tpe": lambda: optuna.samplers.TPESampler(seed=plan.sampler_seed),
         "random": lambda: optuna.samplers.RandomSampler(seed=plan.sampler_seed),
@@ -153,11 +155,12 @@ def objective(trial: Any, plan: SweepPlan) -> float:
     values = {param.key: param.suggest(trial) for param in plan.space}
     run_dir = plan.folder / f"trial-{trial.number:04d}"
     trial.set_user_attr("run_dir", str(run_dir))
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     pruning = PruneOnEpoch(trial, plan.metric)
     try:
         config = plan.trial_config(values, run_dir)
         result = train_run(config, quiet=True, callbacks=[pruning])
-    except Interrupted:
+    except (Interrupted, KeyboardInterrupt):  # SIGINT/SIGTERM: this trial runs again, first, on resume
         trial.set_user_attr("interrupted", True)
         trial.study.enqueue_trial(trial.params, user_attrs={"rerun_of": trial.number})
         raise
