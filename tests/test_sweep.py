@@ -112,7 +112,7 @@ def study_trials(storage: str, folder: Path) -> list[object]:
 def test_two_processes_share_one_sqlite_study_without_running_a_trial_twice(mnist_root: Path, tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
     folder = tmp_path / "shared"
-    command = sweep_command(mnist_root, folder, storage, trials=6)
+    command = sweep_command(mnist_root, folder, storage, trials=4, epochs=1)
     processes = [
         subprocess.Popen(command, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for _ in range(2)
@@ -122,7 +122,7 @@ def test_two_processes_share_one_sqlite_study_without_running_a_trial_twice(mnis
     trials = study_trials(storage, folder)
     workers = [t.user_attrs["worker"] for t in trials]
     assert len(set(workers)) == 2  # both processes ran trials of the one study
-    assert 6 <= len(trials) <= 7  # --trials counts every process; two may start the last one together
+    assert 4 <= len(trials) <= 5  # --trials counts every process; two may start the last one together
     assert len({t.number for t in trials}) == len(trials) == len({t.params["optim.lr"] for t in trials})
     assert all(t.state.name == "COMPLETE" for t in trials)
     run_dirs = sorted(p.name for p in folder.glob("trial-*"))
@@ -132,6 +132,7 @@ def test_two_processes_share_one_sqlite_study_without_running_a_trial_twice(mnis
         assert config["optim"]["lr"] == trial.params["optim.lr"]
 
 
+@pytest.mark.slow  # two sweeps of 40-epoch trials: about a minute alone, several on a busy machine
 def test_a_killed_sweep_resumes_and_reruns_the_interrupted_trial(mnist_root: Path, tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path / 'resume.db'}"
     folder = tmp_path / "resume"
@@ -141,7 +142,7 @@ def test_a_killed_sweep_resumes_and_reruns_the_interrupted_trial(mnist_root: Pat
     while not (folder / "trial-0001" / "config.yaml").exists() and first.poll() is None and time.time() < deadline:
         time.sleep(0.2)
     first.send_signal(signal.SIGTERM)
-    out, err = first.communicate(timeout=120)
+    _, err = first.communicate(timeout=120)
     assert first.returncode in (130, 143), err
     before = study_trials(storage, folder)
     assert [t.state.name for t in before][:2] == ["COMPLETE", "FAIL"] and before[1].user_attrs["interrupted"]

@@ -37,7 +37,13 @@ def add_parsers(sub: Any) -> None:
         "in the sweep's folder), e.g. sqlite:///sweep.db or postgresql://host/db",
     )
     sweep.add_argument("--study-name", default=None, help="the study's name in the storage (default: folder name)")
-    sweep.add_argument("--sampler-seed", type=int, default=0, help="seed of the sampler's own choices")
+    sweep.add_argument(
+        "--sampler-seed",
+        type=int,
+        default=None,
+        help="seed of the sampler's choices (one process only: "
+        "processes sharing a study with one seed would propose the same settings)",
+    )
     sweep.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a child of --workers N
     sweep.add_argument("--debug", action="store_true", help="show tracebacks")
 
@@ -46,7 +52,7 @@ def command_sweep(args: argparse.Namespace) -> int:
     from torchsmith.app import default_run_dir
     from torchsmith.sweep.report import best_command, best_rows, trial_rows, write_sweep_report
     from torchsmith.sweep.space import parse_space
-    from torchsmith.sweep.study import enqueue_base, make_plan, open_study, run_worker
+    from torchsmith.sweep.study import make_plan, open_study, run_worker
     from torchsmith.sweep.workers import run_workers
 
     require_optuna()
@@ -64,7 +70,6 @@ def command_sweep(args: argparse.Namespace) -> int:
     )  # fmt: skip
     signal.signal(signal.SIGTERM, stop_on_sigterm)  # between trials too: the running trial is queued again
     study = open_study(plan)
-    enqueue_base(study, plan)
     if not args.worker:
         print(f"sweep {plan.study_name}: {plan.trials} trials in {folder} (storage {plan.storage})", file=sys.stderr)
     if args.workers > 1:

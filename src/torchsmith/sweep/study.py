@@ -53,7 +53,7 @@ class SweepPlan:
     pruner: str = "median"
     storage: str = ""
     study_name: str = ""
-    sampler_seed: int = 0
+    sampler_seed: int | None = None  # None: each process samples differently (a fixed seed would repeat)
     printed: list[int] = field(default_factory=list)
 
     def trial_config(self, values: dict[str, Any], run_dir: Path) -> RunConfig:
@@ -109,14 +109,16 @@ def open_study(plan: SweepPlan) -> Any:
             grace_period=GRACE_S,
             heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
         )
-    return optuna.create_study(
-        storage=storage,
-        study_name=plan.study_name,
-        direction=optuna.study.StudyDirection[plan.direction.upper()],
-        sampler=samplers[plan.sampler](),
-        pruner=pruners[plan.pruner](),
-        load_if_exists=True,
-    )
+    sampler, pruner = samplers[plan.sampler](), pruners[plan.pruner]()
+    direction = optuna.study.StudyDirection[plan.direction.upper()]
+    try:  # the process that creates the study queues the base trial; the others join it
+        study = optuna.create_study(
+            storage=storage, study_name=plan.study_name, sampler=sampler, pruner=pruner, direction=direction
+        )
+    except optuna.exceptions.DuplicatedStudyError:
+        return optuna.load_study(storage=storage, study_name=plan.study_name, sampler=sampler, pruner=pruner)
+    enqueue_base(study, plan)
+    return study
 
 
 def enqueue_base(study: Any, plan: SweepPlan) -> None:
