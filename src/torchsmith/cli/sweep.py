@@ -44,7 +44,9 @@ def add_parsers(sub: Any) -> None:
         help="seed of the sampler's choices (one process only: "
         "processes sharing a study with one seed would propose the same settings)",
     )
-    sweep.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a child of --workers N
+    sweep.add_argument(
+        "--worker", action="store_true", help="run trials only, no table or page (what --workers N starts)"
+    )
     sweep.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
