@@ -6,6 +6,7 @@ import platform
 import re
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from torchsmith.callbacks.checkpointer import Checkpointer
 from torchsmith.callbacks.early_stopping import EarlyStopping
 from torchsmith.callbacks.metrics_logger import MetricsLogger
 from torchsmith.callbacks.signals import StopOnSignal
+from torchsmith.callbacks.trackers import Tracker, make_tracker
+from torchsmith.callbacks.trackers import require as require_tracker
 from torchsmith.config import RunConfig, save_yaml
 from torchsmith.data.bundle import DataBundle
 from torchsmith.data.registry import load_data
@@ -48,12 +51,17 @@ def default_run_dir(config: RunConfig) -> Path:
     return Path("runs") / f"{model}-{data}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def train_run(config: RunConfig, *, quiet: bool = False, resume: bool = False) -> RunResult:
+def train_run(
+    config: RunConfig, *, quiet: bool = False, resume: bool = False, callbacks: Sequence[Callback] = ()
+) -> RunResult:
     """Train as the config says and write the run directory; returns its summary.
 
     With `resume`, continue from the newest complete checkpoint in the run directory. Under
-    torchrun every process runs this; rank 0 alone writes the run directory.
+    torchrun every process runs this; rank 0 alone writes the run directory. `callbacks` are
+    added after the built-in ones (a sweep's pruning callback, for one).
     """
+    if config.track.backend != "none":
+        require_tracker(config.track.backend)  # before any work: the pip command when it is missing
     distributed.setup(config.train)  # under torchrun: join the process group first
     run_dir, resume = rank.from_writer(lambda: resolve_run_dir(config, resume))
     writer = rank.is_writer()
@@ -64,7 +72,6 @@ def train_run(config: RunConfig, *, quiet: bool = False, resume: bool = False) -
         whitening_init(model, bundle)
     if quiet:
         config.train.progress = "none"
-    callbacks = make_callbacks(config, run_dir)
     trainer = Trainer(
         model,
         loss=config.loss,
@@ -72,7 +79,7 @@ def train_run(config: RunConfig, *, quiet: bool = False, resume: bool = False) -
         task=bundle.info.task,
         config=config.train,
         optim=config.optim,
-        callbacks=callbacks,
+        callbacks=[*make_callbacks(config, run_dir, resume=resume), *callbacks],
     )
     batch = first_batch(trainer, bundle)
     findings = preflight(trainer, bundle, batch)
@@ -89,16 +96,19 @@ def train_run(config: RunConfig, *, quiet: bool = False, resume: bool = False) -
         trainer.fit(bundle.train, bundle.val, resume=resume)
     except TorchsmithError as error:  # NaN guard, checkpoints: under DDP, the same on every rank
         finish(run_dir, trainer, summary, "failed", error=str(error))
+        end_tracking(trainer, run_dir, summary, "failed")
         rank.settle()
         raise
     except Exception as error:  # an error inside the user's model or loss, or a lost process
         finish(run_dir, trainer, summary, "failed", error=f"{type(error).__name__}: {error}")
+        end_tracking(trainer, run_dir, summary, "failed")
         raise TrainingFailure(
             f"training failed at step {trainer.state.step}: {type(error).__name__}: {error}"
         ) from error
     stop_signal = trainer.state.stop_signal  # under DDP: agreed, the same on every rank
     if stop_signal:
         finish(run_dir, trainer, summary, "stopped")
+        end_tracking(trainer, run_dir, summary, "stopped")
         rank.settle()
         rank.shutdown()
         raise Interrupted(stop_signal, signal_exit_code(stop_signal), step=trainer.state.step)
@@ -107,6 +117,7 @@ def train_run(config: RunConfig, *, quiet: bool = False, resume: bool = False) -
     finish(run_dir, trainer, summary, trainer.state.status)
     if writer:
         write_report(run_dir)
+    end_tracking(trainer, run_dir, summary, trainer.state.status)
     rank.settle()
     rank.shutdown()
     return RunResult(run_dir, summary, trainer)
@@ -196,10 +207,11 @@ def write_model_summary(trainer: Trainer, inputs: Any, run_dir: Path, quiet: boo
         print(table.to_text(short=True), file=sys.stderr)
 
 
-def make_callbacks(config: RunConfig, run_dir: Path) -> list[Callback]:
+def make_callbacks(config: RunConfig, run_dir: Path, resume: bool = False) -> list[Callback]:
     train = config.train
+    logger = MetricsLogger(run_dir)
     callbacks: list[Callback] = [
-        MetricsLogger(run_dir),
+        logger,
         Checkpointer(run_dir, config.to_dict(), train.checkpoint_every, train.keep_last, train.monitor),
         StopOnSignal(),
     ]
@@ -219,7 +231,18 @@ def make_callbacks(config: RunConfig, run_dir: Path) -> list[Callback]:
         callbacks.append(WhitenBiasFreeze(train.freeze_whitening_bias_after))
     if config.train.early_stopping_patience:
         callbacks.append(EarlyStopping(config.train.monitor, config.train.early_stopping_patience))
+    if config.track.backend != "none":
+        callbacks.append(make_tracker(config, logger, run_dir, resume))  # sends the logger's rows
     return callbacks
+
+
+def end_tracking(trainer: Trainer, run_dir: Path, summary: dict[str, Any], status: str) -> None:
+    """Send the run's files to the tracker and record in summary.json what did not arrive."""
+    tracker = next((c for c in trainer.callbacks if isinstance(c, Tracker)), None)
+    record = tracker.finish(status) if tracker is not None else {}
+    if record and rank.is_writer():
+        summary["tracking"] = record
+        write_json(run_dir / "summary.json", summary)
 
 
 def info_dict(bundle: DataBundle) -> dict[str, Any]:

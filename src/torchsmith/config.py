@@ -104,6 +104,18 @@ def with_options(config: TrainConfig, options: dict[str, Any]) -> TrainConfig:
 
 
 @dataclass
+class TrackConfig:
+    """Where the run is also logged: an experiment tracker (MLflow, Weights & Biases) or none."""
+
+    backend: str = "none"  # none | mlflow | wandb
+    uri: str | None = None  # MLflow: tracking URI (default: MLFLOW_TRACKING_URI, else MLflow's local store)
+    experiment: str = "torchsmith"  # MLflow experiment / W&B project
+    run_name: str | None = None  # default: the run directory's name
+    offline: bool = False  # W&B: write files only, `wandb sync` them later
+    timeout_s: float = 10.0  # the longest the run waits for the tracker at its end
+
+
+@dataclass
 class RunConfig:
     """Everything a run needs; saved as `config.yaml` in the run directory.
 
@@ -117,6 +129,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
     loss: str = "cross_entropy"
     run_dir: str | None = None
     recipe: str | None = None
@@ -178,6 +191,7 @@ CHOICES = {
     "optim.scheduler": ("none", "cosine", "onecycle", "linear", "step"),
     "train.tta": TTA_MODES,
     "model.init": ("default", "whitening"),
+    "track.backend": ("none", "mlflow", "wandb"),
 }
 
 
@@ -210,6 +224,8 @@ def validate(config: RunConfig) -> list[str]:
         errors.append(f"train.dist_timeout_s must be positive, got {train.dist_timeout_s}")
     if train.clip_grad_norm is not None and train.clip_grad_norm <= 0:
         errors.append(f"--clip-grad-norm must be positive, got {train.clip_grad_norm}")
+    if config.track.timeout_s is not None and config.track.timeout_s <= 0:
+        errors.append(f"track.timeout_s must be positive, got {config.track.timeout_s}")
     for key, allowed in CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(config, section), name)

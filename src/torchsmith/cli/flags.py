@@ -38,6 +38,7 @@ TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--checkpoint-every": ("train.checkpoint_every", int, "save a checkpoint every N steps"),
     "--keep-last": ("train.keep_last", int, "how many periodic checkpoints to keep"),
     "--run-dir": ("run_dir", str, "where the run's files go (default runs/<model>-<data>-<time>)"),
+    "--track": ("track.backend", str, "also log the run to an experiment tracker: mlflow or wandb (or none)"),
     "--recipe": ("recipe", str, "a tuned preset (see `torchsmith list recipes`); flags override it"),
 }
 
@@ -79,6 +80,7 @@ LR_FIND_SKIPS = (
     "--checkpoint-every",
     "--keep-last",
     "--run-dir",
+    "--track",
 )
 
 
@@ -104,6 +106,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     recipe = flags.get("recipe") or file_values.get("recipe")
     if recipe:
         values = merge(values, recipe_config(recipe))
+        if flags.get("model", {}).get("name", values["model"]["name"]) != values["model"]["name"]:
+            values["model"] = {k: v for k, v in values["model"].items() if k != "args"}  # args of another model
     values = merge(merge(merge(values, file_values), flags), parse_set(args.set))
     return RunConfig.from_dict(values)
 
