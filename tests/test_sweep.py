@@ -59,7 +59,7 @@ def test_search_syntax() -> None:
 def test_mistakes_are_usage_errors_before_any_trial(mnist_root: Path, tmp_path: Path, capsys) -> None:
     folder = tmp_path / "s"
     assert main(["sweep", *base(mnist_root), "--run-dir", str(folder), "--search", "optim.lrr=log(1e-3,1)"]) == 2
-    assert "did you mean 'lr'" in capsys.readouterr().err
+    assert "Did you mean 'lr'" in capsys.readouterr().err
     assert main(["sweep", "--data", "mnist-sample", "--search", "optim.lr=[0.1]", "--val-fraction", "0"]) == 2
     assert "needs a validation split" in capsys.readouterr().err
     assert not folder.exists()
