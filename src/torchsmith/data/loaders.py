@@ -161,7 +161,8 @@ def make_batches(
             drop_last=_drops_last(len(data), batch_size, train, world_size),
             lengths=lengths,
         )
-        return MemoryBatches(data.to(device), order, train, seed)
+        batches_class = getattr(data, "batches_class", MemoryBatches)  # a mapped store gathers ahead
+        return batches_class(data.to(device), order, train, seed)
     if isinstance(data, Dataset):
         size = len(data)  # type: ignore[arg-type]  # map-style datasets define __len__
         order = BatchOrder(
