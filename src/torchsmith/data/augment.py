@@ -79,7 +79,16 @@ _POLICY_HELP = (
     "mixupN and cutmixN (Beta alpha N/100, defaults 20 and 100); e.g. crop-flip, flip-translate4-cutout12, "
     "rrc-flip-jitter-cutmix"
 )
-_DEFAULT_SIZES = {"translate": 2, "cutout": 12, "flip": 1, "rrc": 1, "center": 1, "jitter": 40, "mixup": 20, "cutmix": 100}
+_DEFAULT_SIZES = {
+    "translate": 2,
+    "cutout": 12,
+    "flip": 1,
+    "rrc": 1,
+    "center": 1,
+    "jitter": 40,
+    "mixup": 20,
+    "cutmix": 100,
+}
 _NO_SIZE = {"flip", "rrc", "center"}
 MIXING = ("mixup", "cutmix")
 

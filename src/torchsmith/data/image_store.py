@@ -38,6 +38,7 @@ from torchsmith.data.image_files import (
 )
 from torchsmith.errors import UsageError
 
+DEFAULT_CACHE = Path(os.environ.get("TORCHSMITH_CACHE", Path.home() / ".cache" / "torchsmith"))
 FORMAT = 1  # bump when the shard layout changes: old caches are then ignored
 SHARD_BYTES = 256 << 20
 CHUNK_BYTES = 64 << 20  # decoded images held at once while writing the shards
@@ -170,8 +171,6 @@ class ImageStore:
 
 def open_store(files: list[str], options: ImageOptions, where: str) -> ImageStore:
     """The store of these files: from the cache, or decoded now (and cached)."""
-    from torchsmith.data.vision import DEFAULT_CACHE
-
     requested = json.dumps([FORMAT, options.image_size, options.storage_size])
     key = hashlib.sha256((file_stamps(files) + requested).encode()).hexdigest()[:24]
     folder = (options.cache_dir or DEFAULT_CACHE / "images") / key
@@ -193,7 +192,9 @@ def _read_cached(folder: Path) -> ImageStore | None:
         sizes = [p.stat().st_size for p in store.shard_paths()]
     except Exception:  # missing or damaged: rebuilt, never trusted
         return None
-    expected = [min(store.rows_per_shard, store.count - i * store.rows_per_shard) * store.row_bytes for i in range(len(sizes))]
+    expected = [
+        min(store.rows_per_shard, store.count - i * store.rows_per_shard) * store.row_bytes for i in range(len(sizes))
+    ]
     return store if sizes == expected else None
 
 

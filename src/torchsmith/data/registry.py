@@ -47,9 +47,8 @@ def _cifar10(config: DataConfig, path: str | None, seed: int) -> DataBundle:
 
 
 def _imagefolder(config: DataConfig, path: str | None, seed: int) -> DataBundle:
-    from torchsmith.data.vision import load_imagefolder
-
     from torchsmith.data.image_store import ImageOptions
+    from torchsmith.data.vision import load_imagefolder
 
     folder = path or config.dir
     if not folder:

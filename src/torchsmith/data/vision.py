@@ -7,7 +7,6 @@ files, so later runs skip decoding, and mapped from disk when larger than memory
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from functools import partial
 from importlib import resources
@@ -20,12 +19,11 @@ import torch
 from torchsmith.data.bundle import DataBundle, DataInfo
 from torchsmith.data.image_files import IMAGE_SUFFIXES, list_image_files
 from torchsmith.data.image_sets import LabelledRows, check_classes, fixed_size, image_bundle, open_labelled
-from torchsmith.data.image_store import ImageOptions
+from torchsmith.data.image_store import DEFAULT_CACHE, ImageOptions
 from torchsmith.data.memory import ImageTensors, channel_stats, split_indices
 from torchsmith.errors import UsageError
 
 T = TypeVar("T")
-DEFAULT_CACHE = Path(os.environ.get("TORCHSMITH_CACHE", Path.home() / ".cache" / "torchsmith"))
 
 
 def make_bundle(
