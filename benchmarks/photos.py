@@ -46,8 +46,10 @@ train_tf = transforms.Compose([transforms.RandomResizedCrop(64, scale=(0.25, 1.0
                                transforms.ToTensor(), transforms.Normalize(mean, std)])
 test_tf = transforms.Compose([transforms.Resize(74), transforms.CenterCrop(64), transforms.ToTensor(),
                               transforms.Normalize(mean, std)])
-train = datasets.ImageFolder(root + "/train", train_tf, is_valid_file=lambda p: not p.endswith("broken.jpg"))
-test = datasets.ImageFolder(root + "/test", test_tf)
+# ImageFolder needs the user's preparation: the broken file and the notes must be filtered out by hand.
+ok = lambda p: p.lower().endswith(datasets.folder.IMG_EXTENSIONS) and not p.endswith("broken.jpg") and "/." not in p
+train = datasets.ImageFolder(root + "/train", train_tf, is_valid_file=ok)
+test = datasets.ImageFolder(root + "/test", test_tf, is_valid_file=ok)
 model = build_model("convnet", DataInfo("image", len(train.classes), (3, 64, 64)), {})
 loader = DataLoader(train, batch_size=batch, shuffle=True, num_workers=2, persistent_workers=True)
 opt = torch.optim.AdamW(model.parameters(), lr=2e-3)

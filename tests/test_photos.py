@@ -21,6 +21,7 @@ from torchsmith.data.image_files import BrokenImage, decode_file, parse_size, re
 from torchsmith.data.image_sets import image_bundle, open_labelled
 from torchsmith.data.image_store import ImageOptions
 from torchsmith.data.image_table import load_imagecsv
+from torchsmith.data.loaders import make_batches
 from torchsmith.data.mapped import MappedImages, PrefetchBatches
 from torchsmith.data.memory import ImageTensors
 from torchsmith.data.mixing import mix_batch
@@ -73,6 +74,8 @@ def test_image_size_gives_storage_with_margin_and_random_crops(tmp_path: Path) -
     bundle = load_imagefolder(str(root), val_fraction=0.0, options=options)
     assert bundle.info.preprocessing["storage"] == [28, 37] and bundle.info.input_shape == (3, 24, 32)
     assert bundle.train.ops == {"rrc": 1, "flip": 1}  # no policy given: random-resized crop and flip
+    batches = make_batches(bundle.train, batch_size=4, train=True, seed=0, device=torch.device("cpu"))
+    assert batches.draws  # the crops come from the step's generator, not the global one
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     a, _ = bundle.train.get_batch(torch.arange(6), g1, train=True)
     b, _ = bundle.train.get_batch(torch.arange(6), g2, train=True)

@@ -189,7 +189,10 @@ def _drops_last(num_samples: int, batch_size: int, train: bool, world_size: int)
 
 def _draws_randomness(source: MemorySource) -> bool:
     # Sources known to build their batches without random draws need not build the global batch.
-    return not isinstance(source, TensorPairs) and getattr(source, "augment", None) != "none"
+    if isinstance(source, TensorPairs):
+        return False
+    ops = getattr(source, "ops", None)  # images: the parsed ops (a larger store adds a random crop)
+    return bool(ops) if ops is not None else getattr(source, "augment", None) != "none"
 
 
 def _rows(order: BatchOrder, value: Any) -> Any:
