@@ -52,7 +52,8 @@ model = build_model("convnet", bundle.info, {})
 trainer = Trainer(model, max_epochs=epochs, batch_size=128, progress="none", device="cpu")
 trainer.fit(bundle.train)
 digest = hashlib.sha256(b"".join(v.numpy().tobytes() for v in model.state_dict().values())).hexdigest()
-print(json.dumps({"base": base, "peak": loader_peak, "train_peak": rss("VmHWM"), "loader_rate": loader_rate, "weights": digest,
+print(json.dumps({"base": base, "peak": loader_peak, "train_peak": rss("VmHWM"), "loader_rate": loader_rate,
+                  "weights": digest,
                   "source": type(bundle.train).__name__, "store": bundle.info.preprocessing["storage"],
                   "samples": len(bundle.train)}))
 """
