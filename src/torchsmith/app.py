@@ -66,6 +66,8 @@ def train_run(
     run_dir, resume = rank.from_writer(lambda: resolve_run_dir(config, resume))
     writer = rank.is_writer()
     bundle = load_data(config.data, config.train.seed)
+    if writer and not quiet:
+        report_data_notes(bundle)
     torch.manual_seed(config.train.seed)
     model = build_model(config.model.name, bundle.info, config.model.args)
     if config.model.init == "whitening":
@@ -74,7 +76,7 @@ def train_run(
         config.train.progress = "none"
     trainer = Trainer(
         model,
-        loss=config.loss,
+        loss=task_loss(config.loss, bundle.info.task),
         optimizer=config.optim.name,
         task=bundle.info.task,
         config=config.train,
@@ -90,6 +92,8 @@ def train_run(
         write_json(run_dir / "preprocessing.json", info_dict(bundle))
         write_model_summary(trainer, batch[0], run_dir, quiet)
     summary = base_summary(config, trainer)
+    if bundle.info.problems:
+        summary["skipped_files"] = bundle.info.problems  # also in doctor.json
     if findings:
         summary["preflight"] = [f.to_dict() for f in findings]
     try:
@@ -121,6 +125,25 @@ def train_run(
     rank.settle()
     rank.shutdown()
     return RunResult(run_dir, summary, trainer)
+
+
+def report_data_notes(bundle: DataBundle) -> None:
+    """What the data reader decided or skipped: the size it chose, the files it could not read."""
+    preprocessing, problems = bundle.info.preprocessing, bundle.info.problems
+    if preprocessing.get("size_note"):
+        print(f"note: {preprocessing['size_note']}", file=sys.stderr)
+    if problems:
+        shown = ", ".join(Path(p["file"]).name for p in problems[:3])
+        print(
+            f"warning: skipped {len(problems)} file(s) that could not be read as images ({shown}"
+            f"{', ...' if len(problems) > 3 else ''}); all are listed in doctor.json",
+            file=sys.stderr,
+        )
+
+
+def task_loss(loss: str, task: str) -> str:
+    """The configured loss; multi-label data takes binary cross entropy unless one was chosen."""
+    return "bce_with_logits" if task == "multilabel" and loss == "cross_entropy" else loss
 
 
 def resolve_run_dir(config: RunConfig, resume: bool) -> tuple[Path, bool]:
@@ -293,8 +316,10 @@ def finish(run_dir: Path, trainer: Trainer, summary: dict[str, Any], status: str
         summary["skipped_steps"], summary["rollbacks"] = state.skipped_steps, state.rollbacks
     if not rank.is_writer():
         return
-    if state.nan_events or summary.get("preflight"):
-        write_json(run_dir / "doctor.json", {"events": state.nan_events, "preflight": summary.get("preflight", [])})
+    problems = summary.get("skipped_files", [])
+    if state.nan_events or summary.get("preflight") or problems:
+        doctor = {"events": state.nan_events, "preflight": summary.get("preflight", [])}
+        write_json(run_dir / "doctor.json", {**doctor, **({"skipped_files": problems} if problems else {})})
     if status != "failed":
         save_file(plain_tensors(trainer.model.state_dict()), str(run_dir / "model.safetensors"))
     write_json(run_dir / "summary.json", summary)

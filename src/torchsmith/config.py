@@ -20,7 +20,7 @@ import yaml
 from torchsmith.errors import UsageError, did_you_mean
 
 TTA_MODES = ("none", "flip", "flip-translate")  # test-time augmentation (train.tta)
-TASK_NAMES = ("classification", "sequence")  # what a DataInfo.task may name (train.tasks implements them)
+TASK_NAMES = ("classification", "sequence", "multilabel")  # what a DataInfo.task may name (train.tasks implements them)
 
 
 @dataclass

@@ -21,6 +21,11 @@ TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
         "batched augmentation for images: none, or ops joined by '-': flip, cropN, translateN, cutoutN "
         "(e.g. crop-flip, flip-translate4-cutout12); for speech any value but none turns it on",
     ),
+    "--image-size": (
+        "data.options.image_size",
+        str,
+        "training resolution for image folders and tables, N or HxW (images of any size are resized once)",
+    ),
     "--split": ("data.split", str, "how to split the data, e.g. speaker:NAME to hold one speaker out"),
     "--epochs": ("train.max_epochs", int, "number of epochs"),
     "--max-steps": ("train.max_steps", int, "stop after this many optimizer steps"),

@@ -46,12 +46,22 @@ def _cifar10(config: DataConfig, path: str | None, seed: int) -> DataBundle:
 
 
 def _imagefolder(config: DataConfig, path: str | None, seed: int) -> DataBundle:
+    from torchsmith.data.image_store import ImageOptions
     from torchsmith.data.vision import load_imagefolder
 
     folder = path or config.dir
     if not folder:
         raise UsageError("imagefolder needs a path: --data imagefolder:PATH")
-    return load_imagefolder(folder, config.val_fraction, seed, config.augment)
+    options = ImageOptions.from_options(config.options)
+    return load_imagefolder(folder, config.val_fraction, seed, config.augment, options=options)
+
+
+def _imagecsv(config: DataConfig, path: str | None, seed: int) -> DataBundle:
+    from torchsmith.data.image_table import load_imagecsv
+
+    if not path:
+        raise UsageError("imagecsv needs a path: --data imagecsv:labels.csv (columns: image path, label)")
+    return load_imagecsv(path, config.options, val_fraction=config.val_fraction, seed=seed, augment=config.augment)
 
 
 def _audio_options(config: DataConfig, seed: int) -> AudioOptions:
@@ -146,8 +156,14 @@ DATASETS: dict[str, DataEntry] = {
         DataEntry("cifar10", "CIFAR-10, 50,000 + 10,000 colour images, 3x32x32 (download or image tree)", _cifar10),
         DataEntry(
             "imagefolder",
-            "imagefolder:PATH, one folder per class (with train/ and test/, or split)",
+            "imagefolder:PATH, one folder per class (with train/ and test/, or split); any size (--image-size)",
             _imagefolder,
+            takes_path=True,
+        ),
+        DataEntry(
+            "imagecsv",
+            "imagecsv:labels.csv, image paths and labels from a table (several labels per row: multi-label)",
+            _imagecsv,
             takes_path=True,
         ),
         DataEntry(

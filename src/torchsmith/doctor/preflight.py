@@ -98,7 +98,7 @@ def _check_outputs(
     layer = ""
     if last is not None and last.output_shape == out_shape:
         layer = f" (`{module_label(model, last.name)}` is {last.module})"
-    classification = task == "classification"
+    classification = task in ("classification", "multilabel")
     # float targets are one row of class probabilities per sample (soft labels)
     labels = targets.shape[:1] if targets.is_floating_point() else targets.shape
     expected = (*labels, num_classes)
@@ -132,8 +132,8 @@ def _check_targets(targets: Any, batch: int, task: str, num_classes: int, loss_f
     if targets.shape[0] != batch:
         message = f"The batch has {batch} inputs but {targets.shape[0]} targets; both need the same size in dim 0."
         return _error("target-batch", message)
-    if task == "classification" and targets.is_floating_point() and targets.ndim == 2:
-        return []  # soft labels (mixup, label smoothing): probabilities, not indices
+    if task in ("classification", "multilabel") and targets.is_floating_point() and targets.ndim == 2:
+        return []  # soft labels (mixup, label smoothing) or multi-hot rows: probabilities, not indices
     if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
         dtype = str(targets.dtype).replace("torch.", "")
         message = (

@@ -70,14 +70,39 @@ class Classification(Task):
     name = "classification"
 
     def hits(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
-        if outputs.dim() != 2 or targets.dim() != 1:
+        if outputs.dim() != 2 or targets.dim() not in (1, 2):
             return None
+        if targets.dim() == 2:  # soft targets (mixup, cutmix): the class with the largest share
+            targets = targets.argmax(dim=1)
         return outputs.argmax(dim=1) == targets
 
     def summarize(self, loss: float, totals: dict[str, float], count: int) -> dict[str, float]:
         out = {"loss": loss}
         if "correct" in totals:
             out["accuracy"] = totals["correct"] / max(count, 1)
+        return out
+
+
+class MultiLabel(Task):
+    """Several labels per sample: outputs (B, C) logits, targets (B, C) multi-hot.
+
+    `accuracy` is the fraction of samples whose every label is right (logit > 0 where the
+    target is 1); `label_accuracy` the fraction of right (sample, label) decisions.
+    """
+
+    name = "multilabel"
+
+    def hits(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
+        return ((outputs > 0) == (targets > 0.5)).all(dim=1)
+
+    def stats(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        right = ((outputs > 0) == (targets > 0.5)).sum()
+        return {"label_correct": right, "label_count": torch.tensor(targets.numel(), device=targets.device)}
+
+    def summarize(self, loss: float, totals: dict[str, float], count: int) -> dict[str, float]:
+        out = {"loss": loss, "accuracy": totals.get("correct", 0.0) / max(count, 1)}
+        if totals.get("label_count"):
+            out["label_accuracy"] = totals["label_correct"] / totals["label_count"]
         return out
 
 
@@ -102,7 +127,7 @@ class Sequence(Task):
         }
 
 
-TASKS: dict[str, type[Task]] = dict(zip(TASK_NAMES, (Classification, Sequence), strict=True))
+TASKS: dict[str, type[Task]] = dict(zip(TASK_NAMES, (Classification, Sequence, MultiLabel), strict=True))
 
 
 def resolve_task(task: str | Task) -> Task:
