@@ -20,8 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchsmith.callbacks.finetune import FineTune
 from torchsmith.config import OptimConfig, RunConfig, TrainConfig
 from torchsmith.errors import UsageError
+from torchsmith.train.optim import optimizer_by_name
 from torchsmith.train.trainer import Trainer
 
 SKIP_START = 5  # the first smoothed points hold too few losses to rank slopes by
@@ -43,12 +45,13 @@ class LRFindResult:
     suggestion: float
     min_loss_lr: float  # where the smoothed loss was lowest
     stop_reason: str  # "max_lr reached", "diverged", "non-finite loss"
+    trained: int = 0  # parameters the sweep trained (with --finetune: the head's)
 
     def to_text(self) -> str:
         return (
             f"lowest smoothed loss {min(self.smoothed):.4f} at lr {self.min_loss_lr:.3g}; {self.stop_reason} "
-            f"after {len(self.lrs)} steps\nsuggested lr {self.suggestion:.3g}  "
-            f"(steepest descent of the smoothed loss)"
+            f"after {len(self.lrs)} steps over {self.trained:,} trainable parameters\nsuggested lr "
+            f"{self.suggestion:.3g}  (steepest descent of the smoothed loss)"
         )
 
     def plot(self, path: str | Path) -> Path:
@@ -86,19 +89,34 @@ def lr_find(
     steps: int = 100,
     smoothing: float = 0.9,
     divergence: float = 4.0,
+    finetune: FineTune | None = None,
 ) -> LRFindResult:
     """Run the range test on a deep copy of `model` (the model itself is not changed).
 
     `optim` names the optimizer and its settings (its lr and schedule are ignored);
-    `config` gives batch size, seed, device and precision.
+    `config` gives batch size, seed, device and precision. With `finetune`, the test runs on
+    what trains first: the head alone while the body is frozen (the LR is the head's; each
+    layer group keeps its share of it when nothing is frozen).
     """
     _check_range(min_lr, max_lr, steps, smoothing)
     optim = dataclasses.replace(optim or OptimConfig(), lr=min_lr, scheduler="none", warmup_steps=0)
     config = dataclasses.replace(config or TrainConfig(), progress="none", compile=False)
     torch.manual_seed(config.seed)  # dropout and other module randomness
-    trainer = Trainer(copy.deepcopy(model), loss=loss, task=task, config=config, optim=optim)
+    model = copy.deepcopy(model)
+    optimizer: Any = None
+    if finetune is not None:  # a new one: it finds the body's parameters in the copy
+        finetune = FineTune(finetune.head, finetune.frozen_epochs, finetune.lr_decay)
+        groups = finetune.param_groups(model, min_lr)
+
+        def optimizer(params: Any) -> torch.optim.Optimizer:
+            return optimizer_by_name(optim.name, groups, optim)
+
+    trainer = Trainer(model, loss=loss, optimizer=optimizer, task=task, config=config, optim=optim)
     trainer.train_batches = trainer._batches(train_data, train=True)
     trainer.setup()
+    trainer.forward_model.train()
+    if finetune is not None:
+        finetune.apply(model, epoch=0)  # the body frozen (its BatchNorm layers in eval mode) as training starts
     lrs, losses, smoothed, stop_reason = _sweep(trainer, min_lr, max_lr, steps, smoothing, divergence)
     if len(lrs) < 2 * SKIP_START:
         raise UsageError(
@@ -106,7 +124,8 @@ def lr_find(
             f"(now {min_lr:g}) so the first steps train"
         )
     best = smoothed.index(min(smoothed))
-    return LRFindResult(lrs, losses, smoothed, suggest_lr(lrs, smoothed), lrs[best], stop_reason)
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return LRFindResult(lrs, losses, smoothed, suggest_lr(lrs, smoothed), lrs[best], stop_reason, trained)
 
 
 def _sweep(
@@ -121,7 +140,7 @@ def _sweep(
     for step, (inputs, targets) in zip(range(steps), _endless(trainer), strict=False):
         lr = min_lr * (max_lr / min_lr) ** (step / (steps - 1))
         for group in trainer.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         value = _train_step(trainer, inputs, targets)  # one host read per step: the stop rule needs it
         if not math.isfinite(value):
             stop_reason = "non-finite loss"
@@ -159,15 +178,16 @@ def suggest_lr(lrs: list[float], smoothed: list[float]) -> float:
 
 
 def lr_find_run(config: RunConfig, *, min_lr: float = 1e-6, max_lr: float = 1.0, steps: int = 100) -> LRFindResult:
-    """The range test for a run's config: its data, a freshly built model, its optimizer."""
+    """The range test for a run's config: its data, its model with the starting weights the
+    config names (--pretrained, --init-from), its optimizer; with --finetune, on the head."""
+    from torchsmith.after.transfer import start_model
     from torchsmith.data.registry import load_data
-    from torchsmith.models.registry import build_model
 
     bundle = load_data(config.data, config.train.seed)
     torch.manual_seed(config.train.seed)
-    model = build_model(config.model.name, bundle.info, config.model.args)
+    start = start_model(config, bundle)
     return lr_find(
-        model,
+        start.model,
         bundle.train,
         loss=config.loss,
         task=bundle.info.task,
@@ -176,13 +196,13 @@ def lr_find_run(config: RunConfig, *, min_lr: float = 1e-6, max_lr: float = 1.0,
         min_lr=min_lr,
         max_lr=max_lr,
         steps=steps,
+        finetune=start.finetune,
     )
 
 
 def _train_step(trainer: Trainer, inputs: Any, targets: Any) -> float:
     """One optimizer step as the Trainer takes it (same train_step, autocast, clipping)."""
     assert trainer.optimizer is not None
-    trainer.forward_model.train()
     out = trainer.train_step(trainer.forward_model, (trainer._to_device(inputs), trainer._to_device(targets)))
     out["loss"].backward()
     if trainer.config.clip_grad_norm is not None:

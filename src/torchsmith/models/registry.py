@@ -23,6 +23,8 @@ from torch import nn
 
 from torchsmith.data.bundle import DataInfo
 from torchsmith.errors import UsageError
+from torchsmith.models.zoo import build as zoo_build
+from torchsmith.models.zoo import is_zoo
 
 Builder = Callable[[DataInfo, dict[str, Any]], nn.Module]
 
@@ -129,8 +131,11 @@ MODELS: dict[str, ModelEntry] = {
 
 
 def build_model(name: str, info: DataInfo, args: dict[str, Any] | None = None) -> nn.Module:
-    """A built-in model by name, or `file.py:Class` / `package.module:Class` from the user."""
+    """A built-in model by name, a zoo model (`timm:NAME`, `torchvision:NAME`, randomly
+    initialised, its head sized to the classes), or `file.py:Class` / `package.module:Class`."""
     args = dict(args or {})
+    if is_zoo(name):
+        return zoo_build(name, info, args)
     if ":" in name:
         return _construct(load_user_class(name), args, name)
     entry = MODELS.get(name)
@@ -139,7 +144,7 @@ def build_model(name: str, info: DataInfo, args: dict[str, Any] | None = None) -
         hint = f" Did you mean '{close[0]}'?" if close else ""
         raise UsageError(
             f"unknown model '{name}'.{hint} Built-in models: {', '.join(sorted(MODELS))}; "
-            f"or name your own class as path/to/file.py:ClassName"
+            f"a zoo model as timm:NAME or torchvision:NAME; or your own class as path/to/file.py:ClassName"
         )
     try:
         return entry.build(info, args)

@@ -123,9 +123,9 @@ class Trainer:
         self._call("on_fit_start")
         try:
             while not self._finished():
-                self._call("on_epoch_start")
-                self._epoch_clock = (time.perf_counter(), state.train_time_s)
                 self.forward_model.train()  # once per epoch: evaluation and the doctor restore it
+                self._call("on_epoch_start")  # after train(): a callback may keep some layers in eval mode
+                self._epoch_clock = (time.perf_counter(), state.train_time_s)
                 try:
                     for inputs, targets, indices in self.train_batches.epoch(state.epoch, state.position):
                         if state.poisoned and known_bad(self.state, indices):
@@ -442,6 +442,14 @@ class Trainer:
         batch = indices.tolist() if indices is not None else None
         self.state.nan_events.append({"policy": self.config.on_nan, **report.to_dict(), "batch_indices": batch})
         apply_nan_policy(self, report)  # raises TrainingFailure or RolledBack, or returns to skip
+
+    def parameters_changed(self) -> None:
+        """Call after changing which parameters require gradients during `fit` (as `FineTune`
+        does): under DDP the wrapper is rebuilt, since it reduces the gradients of the
+        parameters that trained when it was built."""
+        if self.dist is not None and self.forward_model is not self.eval_model:
+            self._release_ddp()
+            self.forward_model = self.dist.wrap(self.model, self.config.compile)
 
     def resume_from_checkpoint(self) -> None:
         """Restore the newest complete checkpoint of the Checkpointer callback."""
