@@ -11,6 +11,11 @@ accuracy, mean over seeds) is printed last.
 
 The class-subset folders are trees of symbolic links in a temporary folder. Every run goes
 through the `torchsmith train` command, as a user would run it.
+
+Measured with these defaults on a shared, heavily loaded 2-core CPU (torch 2.14.1; 8.5 min of
+CPU time, results/transfer-cpu.log): source run 0.638 on classes 0-4; on classes 5-9,
+transfer 0.595 / 0.624 / 0.625 against scratch 0.568 / 0.526 / 0.553 for seeds 0 / 1 / 2:
+margin +0.066 (smallest +0.027).
 """
 
 from __future__ import annotations
@@ -94,7 +99,8 @@ def main() -> None:
         small = ["--model", args.model, "--batch-size", "32", "--augment", "crop-flip", "--val-fraction", "0"]
         small += ["--epochs", str(args.epochs)]
         finetune = ["--init-from", str(root / "runs" / "source"), "--finetune"]
-        finetune += ["--set", f"finetune.frozen_epochs={args.frozen_epochs}", "--set", f"finetune.lr_decay={args.lr_decay}"]
+        finetune += ["--set", f"finetune.frozen_epochs={args.frozen_epochs}"]
+        finetune += ["--set", f"finetune.lr_decay={args.lr_decay}"]
         scores: dict[str, list[float]] = {"transfer": [], "scratch": []}
         for seed in args.seeds:
             target = root / f"target-{seed}"

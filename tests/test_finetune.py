@@ -230,3 +230,47 @@ def test_init_from_a_run_of_another_model_is_refused(
     assert "features.0.bias" in err
     code = train(trees / "a", tmp_path / "r", "--model", "convnet", "--init-from", str(tmp_path / "nowhere"))
     assert code == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_init_from_a_text_run_needs_its_vocabulary(tmp_path: Path) -> None:
+    from torchsmith.after.run_dir import Run
+    from torchsmith.after.transfer import _check_same_inputs
+    from torchsmith.config import RunConfig
+    from torchsmith.data.bundle import DataBundle, DataInfo
+    from torchsmith.errors import UsageError
+
+    def info(words: list[str]) -> DataInfo:
+        return DataInfo("text", 2, (8,), preprocessing={"kind": "words", "tokenizer": {"words": words}})
+
+    source = Run(tmp_path, RunConfig(), info(["a", "b"]), info(["a", "b"]).preprocessing)
+    _check_same_inputs(source, DataBundle(None, None, None, info(["a", "b"])))  # the same: fine
+    with pytest.raises(UsageError, match="another vocabulary"):
+        _check_same_inputs(source, DataBundle(None, None, None, info(["b", "a"])))
+    image = DataInfo("image", 2, (1, 8, 8), preprocessing={"kind": "image"})
+    with pytest.raises(UsageError, match="same kind of inputs"):
+        _check_same_inputs(source, DataBundle(None, None, None, image))
+
+
+@pytest.mark.slow
+def test_fine_tuning_through_torch_compile(tmp_path: Path) -> None:
+    """The unfreeze changes requires_grad under torch.compile: it recompiles, and the body trains."""
+    pytest.importorskip("torch._dynamo")
+    train_data, val = data()
+    net = model()
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    finetune = FineTune(head=["fc"], frozen_epochs=1)
+    groups = finetune.param_groups(net, lr=0.01)
+    snapshot = Snapshot()
+    trainer = Trainer(
+        net,
+        optimizer=lambda params: torch.optim.AdamW(groups),
+        max_epochs=2,
+        batch_size=16,
+        compile=True,
+        progress="none",
+        callbacks=[finetune, snapshot],
+    )
+    trainer.fit(train_data, val)
+    assert torch.equal(snapshot.epochs[0]["body.0.weight"], start["body.0.weight"])
+    assert torch.equal(snapshot.epochs[0]["body.1.running_mean"], start["body.1.running_mean"])
+    assert not torch.equal(snapshot.epochs[1]["body.0.weight"], start["body.0.weight"])

@@ -12,7 +12,6 @@ from __future__ import annotations
 import difflib
 import os
 import socket
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -94,7 +93,10 @@ def _build_timm(name: str, info: DataInfo, args: dict[str, Any], pretrained: boo
     _check_timm_name(timm, name)
     options: dict[str, Any] = {"num_classes": info.num_classes, "in_chans": info.input_shape[0], **args}
     if pretrained:
+        cfg = timm.get_pretrained_cfg(name)
         local = timm_weights_file(timm, name)
+        if local is None and (cfg is None or not (cfg.hf_hub_id or cfg.url)):
+            raise UsageError(f"timm has no pretrained weights for {name}; leave --pretrained out, or give a file")
         if local is None:
             require_online("timm", name, timm_offline_help(timm, name))
         else:
@@ -307,7 +309,3 @@ def list_names(zoo: str, pattern: str | None = None) -> list[str]:
 
     names = list_models(module=torchvision.models)
     return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
-
-
-def note(message: str) -> None:
-    print(message, file=sys.stderr)
