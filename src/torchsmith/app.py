@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 from torchsmith._version import __version__
+from torchsmith.after.transfer import start_model
 from torchsmith.callbacks.base import Callback
 from torchsmith.callbacks.checkpointer import Checkpointer
 from torchsmith.callbacks.early_stopping import EarlyStopping
@@ -29,7 +30,6 @@ from torchsmith.errors import Interrupted, TorchsmithError, TrainingFailure, Usa
 from torchsmith.io import rank
 from torchsmith.io.checkpoint_format import plain_tensors
 from torchsmith.io.files import write_json
-from torchsmith.models.registry import build_model
 from torchsmith.report.html import write_report
 from torchsmith.report.model_summary import summary as model_summary
 from torchsmith.report.predictions import most_confident_mistakes, save_predictions
@@ -69,22 +69,29 @@ def train_run(
     if writer and not quiet:
         report_data_notes(bundle)
     torch.manual_seed(config.train.seed)
-    model = build_model(config.model.name, bundle.info, config.model.args)
+    start = start_model(config, bundle)  # the model, with starting weights if asked for
+    model = start.model
     if config.model.init == "whitening":
         whitening_init(model, bundle)
     if quiet:
         config.train.progress = "none"
+    for line in start.notes if writer and not quiet else ():
+        print(line, file=sys.stderr)
     trainer = Trainer(
         model,
         loss=task_loss(config.loss, bundle.info.task),
-        optimizer=config.optim.name,
+        optimizer=start.optimizer or config.optim.name,
         task=bundle.info.task,
         config=config.train,
         optim=config.optim,
-        callbacks=[*make_callbacks(config, run_dir, resume=resume), *callbacks],
+        callbacks=[
+            *make_callbacks(config, run_dir, resume=resume),
+            *([start.finetune] if start.finetune else []),
+            *callbacks,
+        ],
     )
     batch = first_batch(trainer, bundle)
-    findings = preflight(trainer, bundle, batch)
+    findings = preflight(trainer, bundle, batch, start.findings)
     config.run_dir = str(run_dir)
     if writer:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -96,6 +103,8 @@ def train_run(
         summary["skipped_files"] = bundle.info.problems  # also in doctor.json
     if findings:
         summary["preflight"] = [f.to_dict() for f in findings]
+    if start.report is not None:
+        summary["start"] = start.summary()
     try:
         trainer.fit(bundle.train, bundle.val, resume=resume)
     except TorchsmithError as error:  # NaN guard, checkpoints: under DDP, the same on every rank
@@ -200,14 +209,15 @@ def first_batch(trainer: Trainer, bundle: DataBundle) -> tuple[Any, Any]:
     return inputs, targets
 
 
-def preflight(trainer: Trainer, bundle: DataBundle, batch: tuple[Any, Any]) -> list[Any]:
-    """Check one batch before the first step; stop with a clear message when it cannot train."""
+def preflight(trainer: Trainer, bundle: DataBundle, batch: tuple[Any, Any], earlier: Sequence[Any] = ()) -> list[Any]:
+    """Check one batch before the first step; stop with a clear message when it cannot train.
+    `earlier`: findings made while building the model (e.g. images far smaller than a backbone's)."""
     from torchsmith.doctor.preflight import preflight as run_preflight
     from torchsmith.doctor.preflight import raise_for_errors
 
     inputs, targets = batch
     trainer.setup(for_training=False)
-    findings = run_preflight(
+    findings = list(earlier) + run_preflight(
         trainer.model,
         trainer.to_device(inputs),
         trainer.to_device(targets),

@@ -28,6 +28,10 @@ class ModelConfig:
     name: str = "simplenet"
     args: dict[str, Any] = field(default_factory=dict)
     init: str = "default"  # default | whitening (first conv from the training patches, SpeedNet)
+    # Starting weights: true = the zoo library's own (timm:NAME, torchvision:NAME), or a file
+    # (.safetensors; .pth/.pt load with weights_only=True). False: the model's own initialisation.
+    pretrained: bool | str = False
+    init_from: str | None = None  # another torchsmith run directory whose weights to start from
 
 
 @dataclass
@@ -38,6 +42,15 @@ class DataConfig:
     split: str | None = None  # e.g. "speaker:theo" to hold one speaker out (speech data)
     augment: str = "none"
     options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FinetuneConfig:
+    """`--finetune`: the new head trains alone first, then everything with per-group learning rates."""
+
+    enabled: bool = False
+    frozen_epochs: int = 1  # epochs with the body frozen (BatchNorm statistics too)
+    lr_decay: float = 0.5  # each layer group below the head trains at this fraction of the one above
 
 
 @dataclass
@@ -130,6 +143,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     track: TrackConfig = field(default_factory=TrackConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     loss: str = "cross_entropy"
     run_dir: str | None = None
     recipe: str | None = None
@@ -222,6 +236,13 @@ def validate(config: RunConfig) -> list[str]:
         errors.append(f"data.val_fraction must be in [0, 1), got {config.data.val_fraction}")
     if train.dist_timeout_s is not None and train.dist_timeout_s <= 0:
         errors.append(f"train.dist_timeout_s must be positive, got {train.dist_timeout_s}")
+    finetune = config.finetune
+    if finetune.frozen_epochs is not None and finetune.frozen_epochs < 0:
+        errors.append(f"finetune.frozen_epochs must be >= 0, got {finetune.frozen_epochs}")
+    if finetune.lr_decay is not None and not 0 < finetune.lr_decay <= 1:
+        errors.append(f"finetune.lr_decay must be in (0, 1], got {finetune.lr_decay}")
+    if config.model.pretrained is not False and config.model.init_from:
+        errors.append("--pretrained and --init-from both give starting weights: choose one")
     if train.clip_grad_norm is not None and train.clip_grad_norm <= 0:
         errors.append(f"--clip-grad-norm must be positive, got {train.clip_grad_norm}")
     if config.track.timeout_s is not None and config.track.timeout_s <= 0:

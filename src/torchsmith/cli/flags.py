@@ -11,7 +11,12 @@ from torchsmith.config import RunConfig, load_yaml, merge, parse_model_args, par
 
 # flag -> (config path, type); flags default to None so only explicit ones override.
 TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
-    "--model": ("model.name", str, "built-in model name, or path/to/file.py:ClassName / pkg.module:Class"),
+    "--model": (
+        "model.name",
+        str,
+        "built-in model name, timm:NAME / torchvision:NAME, or path/to/file.py:ClassName / pkg.module:Class",
+    ),
+    "--init-from": ("model.init_from", str, "start from the weights of another torchsmith run (its directory)"),
     "--data": ("data.name", str, "dataset name, or kind:PATH (e.g. imagefolder:photos/)"),
     "--data-dir": ("data.dir", str, "folder holding a local copy of the dataset"),
     "--val-fraction": ("data.val_fraction", float, "fraction of training data held out for validation"),
@@ -58,6 +63,21 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) 
     parser.add_argument(
         "--model-args", default=None, help="constructor arguments as JSON, e.g. '{\"num_classes\": 10}'"
     )
+    parser.add_argument(
+        "--pretrained",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="PATH",
+        help="start from pretrained weights: a zoo model's own (timm:NAME, torchvision:NAME), or a "
+        ".safetensors/.pth file",
+    )
+    parser.add_argument(
+        "--finetune",
+        action="store_true",
+        default=None,
+        help="train the new head alone for finetune.frozen_epochs, then all layers at finetune.lr_decay per group",
+    )
     parser.add_argument("--config", default=None, help="YAML config file (e.g. a run's config.yaml)")
     parser.add_argument(
         "--set",
@@ -103,6 +123,10 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         put(flags, "model.args", parse_model_args(args.model_args))
     if args.compile:
         put(flags, "train.compile", True)
+    if args.pretrained is not None:
+        put(flags, "model.pretrained", args.pretrained)
+    if args.finetune:
+        put(flags, "finetune.enabled", True)
     config_file = args.config
     if config_file is None and getattr(args, "resume", False) and args.run_dir:
         saved = Path(args.run_dir) / "config.yaml"

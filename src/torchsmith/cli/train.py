@@ -23,6 +23,10 @@ def add_parsers(sub: Any) -> None:
     add_launch_arguments(train)
     listing = sub.add_parser("list", help="list built-in models, datasets or recipes")
     listing.add_argument("what", choices=["models", "data", "recipes"])
+    listing.add_argument(
+        "--zoo", choices=["timm", "torchvision"], default=None, help="with models: the names a model zoo builds"
+    )
+    listing.add_argument("--filter", default=None, metavar="PATTERN", help="with --zoo: names matching, e.g. 'resnet*'")
     add_lr_find_parser(sub)
 
 
@@ -54,6 +58,17 @@ def command_train(args: argparse.Namespace) -> int:
 
 
 def command_list(args: argparse.Namespace) -> int:
+    if args.zoo is not None:
+        from torchsmith.errors import UsageError
+        from torchsmith.models.zoo import list_names
+
+        if args.what != "models":
+            raise UsageError(f"--zoo lists models: torchsmith list models --zoo {args.zoo}")
+        names = list_names(args.zoo, args.filter)
+        for name in names:
+            print(f"{args.zoo}:{name}")
+        print(f"{len(names)} models; train one with --model {args.zoo}:NAME [--pretrained]", file=sys.stderr)
+        return 0
     if args.what == "models":
         from torchsmith.models.registry import MODELS
 

@@ -235,3 +235,24 @@ def preflight(
     with state_kept(model, device, train=True), torch.no_grad():
         findings += _check_first_loss(model, inputs, targets, loss_fn, num_classes)
     return findings
+
+
+def check_input_size(input_shape: Sequence[int], expected: Sequence[int], source: str) -> list[Finding]:
+    """A warning when images are far smaller (under half the height or width) than the size a
+    pretrained backbone learnt its features at.
+
+    Example:
+        >>> check_input_size((3, 32, 32), (3, 224, 224), "timm:resnet18")[0].code
+        'input-small'
+    """
+    height, width = int(input_shape[-2]), int(input_shape[-1])
+    want_height, want_width = int(expected[-2]), int(expected[-1])
+    if 2 * height >= want_height and 2 * width >= want_width:
+        return []
+    message = (
+        f"the images are {height}x{width}, but {source}'s pretrained weights were trained on "
+        f"{want_height}x{want_width} images (its config): the features they learnt are for objects about "
+        f"{max(want_height // max(height, 1), 1)}x larger, so less of them transfers. Resize the images "
+        f"towards {want_height}x{want_width} for the most from the pretrained weights."
+    )
+    return [Finding("warning", "input-small", message)]

@@ -22,6 +22,8 @@ from torch import nn
 
 from torchsmith.data.bundle import DataInfo
 from torchsmith.errors import UsageError, did_you_mean
+from torchsmith.models.zoo import build as zoo_build
+from torchsmith.models.zoo import is_zoo
 
 Builder = Callable[[DataInfo, dict[str, Any]], nn.Module]
 
@@ -128,15 +130,18 @@ MODELS: dict[str, ModelEntry] = {
 
 
 def build_model(name: str, info: DataInfo, args: dict[str, Any] | None = None) -> nn.Module:
-    """A built-in model by name, or `file.py:Class` / `package.module:Class` from the user."""
+    """A built-in model by name, a zoo model (`timm:NAME`, `torchvision:NAME`, randomly
+    initialised, its head sized to the classes), or `file.py:Class` / `package.module:Class`."""
     args = dict(args or {})
+    if is_zoo(name):
+        return zoo_build(name, info, args)
     if ":" in name:
         return _construct(load_user_class(name), args, name)
     entry = MODELS.get(name)
     if entry is None:
         raise UsageError(
             f"unknown model '{name}'.{did_you_mean(name, MODELS)} Built-in models: {', '.join(sorted(MODELS))}; "
-            f"or name your own class as path/to/file.py:ClassName"
+            f"a zoo model as timm:NAME or torchvision:NAME; or your own class as path/to/file.py:ClassName"
         )
     try:
         return entry.build(info, args)

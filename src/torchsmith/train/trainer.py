@@ -101,7 +101,6 @@ class Trainer:
         self._params: list[nn.Parameter] = []
         self._epoch_clock = (time.perf_counter(), 0.0)
 
-    # ----------------------------------------------------------------- fit
     def fit(self, train_data: Any, val_data: Any = None, *, resume: bool = False) -> list[dict[str, float]]:
         """Train; returns the per-epoch history (also `trainer.state.history`). `resume=True` goes on
         exactly from the newest complete checkpoint of the `Checkpointer` callback."""
@@ -115,9 +114,11 @@ class Trainer:
         self._call("on_fit_start")
         try:
             while not state.finished:
-                self._call("on_epoch_start")
-                self._epoch_clock = (time.perf_counter(), state.train_time_s)
                 self.forward_model.train()  # once per epoch: evaluation and the doctor restore it
+                self._call("on_epoch_start")  # after: a callback may set layers' modes (frozen norms)
+                self._epoch_clock = (time.perf_counter(), state.train_time_s)
+                self._call("on_epoch_start")  # after train(): a callback may keep some layers in eval mode
+                self._epoch_clock = (time.perf_counter(), state.train_time_s)
                 try:
                     for inputs, targets, indices in self.train_batches.epoch(state.epoch, state.position):
                         if state.poisoned and known_bad(state, indices):
@@ -214,7 +215,6 @@ class Trainer:
         state.position = 0
         self.train_metrics.end_epoch()
 
-    # ----------------------------------------------------------------- the NaN guard's verdict
     def _may_step(self, loss: torch.Tensor) -> bool:
         """The guard's verdict, one host read; under DDP all ranks agree on it and on stop requests."""
         if self.dist is not None:
@@ -251,7 +251,6 @@ class Trainer:
             self.scheduler.base_lrs = [lr * ROLLBACK_LR_FACTOR for lr in self.scheduler.base_lrs]
         raise RolledBack()
 
-    # ----------------------------------------------------------------- evaluate / predict
     def evaluate(self, data: Any, collect: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> dict[str, float]:
         """Loss and the task's metrics over `data`, each sample counted once; with `collect`, each
         batch's `(outputs, targets)` is appended to it (on the CPU)."""
@@ -263,7 +262,6 @@ class Trainer:
         self.setup(for_training=False)
         return predict_outputs(self, inputs)
 
-    # ----------------------------------------------------------------- state
     def state_dict(self, all_ranks: bool = True) -> dict[str, Any]:
         """Everything a run needs to go on exactly but the weights (the Checkpointer saves those from
         `trainer.model`), loadable with `weights_only=True`. Under DDP with `all_ranks` (a collective)
@@ -307,7 +305,6 @@ class Trainer:
             raise UsageError(f"{purpose} needs a Checkpointer callback (a run directory) to find checkpoints in")
         return source
 
-    # ----------------------------------------------------------------- setup and helpers
     def setup(self, for_training: bool = True) -> None:
         """Move the model to the device and build optimizer, schedule and compiled view once."""
         if self.optimizer is None:
@@ -346,16 +343,8 @@ class Trainer:
         """`data` (tensors, Dataset, DataLoader or in-memory source) as the Trainer iterates it."""
         cfg, (rank_, world) = self.config, (self.dist.rank, self.dist.world_size) if self.dist else (0, 1)
         size, grouped = (cfg.batch_size, cfg.group_by_length) if train else (cfg.eval_batch_size, False)
-        return make_batches(
-            data,
-            batch_size=size,
-            train=train,
-            seed=cfg.seed,
-            device=self.device,
-            rank=rank_,
-            world_size=world,
-            group_by_length=grouped,
-        )
+        where: dict[str, Any] = {"device": self.device, "rank": rank_, "world_size": world}
+        return make_batches(data, batch_size=size, train=train, seed=cfg.seed, group_by_length=grouped, **where)
 
     def to_device(self, value: Any) -> Any:
         """A batch's inputs or targets (nested tensors too) on the training device, in its layout."""
@@ -390,6 +379,13 @@ class Trainer:
         self.state.last_loss = interval.get("loss", self.state.last_loss)
         lr = self.optimizer.param_groups[0]["lr"] if self.optimizer else 0.0
         self.state.metrics.update(lr=lr, grad_norm=float(self.grad_norm))
+
+    def parameters_changed(self) -> None:
+        """Call after changing which parameters require gradients during `fit` (`FineTune` does):
+        under DDP the wrapper is rebuilt, as it reduces only the gradients that trained when built."""
+        if self.dist is not None and self.forward_model is not self.eval_model:
+            self._release_ddp()
+            self.forward_model = self.dist.wrap(self.model, self.config.compile)
 
     def inference_weights(self) -> contextlib.AbstractContextManager[nn.Module]:
         """Within the block the model holds the weights evaluation uses (its own, or an EMA's)."""
