@@ -115,8 +115,6 @@ class Trainer:
         try:
             while not state.finished:
                 self.forward_model.train()  # once per epoch: evaluation and the doctor restore it
-                self._call("on_epoch_start")  # after: a callback may set layers' modes (frozen norms)
-                self._epoch_clock = (time.perf_counter(), state.train_time_s)
                 self._call("on_epoch_start")  # after train(): a callback may keep some layers in eval mode
                 self._epoch_clock = (time.perf_counter(), state.train_time_s)
                 try:
