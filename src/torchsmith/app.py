@@ -32,6 +32,7 @@ from torchsmith.report.html import write_report
 from torchsmith.report.model_summary import summary as model_summary
 from torchsmith.report.predictions import most_confident_mistakes, save_predictions
 from torchsmith.train import distributed
+from torchsmith.train.tasks import task_for_data
 from torchsmith.train.trainer import Trainer
 
 
@@ -58,6 +59,9 @@ def train_run(config: RunConfig, *, quiet: bool = False, resume: bool = False) -
     run_dir, resume = rank.from_writer(lambda: resolve_run_dir(config, resume))
     writer = rank.is_writer()
     bundle = load_data(config.data, config.train.seed)
+    choice = bundle.info.preprocessing.get("tokenizer_choice")
+    if choice and not quiet and writer:
+        print(f"tokenizer: {choice}", file=sys.stderr)
     torch.manual_seed(config.train.seed)
     model = build_model(config.model.name, bundle.info, config.model.args)
     if config.model.init == "whitening":
@@ -69,7 +73,7 @@ def train_run(config: RunConfig, *, quiet: bool = False, resume: bool = False) -
         model,
         loss=config.loss,
         optimizer=config.optim.name,
-        task=bundle.info.task,
+        task=task_for_data(bundle.info.task, bundle.info.preprocessing),
         config=config.train,
         optim=config.optim,
         callbacks=callbacks,
@@ -297,6 +301,8 @@ def result_line(summary: dict[str, Any]) -> str:
         parts.append(f"loss {metrics['loss']:.4f} ")
     if "perplexity" in metrics:
         parts.append(f"perplexity {metrics['perplexity']:.3f} ")
+    if "bits_per_char" in metrics:
+        parts.append(f"bits/char {metrics['bits_per_char']:.4f} ")
     tail = f"({summary['epochs']} epochs, {summary['train_time_s']:.1f} s)"
     if summary["status"] != "completed":
         tail += f"  [{summary['status']}]"

@@ -55,9 +55,10 @@ def command_train(args: argparse.Namespace) -> int:
 
 def command_list(args: argparse.Namespace) -> int:
     if args.what == "models":
-        from torchsmith.models.registry import MODELS
+        from torchsmith.models.registry import ALIASES, MODELS
 
         rows = [(e.name, e.description) for e in MODELS.values()]
+        rows += [(alias, f"the earlier name of {name}") for alias, name in ALIASES.items()]
     elif args.what == "data":
         from torchsmith.data.registry import DATASETS
 
