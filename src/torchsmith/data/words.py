@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -183,6 +183,9 @@ def load_table_dataset(
     seed: int = 0,
     text_column: str | None = None,
     label_column: str | None = None,
+    min_freq: int | None = None,
+    max_vocab: int | None = None,
+    subwords: Subwords | None = None,
     tokenizer: TokenizerOptions | None = None,
 ) -> DataBundle:
     """Text classification data from a TSV/CSV file or a folder of split files.
@@ -191,8 +194,9 @@ def load_table_dataset(
     `train.<kind>` and `dev.<kind>` and/or `test.<kind>` (optionally `val.<kind>`):
     dev is the validation split when there is a test file, the test split otherwise;
     with no validation file, `val_fraction` of the training rows is carved out.
-    The tokenizer (`TokenizerOptions`, by default chosen by script) learns its
-    vocabulary from the training rows only.
+    The tokenizer (`TokenizerOptions`, by default chosen by script; `min_freq`,
+    `max_vocab` and `subwords` override its fields) learns its vocabulary from the
+    training rows only.
 
     Example:
         >>> bundle = load_table_dataset("reviews.csv", kind="csv", max_len=128)  # doctest: +SKIP
@@ -230,8 +234,14 @@ def load_table_dataset(
         device,
         val_fraction=val_fraction,
         seed=seed,
-        tokenizer=tokenizer,
+        tokenizer=tokenizer_fields(tokenizer, min_freq=min_freq, max_vocab=max_vocab, subwords=subwords),
     )
+
+
+def tokenizer_fields(options: TokenizerOptions | None, **fields: Any) -> TokenizerOptions:
+    """`options` (default: chosen by script) with the fields given as arguments (not None) replaced."""
+    given = {name: value for name, value in fields.items() if value is not None}
+    return replace(options or TokenizerOptions(), **given)
 
 
 def load_sst2(
@@ -258,8 +268,7 @@ def load_sst2(
     test = read_table(data_dir / "dev.tsv", class_names=train.class_names)
     for table in (train, test):
         table.texts = [unescape_ptb(text) for text in table.texts]
-    if subwords is not None:
-        tokenizer = replace(tokenizer or TokenizerOptions(), subwords=subwords)
+    tokenizer = tokenizer_fields(tokenizer, subwords=subwords)
     bundle = build_word_bundle(
         train, None, test, max_len, device, val_fraction=val_fraction, seed=seed, tokenizer=tokenizer
     )
