@@ -283,3 +283,15 @@ def test_old_model_names_are_aliases(capsys: pytest.CaptureFixture[str]) -> None
     assert main(["list", "models"]) == 0
     out = capsys.readouterr().out
     assert "char-gpt" in out and "the earlier name of gpt" in out
+
+
+def test_character_ngram_rows_start_at_zero() -> None:
+    from torchsmith.data.bundle import DataInfo
+    from torchsmith.models.registry import build_model
+
+    tokenizer, _ = build_tokenizer(POSITIVE + NEGATIVE, TokenizerOptions.from_options({"subwords": 50}))
+    info = DataInfo("text", 2, (16, 3), preprocessing={"kind": "words", "tokenizer": tokenizer.state_dict()})
+    for name in ("bow", "textcnn", "bilstm"):
+        weight = build_model(name, info, {"embed_dim": 8}).embedding.weight
+        assert weight.shape[0] == len(tokenizer) + 50
+        assert weight[len(tokenizer) :].abs().sum() == 0 and weight[2 : len(tokenizer)].abs().sum() > 0

@@ -19,6 +19,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import torch
 from torch import nn
 
 from torchsmith.data.bundle import DataInfo
@@ -97,9 +98,16 @@ def _word_model(kind: str) -> Builder:
             raise UsageError(f"{kind} classifies token sequences: use it with sst2, tsv:PATH or csv:PATH data")
         from torchsmith.data.text import tokenizer_from_state
 
-        vocab_size = tokenizer_from_state(info.preprocessing["tokenizer"]).num_embeddings
+        tokenizer = tokenizer_from_state(info.preprocessing["tokenizer"])
         cls = {"bow": text.BagOfWords, "textcnn": text.TextCNN, "bilstm": text.BiLSTMClassifier}[kind]
-        return cls(**{"vocab_size": vocab_size, "num_classes": info.num_classes, **args})
+        model = cls(**{"vocab_size": tokenizer.num_embeddings, "num_classes": info.num_classes, **args})
+        if info.preprocessing["tokenizer"].get("kind") == "chars" and tokenizer.num_embeddings > len(tokenizer):
+            # A character's bigram and trigram rows start at zero: they then carry only what
+            # training put there, where random rows would drown the character's own vector
+            # (two n-grams to one character) and add noise for n-grams never seen in training.
+            with torch.no_grad():
+                model.embedding.weight[len(tokenizer) :].zero_()
+        return model
 
     return build
 
