@@ -35,6 +35,7 @@ from torchsmith.report.model_summary import summary as model_summary
 from torchsmith.report.predictions import most_confident_mistakes, save_predictions
 from torchsmith.state import lower_is_better
 from torchsmith.train import distributed
+from torchsmith.train.tasks import task_for_data
 from torchsmith.train.trainer import Trainer
 
 
@@ -68,6 +69,9 @@ def train_run(
     bundle = load_data(config.data, config.train.seed)
     if writer and not quiet:
         report_data_notes(bundle)
+    choice = bundle.info.preprocessing.get("tokenizer_choice")
+    if choice and not quiet and writer:
+        print(f"tokenizer: {choice}", file=sys.stderr)
     torch.manual_seed(config.train.seed)
     start = start_model(config, bundle)  # the model, with starting weights if asked for
     model = start.model
@@ -81,7 +85,7 @@ def train_run(
         model,
         loss=task_loss(config.loss, bundle.info.task),
         optimizer=start.optimizer or config.optim.name,
-        task=bundle.info.task,
+        task=task_for_data(bundle.info.task, bundle.info.preprocessing),
         config=config.train,
         optim=config.optim,
         callbacks=[
@@ -354,6 +358,8 @@ def result_line(summary: dict[str, Any]) -> str:
         parts.append(f"loss {metrics['loss']:.4f} ")
     if "perplexity" in metrics:
         parts.append(f"perplexity {metrics['perplexity']:.3f} ")
+    if "bits_per_char" in metrics:
+        parts.append(f"bits/char {metrics['bits_per_char']:.4f} ")
     tail = f"({summary['epochs']} epochs, {summary['train_time_s']:.1f} s)"
     if summary["status"] != "completed":
         tail += f"  [{summary['status']}]"

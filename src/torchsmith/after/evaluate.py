@@ -15,6 +15,7 @@ import torch
 
 from torchsmith.after.run_dir import Run, data_split
 from torchsmith.report.predictions import confusion_matrix, per_class_metrics
+from torchsmith.train.tasks import task_for_data
 from torchsmith.train.trainer import Trainer
 
 
@@ -116,7 +117,8 @@ def evaluate_run(
     train_config = dataclasses.replace(
         run.config.train, progress="none", compile=False, device=device or run.config.train.device
     )
-    trainer = Trainer(model, loss=run.config.loss, task=run.info.task, config=train_config, optim=run.config.optim)
+    task = task_for_data(run.info.task, run.preprocessing)
+    trainer = Trainer(model, loss=run.config.loss, task=task, config=train_config, optim=run.config.optim)
     collected: list[tuple[torch.Tensor, torch.Tensor]] = []
     metrics = trainer.evaluate(source, collect=collected)
     result = Evaluation(

@@ -131,7 +131,7 @@ class Run:
         return model.eval(), label
 
     def load_data(self, name: str | None = None, data_dir: str | None = None) -> DataBundle:
-        """The run's dataset (or `name`), split with the run's seed, normalised as the run was."""
+        """The run's dataset (or `name`), split with the run's seed, normalised and tokenised as the run was."""
         from torchsmith.data.registry import load_data
 
         data_config = self.config.data
@@ -142,6 +142,10 @@ class Run:
                 name=name or data_config.name,
                 dir=data_dir if data_dir is not None else (data_config.dir if same else None),
             )
+        if isinstance(self.preprocessing.get("tokenizer"), dict):
+            # Text reads through the run's own tokenizer: the ids its weights learnt, on any data.
+            options = {**data_config.options, "tokenizer": self.preprocessing["tokenizer"]}
+            data_config = dataclasses.replace(data_config, options=options)
         bundle = load_data(data_config, self.config.train.seed)
         info = bundle.info
         if tuple(info.input_shape) != tuple(self.info.input_shape) or info.num_classes != self.info.num_classes:

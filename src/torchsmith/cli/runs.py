@@ -18,12 +18,14 @@ from torchsmith.errors import UsageError
 
 def add_parsers(sub: Any) -> None:
     """Register evaluate, predict, generate and export on the CLI's subparsers."""
-    generate = sub.add_parser("generate", help="sample text from a character-level language model run")
+    generate = sub.add_parser("generate", help="sample text from a language model run (characters or BPE pieces)")
     generate.add_argument("run_dir", metavar="RUN", help="a run directory written by train")
     generate.add_argument("--prompt", default="\n", help="text to continue (default: a new line)")
-    generate.add_argument("--length", type=int, default=300, help="number of characters to sample")
+    generate.add_argument(
+        "--length", type=int, default=300, help="tokens to sample: characters, or pieces for a BPE model"
+    )
     generate.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (0: greedy)")
-    generate.add_argument("--top-k", type=int, default=None, help="sample only among the k likeliest characters")
+    generate.add_argument("--top-k", type=int, default=None, help="sample only among the k likeliest tokens")
     generate.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same text")
     generate.add_argument("--checkpoint", **CHECKPOINT_FLAG)
     evaluate = sub.add_parser("evaluate", help="loss, accuracy and per-class metrics of a run on a data split")

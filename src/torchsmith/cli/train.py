@@ -70,9 +70,10 @@ def command_list(args: argparse.Namespace) -> int:
         print(f"{len(names)} models; train one with --model {args.zoo}:NAME [--pretrained]", file=sys.stderr)
         return 0
     if args.what == "models":
-        from torchsmith.models.registry import MODELS
+        from torchsmith.models.registry import ALIASES, MODELS
 
         rows = [(e.name, e.description) for e in MODELS.values()]
+        rows += [(alias, f"the earlier name of {name}") for alias, name in ALIASES.items()]
     elif args.what == "data":
         from torchsmith.data.registry import DATASETS
 

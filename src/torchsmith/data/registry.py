@@ -102,14 +102,19 @@ def _textfile(config: DataConfig, path: str | None, seed: int) -> DataBundle:
     target = path or (f"{config.dir}/input.txt" if config.dir else None)
     if not target:
         raise UsageError("textfile needs a path: --data textfile:PATH (one UTF-8 text file)")
+    options = config.options
     return load_textfile(
-        target, block_size=int(config.options.get("block_size", 128)), val_fraction=config.val_fraction
+        target,
+        block_size=int(options.get("block_size", 128)),
+        val_fraction=config.val_fraction,
+        tokenizer=options.get("tokenizer", "chars"),
+        vocab_size=options.get("vocab_size", 2000),
     )
 
 
 def _table(kind: str) -> Loader:
     def load(config: DataConfig, path: str | None, seed: int) -> DataBundle:
-        from torchsmith.data.text import load_table_dataset, subwords_option
+        from torchsmith.data.text import TokenizerOptions, load_table_dataset
 
         target = path or config.dir
         if not target:
@@ -123,16 +128,14 @@ def _table(kind: str) -> Loader:
             seed=seed,
             text_column=options.get("text_column"),
             label_column=options.get("label_column"),
-            min_freq=int(options.get("min_freq", 1)),
-            max_vocab=options.get("max_vocab"),
-            subwords=subwords_option(options.get("subwords")),
+            tokenizer=TokenizerOptions.from_options(options),
         )
 
     return load
 
 
 def _sst2(config: DataConfig, path: str | None, seed: int) -> DataBundle:
-    from torchsmith.data.text import load_sst2, subwords_option
+    from torchsmith.data.text import TokenizerOptions, load_sst2
 
     if not config.dir:
         raise UsageError("sst2 needs --data-dir: the folder holding GLUE's SST-2 train.tsv and dev.tsv")
@@ -141,7 +144,7 @@ def _sst2(config: DataConfig, path: str | None, seed: int) -> DataBundle:
         max_len=int(config.options.get("max_len", 64)),
         val_fraction=config.val_fraction,
         seed=seed,
-        subwords=subwords_option(config.options.get("subwords")),
+        tokenizer=TokenizerOptions.from_options(config.options),
     )
 
 
@@ -167,18 +170,23 @@ DATASETS: dict[str, DataEntry] = {
             takes_path=True,
         ),
         DataEntry(
-            "textfile", "textfile:PATH, one UTF-8 text for character-level language models", _textfile, takes_path=True
+            "textfile",
+            "textfile:PATH, one UTF-8 text for language models: characters, or tokenizer=bpe",
+            _textfile,
+            takes_path=True,
         ),
-        DataEntry("tinyshakespeare", "Tiny Shakespeare (--data-dir holds input.txt), character level", _textfile),
+        DataEntry(
+            "tinyshakespeare", "Tiny Shakespeare (--data-dir holds input.txt): characters, or tokenizer=bpe", _textfile
+        ),
         DataEntry(
             "tsv",
-            "tsv:PATH, text classification from a TSV file or a folder with train/dev files",
+            "tsv:PATH, text classification (any language) from a TSV file or a folder with train/dev files",
             _table("tsv"),
             takes_path=True,
         ),
         DataEntry(
             "csv",
-            "csv:PATH, text classification from a CSV file or a folder with train/dev files",
+            "csv:PATH, text classification (any language) from a CSV file or a folder with train/dev files",
             _table("csv"),
             takes_path=True,
         ),

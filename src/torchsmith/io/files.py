@@ -96,8 +96,9 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
 
 
 def write_json(path: str | os.PathLike[str], data: Any) -> None:
-    """`data` as indented JSON, written atomically (values JSON cannot hold are written as text)."""
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    """`data` as indented UTF-8 JSON, written atomically; text in any script is written as itself
+    (not as \\u escapes), and values JSON cannot hold are written as text."""
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str, ensure_ascii=False) + "\n")
 
 
 def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -2,13 +2,14 @@
 
 Classification: one label per sample, outputs (B, C) -> cross entropy, accuracy.
 Sequence: one target per position, outputs (B, T, V) -> per-position cross entropy,
-perplexity and bits per character. The Trainer never assumes "one label per sample".
+perplexity, and loss and bits per character. The Trainer never assumes "one label per sample".
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -107,7 +108,16 @@ class MultiLabel(Task):
 
 
 class Sequence(Task):
+    """Next-token prediction. The loss is per token; `chars_per_token` (characters of text per
+    token, 1 for a character model) also gives it per character (`loss_per_char`, nats, and
+    `bits_per_char`), so models over different tokenizers compare on the same text."""
+
     name = "sequence"
+
+    def __init__(self, chars_per_token: float = 1.0) -> None:
+        if not chars_per_token > 0:
+            raise UsageError(f"chars_per_token must be positive, got {chars_per_token}")
+        self.chars_per_token = chars_per_token
 
     def loss_view(self, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1)  # (B*T, V), (B*T,)
@@ -119,15 +129,24 @@ class Sequence(Task):
         return outputs.argmax(dim=-1) == targets
 
     def summarize(self, loss: float, totals: dict[str, float], count: int) -> dict[str, float]:
+        per_char = loss / self.chars_per_token
         return {
             "loss": loss,
             "perplexity": math.exp(min(loss, 50.0)),
-            "bits_per_char": loss / math.log(2),
+            "loss_per_char": per_char,
+            "bits_per_char": per_char / math.log(2),
             "accuracy": totals.get("correct", 0.0) / max(count, 1),
         }
 
 
 TASKS: dict[str, type[Task]] = dict(zip(TASK_NAMES, (Classification, Sequence, MultiLabel), strict=True))
+
+
+def task_for_data(task: str, preprocessing: dict[str, Any]) -> Task:
+    """The task a dataset names, with what its preprocessing tells it (characters per token)."""
+    if task == "sequence":
+        return Sequence(float(preprocessing.get("chars_per_token", 1.0)))
+    return resolve_task(task)
 
 
 def resolve_task(task: str | Task) -> Task:
