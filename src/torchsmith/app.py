@@ -26,6 +26,7 @@ from torchsmith.errors import Interrupted, TorchsmithError, TrainingFailure, Usa
 from torchsmith.io import rank
 from torchsmith.io.checkpoint_format import plain_tensors
 from torchsmith.io.files import write_json
+from torchsmith.models import trust
 from torchsmith.models.registry import build_model
 from torchsmith.report.html import write_report
 from torchsmith.report.model_summary import summary as model_summary
@@ -81,6 +82,8 @@ def train_run(config: RunConfig, *, quiet: bool = False, resume: bool = False) -
         run_dir.mkdir(parents=True, exist_ok=True)
         save_yaml(config, run_dir / "config.yaml")
         write_json(run_dir / "preprocessing.json", info_dict(bundle))
+        if (source := trust.source_record(config.model.name)) is not None:
+            write_json(run_dir / trust.SOURCE_FILE, source)  # the hash replays compare against
         write_model_summary(trainer, batch[0], run_dir, quiet)
     summary = base_summary(config, trainer)
     if findings:

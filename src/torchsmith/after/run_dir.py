@@ -114,10 +114,15 @@ class Run:
             raise CheckpointCorrupt(f"{error} Choose another with --checkpoint (available: {available}).") from None
         return loaded.model_state, f"{name} (step {loaded.step})"
 
-    def build_model(self, checkpoint: str | None = None) -> tuple[nn.Module, str]:
-        """The run's model in eval mode on the CPU with the checkpoint's weights loaded."""
+    def build_model(self, checkpoint: str | None = None, trust_model_code: bool = False) -> tuple[nn.Module, str]:
+        """The run's model in eval mode on the CPU with the checkpoint's weights loaded.
+
+        A model from user code (`file.py:Class`) is imported only with `trust_model_code`."""
+        from torchsmith.models import trust
         from torchsmith.models.registry import build_model
 
+        trust.require_trust(self.config.model.name, trust_model_code, f"run {self.path} (config.yaml)")
+        trust.check_recorded_hash(self.config.model.name, self.path)
         state_dict, label = self.load_state_dict(checkpoint)
         model = build_model(self.config.model.name, self.info, self.config.model.args)
         try:

@@ -53,6 +53,7 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) 
         "--model-args", default=None, help="constructor arguments as JSON, e.g. '{\"num_classes\": 10}'"
     )
     parser.add_argument("--config", default=None, help="YAML config file (e.g. a run's config.yaml)")
+    parser.add_argument("--trust-model-code", action="store_true", help=TRUST_HELP)
     parser.add_argument(
         "--set",
         action="append",
@@ -61,6 +62,11 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) 
         help="override any config key, e.g. --set optim.lr=0.05 (repeatable)",
     )
 
+
+TRUST_HELP = (
+    "allow a config file or run directory to import the user code (file.py:Class) it names as its model; "
+    "importing runs that code"
+)
 
 CHECKPOINT_FLAG: dict[str, Any] = {
     "choices": ["best", "last", "final"],  # io.checkpoint_format.WEIGHTS_CHOICES (not imported: --help stays light)
@@ -104,8 +110,15 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     recipe = flags.get("recipe") or file_values.get("recipe")
     if recipe:
         values = merge(values, recipe_config(recipe))
-    values = merge(merge(merge(values, file_values), flags), parse_set(args.set))
-    return RunConfig.from_dict(values)
+    overrides = parse_set(args.set)
+    values = merge(merge(merge(values, file_values), flags), overrides)
+    config = RunConfig.from_dict(values)
+    if config_file and config.model.name == (file_values.get("model") or {}).get("name"):
+        from torchsmith.models.trust import require_trust
+
+        named_here = "name" in flags.get("model", {}) or "name" in (overrides.get("model") or {})
+        require_trust(config.model.name, named_here or args.trust_model_code, f"config file {config_file}")
+    return config
 
 
 def put(tree: dict[str, Any], path: str, value: Any) -> None:
