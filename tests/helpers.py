@@ -26,7 +26,9 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
     return code, out, err
 
 
-def run_process(args: list[str], cwd: Path | None = None, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
+def run_process(
+    args: list[str], cwd: Path | None = None, timeout: float = 120, **env: str
+) -> subprocess.CompletedProcess[str]:
     """`python -m torchsmith ARGS` as a real process (text output captured)."""
     environment = {**os.environ, "PYTHONPATH": str(REPO / "src"), **env}
     return subprocess.run(
@@ -41,9 +43,7 @@ def run_process(args: list[str], cwd: Path | None = None, timeout: float = 120, 
 
 def same_weights(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> bool:
     """Bitwise equality of two state dicts (same keys, same dtypes, same values)."""
-    return a.keys() == b.keys() and all(
-        a[k].dtype == b[k].dtype and torch.equal(a[k].cpu(), b[k].cpu()) for k in a
-    )
+    return a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and torch.equal(a[k].cpu(), b[k].cpu()) for k in a)
 
 
 def all_finite(state: Mapping[str, torch.Tensor]) -> bool:

@@ -90,7 +90,8 @@ def test_a_changed_model_file_is_reported_when_trusted(tmp_path: Path, capsys: p
     model_file = tmp_path / "nets.py"
     model_file.write_text(MODEL_FILE)
     run = tmp_path / "run"
-    code, _, err = run_cli(["train", "--model", f"{model_file}:Net", "--max-steps", "2", "--run-dir", str(run), "--quiet"], capsys)
+    args = ["train", "--model", f"{model_file}:Net", "--max-steps", "2", "--run-dir", str(run), "--quiet"]
+    code, _, err = run_cli(args, capsys)
     assert code == 0, err
     model_file.write_text(MODEL_FILE + "\n# edited\n")
     code, _, err = run_cli(["evaluate", str(run), "--trust-model-code", "--checkpoint", "final"], capsys)
