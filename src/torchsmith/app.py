@@ -25,7 +25,8 @@ from torchsmith.data.registry import load_data
 from torchsmith.errors import Interrupted, TorchsmithError, TrainingFailure, UsageError, signal_exit_code
 from torchsmith.io import rank
 from torchsmith.io.checkpoint_format import plain_tensors
-from torchsmith.io.files import write_json
+from torchsmith.io.files import remove_tree, write_json
+from torchsmith.io.run_lock import RunLock, occupied
 from torchsmith.models import trust
 from torchsmith.models.registry import build_model
 from torchsmith.report.html import write_report
@@ -49,14 +50,25 @@ def default_run_dir(config: RunConfig) -> Path:
     return Path("runs") / f"{model}-{data}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def train_run(config: RunConfig, *, quiet: bool = False, resume: bool = False) -> RunResult:
+def train_run(config: RunConfig, *, quiet: bool = False, resume: bool = False, overwrite: bool = False) -> RunResult:
     """Train as the config says and write the run directory; returns its summary.
 
-    With `resume`, continue from the newest complete checkpoint in the run directory. Under
-    torchrun every process runs this; rank 0 alone writes the run directory.
+    A run directory holds one run: one that is not empty is refused unless `resume` (continue
+    from its newest complete checkpoint) or `overwrite` (delete the old run first), and a lock
+    held while training refuses a second process. Under torchrun every process runs this; rank 0
+    alone writes the run directory.
     """
     distributed.setup(config.train)  # under torchrun: join the process group first
-    run_dir, resume = rank.from_writer(lambda: resolve_run_dir(config, resume))
+    lock = RunLock()  # taken by rank 0 alone, in claim_run_dir
+    run_dir, resume = rank.from_writer(lambda: claim_run_dir(config, resume, overwrite, lock))
+    try:
+        return train_in(config, run_dir, resume=resume, quiet=quiet)
+    finally:
+        lock.release()
+
+
+def train_in(config: RunConfig, run_dir: Path, *, resume: bool, quiet: bool) -> RunResult:
+    """The body of `train_run` once the run directory is claimed."""
     writer = rank.is_writer()
     bundle = load_data(config.data, config.train.seed)
     torch.manual_seed(config.train.seed)
@@ -115,18 +127,47 @@ def train_run(config: RunConfig, *, quiet: bool = False, resume: bool = False) -
     return RunResult(run_dir, summary, trainer)
 
 
-def resolve_run_dir(config: RunConfig, resume: bool) -> tuple[Path, bool]:
-    """The run directory, and whether to resume: asked for, or after torchrun restarted the
-    processes of a run that has checkpoints."""
+def claim_run_dir(config: RunConfig, resume: bool, overwrite: bool, lock: RunLock) -> tuple[Path, bool]:
+    """Lock the run directory and say whether to resume: asked for, or after torchrun restarted the
+    processes of a run that has checkpoints. A directory holding another run is refused unless
+    `resume`, or emptied with `overwrite`."""
     run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(config)
     checkpoints = run_dir / "checkpoints"
     restarts = rank.restart_count()
+    if resume and overwrite:
+        raise UsageError("--resume continues the run in --run-dir and --overwrite deletes it: choose one")
     if not resume and restarts and checkpoints.is_dir() and any(p.is_dir() for p in checkpoints.iterdir()):
         print(f"restart {restarts}: resuming from the newest complete checkpoint in {run_dir}", file=sys.stderr)
         resume = True
     if resume and not checkpoints.is_dir():
         raise UsageError(f"--resume: {run_dir} has no checkpoints/ folder; name the run with --run-dir")
+    overwrite = overwrite or (restarts > 0 and not resume)  # torchrun restarted this run before its first checkpoint
+    lock.acquire(run_dir)
+    try:
+        if not resume:
+            empty_run_dir(run_dir, overwrite)
+    except BaseException:
+        lock.release()
+        raise
     return run_dir, resume
+
+
+def empty_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """Refuse a run directory that holds anything, or with `overwrite` delete the run it holds."""
+    entries = occupied(run_dir)
+    if not entries:
+        return
+    is_run = any(name in entries for name in ("config.yaml", "checkpoints", "summary.json"))
+    if not overwrite or not is_run:
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        fix = (
+            "Continue that run with --resume, delete it first with --overwrite, or choose a new --run-dir."
+            if is_run
+            else "It is not a torchsmith run directory, so --overwrite does not delete it: choose a new --run-dir."
+        )
+        raise UsageError(f"run directory {run_dir} is not empty (it holds {shown}). {fix}")
+    for name in entries:
+        remove_tree(run_dir / name)
 
 
 def test_and_save_predictions(trainer: Trainer, bundle: DataBundle, run_dir: Path) -> dict[str, float]:

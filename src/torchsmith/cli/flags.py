@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from torchsmith.config import RunConfig, load_yaml, merge, parse_model_args, parse_set
+from torchsmith.errors import UsageError
 
 # flag -> (config path, type); flags default to None so only explicit ones override.
 TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
@@ -103,10 +104,15 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     if args.compile:
         put(flags, "train.compile", True)
     config_file = args.config
-    if config_file is None and getattr(args, "resume", False) and args.run_dir:
+    resume = getattr(args, "resume", False)
+    if config_file is None and resume and args.run_dir:
         saved = Path(args.run_dir) / "config.yaml"
         config_file = str(saved) if saved.is_file() else None  # resume with the run's own config
     file_values = load_yaml(config_file) if config_file else {}
+    # A run directory is never taken from a file: replaying runs/a/config.yaml must not write into runs/a.
+    file_values.pop("run_dir", None)
+    if resume and args.run_dir is None:
+        put(flags, "run_dir", resume_dir(config_file))
     recipe = flags.get("recipe") or file_values.get("recipe")
     if recipe:
         values = merge(values, recipe_config(recipe))
@@ -119,6 +125,17 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         named_here = "name" in flags.get("model", {}) or "name" in (overrides.get("model") or {})
         require_trust(config.model.name, named_here or args.trust_model_code, f"config file {config_file}")
     return config
+
+
+def resume_dir(config_file: str | None) -> str:
+    """`--resume --config runs/a/config.yaml` continues runs/a: the folder holding a run's config."""
+    folder = Path(config_file).parent if config_file else None
+    if folder is None or Path(config_file).name != "config.yaml" or not (folder / "checkpoints").is_dir():
+        raise UsageError(
+            "--resume needs the run to continue: name its folder with --run-dir RUN "
+            "(or pass --config RUN/config.yaml of that run)"
+        )
+    return str(folder)
 
 
 def put(tree: dict[str, Any], path: str, value: Any) -> None:
