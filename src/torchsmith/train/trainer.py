@@ -1,9 +1,6 @@
-"""The Trainer: fit, evaluate and predict for any nn.Module.
-
-`fit` reads top to bottom; every part of a training iteration is visible in `_train_one`, and
-the one override point for unusual batches is `train_step(model, batch)`. The Trainer owns its
-parts: the NaN guard returns a verdict that `_on_nonfinite` applies, and a checkpoint reads and
-restores the training state only through `state_dict` / `load_state_dict`.
+"""The Trainer: fit, evaluate and predict for any nn.Module. `fit` reads top to bottom; every part
+of a step is in `_train_one`; the one override point is `train_step(model, batch)`. The NaN guard
+returns a verdict that `_on_nonfinite` applies; checkpoints use `state_dict` / `load_state_dict`.
 """
 
 from __future__ import annotations
@@ -153,6 +150,7 @@ class Trainer:
         if not self._batches_ready:
             inputs, targets = self.to_device(inputs), self.to_device(targets)
         self.seed_step()  # dropout and other module randomness follow (seed, step)
+        guard.snapshot.take()  # running statistics (BatchNorm) as they were before this forward
         out = self.train_step(self.forward_model, (inputs, targets))
         weight, batch_samples = (
             self.dist.batch_share(targets, self.train_batches, state.position) if self.dist else (1.0, len(targets))
@@ -227,6 +225,7 @@ class Trainer:
         assert self.optimizer is not None
         state = self.state
         self.optimizer.zero_grad(set_to_none=True)
+        self.guard.snapshot.restore()  # undo the failing forward's running statistics, before the doctor replays
         self.seed_step()  # the failing step's dropout masks
         lr = self.optimizer.param_groups[0]["lr"]
         report = self.guard.investigate(self.model, self.task_loss, (inputs, targets, indices), state, lr)
@@ -335,7 +334,7 @@ class Trainer:
         self.scheduler, self.scheduler_interval = schedule_for(
             self._scheduler_spec, self._own_schedule, self.optim_config, self.optimizer, self.state.total_steps
         )
-        self.guard.setup(self._params, self.device, self.optimizer)
+        self.guard.setup(self._params, self.device, self.optimizer, list(self.model.buffers()))
 
     def _set_limits(self) -> None:  # the run's length from the current config: a resumed run may be extended
         state = self.state
