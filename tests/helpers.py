@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import torch
 
+import torchsmith
 from torchsmith.callbacks.base import Callback
 from torchsmith.cli.main import main
 
@@ -30,7 +31,7 @@ def run_process(
     args: list[str], cwd: Path | None = None, timeout: float = 120, **env: str
 ) -> subprocess.CompletedProcess[str]:
     """`python -m torchsmith ARGS` as a real process (text output captured)."""
-    environment = {**os.environ, "PYTHONPATH": str(REPO / "src"), **env}
+    environment = {**os.environ, "PYTHONPATH": str(Path(torchsmith.__file__).parents[1]), **env}  # this code
     return subprocess.run(
         [sys.executable, "-m", "torchsmith", *args],
         capture_output=True,

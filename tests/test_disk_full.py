@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO
+import torchsmith
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="RLIMIT_FSIZE is POSIX")
 LIMIT = 64 * 1024  # bytes: the small files of a run fit, SimpleNet's 400 KB of weights do not
@@ -27,7 +27,7 @@ def limited() -> None:  # runs in the child before exec: its files may not grow 
 
 
 def run_limited(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    env = {**os.environ, "PYTHONPATH": str(Path(torchsmith.__file__).parents[1])}
     return subprocess.run(
         [sys.executable, *args], capture_output=True, text=True, cwd=cwd, env=env, preexec_fn=limited, timeout=300
     )

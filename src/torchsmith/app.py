@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 from torchsmith._version import __version__
 from torchsmith.callbacks.base import Callback
@@ -22,10 +21,17 @@ from torchsmith.callbacks.signals import StopOnSignal
 from torchsmith.config import RunConfig, save_yaml
 from torchsmith.data.bundle import DataBundle
 from torchsmith.data.registry import load_data
-from torchsmith.errors import Interrupted, TorchsmithError, TrainingFailure, UsageError, signal_exit_code
+from torchsmith.errors import (
+    Interrupted,
+    TorchsmithError,
+    TrainingFailure,
+    UsageError,
+    did_you_mean,
+    signal_exit_code,
+)
 from torchsmith.io import rank
 from torchsmith.io.checkpoint_format import plain_tensors
-from torchsmith.io.files import remove_tree, write_json
+from torchsmith.io.files import remove_tree, save_safetensors, write_json
 from torchsmith.io.run_lock import RunLock, occupied
 from torchsmith.models import trust
 from torchsmith.models.registry import build_model
@@ -34,6 +40,7 @@ from torchsmith.report.model_summary import summary as model_summary
 from torchsmith.report.predictions import most_confident_mistakes, save_predictions
 from torchsmith.state import lower_is_better
 from torchsmith.train import distributed
+from torchsmith.train.tasks import resolve_task
 from torchsmith.train.trainer import Trainer
 
 
@@ -71,6 +78,7 @@ def train_in(config: RunConfig, run_dir: Path, *, resume: bool, quiet: bool) -> 
     """The body of `train_run` once the run directory is claimed."""
     writer = rank.is_writer()
     bundle = load_data(config.data, config.train.seed)
+    check_monitor(config.train.monitor, bundle)
     torch.manual_seed(config.train.seed)
     model = build_model(config.model.name, bundle.info, config.model.args)
     if config.model.init == "whitening":
@@ -168,6 +176,20 @@ def empty_run_dir(run_dir: Path, overwrite: bool) -> None:
         raise UsageError(f"run directory {run_dir} is not empty (it holds {shown}). {fix}")
     for name in entries:
         remove_tree(run_dir / name)
+
+
+def check_monitor(monitor: str, bundle: DataBundle) -> None:
+    """train.monitor must name a metric the run logs: said now, not after the first epoch."""
+    names = resolve_task(bundle.info.task).metric_names()
+    splits = ("train", "val") if bundle.val is not None else ("train",)
+    known = [f"{split}_{name}" for split in splits for name in names]
+    if monitor in known or (monitor == "val_loss" and bundle.val is None):  # the default, with nothing to watch
+        return
+    no_val = " (this data has no validation split: data.val_fraction is 0)" if monitor.startswith("val_") else ""
+    raise UsageError(
+        f"train.monitor '{monitor}' names no metric this run logs{no_val}.{did_you_mean(monitor, known)} "
+        f"Metrics: {', '.join(known)}; e.g. --set train.monitor={known[-1]}"
+    )
 
 
 def test_and_save_predictions(trainer: Trainer, bundle: DataBundle, run_dir: Path) -> dict[str, float]:
@@ -317,7 +339,7 @@ def finish(run_dir: Path, trainer: Trainer, summary: dict[str, Any], status: str
     if state.nan_events or summary.get("preflight"):
         write_json(run_dir / "doctor.json", {"events": state.nan_events, "preflight": summary.get("preflight", [])})
     if status != "failed":
-        save_file(plain_tensors(trainer.model.state_dict()), str(run_dir / "model.safetensors"))
+        save_safetensors(plain_tensors(trainer.model.state_dict()), run_dir / "model.safetensors")  # atomic
     write_json(run_dir / "summary.json", summary)
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from torchsmith.config import DataConfig
 from torchsmith.data.bundle import DataBundle
-from torchsmith.errors import UsageError, did_you_mean
+from torchsmith.errors import UsageError, did_you_mean, short
 
 if TYPE_CHECKING:
     from torchsmith.data.audio import AudioOptions
@@ -93,8 +93,19 @@ def _textfile(config: DataConfig, path: str | None, seed: int) -> DataBundle:
     if not target:
         raise UsageError("textfile needs a path: --data textfile:PATH (one UTF-8 text file)")
     return load_textfile(
-        target, block_size=int(config.options.get("block_size", 128)), val_fraction=config.val_fraction
+        target, block_size=int_option(config.options, "block_size", 128), val_fraction=config.val_fraction
     )
+
+
+def int_option(options: dict[str, Any], name: str, default: int) -> int:
+    """A positive integer from `data.options`; a UsageError naming the key for anything else."""
+    value = options.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise UsageError(
+            f"data.options.{name} must be a positive integer, got {short(value)}; "
+            f"e.g. --set data.options.{name}={default}"
+        )
+    return value
 
 
 def _table(kind: str) -> Loader:
@@ -108,12 +119,12 @@ def _table(kind: str) -> Loader:
         return load_table_dataset(
             target,
             kind=kind,
-            max_len=int(options.get("max_len", 64)),
+            max_len=int_option(options, "max_len", 64),
             val_fraction=config.val_fraction,
             seed=seed,
             text_column=options.get("text_column"),
             label_column=options.get("label_column"),
-            min_freq=int(options.get("min_freq", 1)),
+            min_freq=int_option(options, "min_freq", 1),
             max_vocab=options.get("max_vocab"),
             subwords=subwords_option(options.get("subwords")),
         )
@@ -128,7 +139,7 @@ def _sst2(config: DataConfig, path: str | None, seed: int) -> DataBundle:
         raise UsageError("sst2 needs --data-dir: the folder holding GLUE's SST-2 train.tsv and dev.tsv")
     return load_sst2(
         config.dir,
-        max_len=int(config.options.get("max_len", 64)),
+        max_len=int_option(config.options, "max_len", 64),
         val_fraction=config.val_fraction,
         seed=seed,
         subwords=subwords_option(config.options.get("subwords")),

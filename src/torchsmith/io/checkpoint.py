@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import safetensors.torch
-from safetensors import SafetensorError
 import torch
 import yaml
+from safetensors import SafetensorError
 
 from torchsmith._version import __version__
 from torchsmith.errors import TrainingFailure, UsageError

@@ -39,7 +39,7 @@ def code_file(spec: str) -> Path | None:
         return Path(target).resolve()
     try:
         found = importlib.util.find_spec(target)
-    except (ImportError, ValueError):  # a parent package is missing, or the name is malformed
+    except (ImportError, ValueError, TypeError):  # a parent package is missing, or the name is malformed
         return None
     return Path(found.origin).resolve() if found is not None and found.origin else None
 
