@@ -1,56 +1,55 @@
 """Cost of guarding BatchNorm statistics: the per-step copy of every buffer before the forward
-(`BufferSnapshot.take`, one fused copy) against the same training step without it, on ConvBNNet
-(conv-BN-ReLU blocks, the built-in `convbn`) with MNIST-shaped batches of 16 (a small step, so the copy weighs more), SGD, interleaved;
-the ratio is the median of the per-round ratios.
+(`BufferSnapshot.take`, one fused copy) against one training step of the same model, ConvBNNet
+(conv-BN-ReLU blocks, the built-in `convbn`) on MNIST-shaped batches of 16 (a small step, so
+the copy weighs more than usual), SGD. Rounds interleave 200 copies and 5 steps; medians.
 
-    python benchmarks/bn_snapshot.py --steps 20 --repeats 5
+    python benchmarks/bn_snapshot.py --rounds 7
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
+import time
 
 import torch
-from common import interleaved, median, paired_ratio
 from torch import nn
 
 from torchsmith.models.vision import ConvBNNet
 from torchsmith.train.guard import BufferSnapshot
 
 
-def runner(model: nn.Module, snapshot: BufferSnapshot | None, steps: int) -> None:
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    generator = torch.Generator().manual_seed(0)
-    inputs, targets = torch.randn(16, 1, 28, 28, generator=generator), torch.randint(0, 10, (16,), generator=generator)
-    for _ in range(steps):
-        if snapshot is not None:
-            snapshot.take()
-        loss = nn.functional.cross_entropy(model(inputs), targets)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
     torch.manual_seed(0)
     model = ConvBNNet(input_shape=(1, 28, 28), num_classes=10)
     snapshot = BufferSnapshot(list(model.buffers()))
-    times = interleaved(
-        {
-            "snapshot": lambda: runner(model, snapshot, args.steps),
-            "plain": lambda: runner(model, None, args.steps),
-        },
-        args.repeats,
-    )
-    count = sum(b.numel() for b in snapshot.buffers)
-    extra = median([(a - b) / args.steps * 1e6 for a, b in zip(times["snapshot"], times["plain"], strict=True)])
-    print(f"ConvBNNet: {len(snapshot.buffers)} buffers, {count} values; torch {torch.__version__}")
-    print(f"{extra:.1f} us per step")
-    print(f"snapshot cost ratio (with / without) = {paired_ratio(times, 'snapshot', 'plain'):.3f}")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    inputs, targets = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+
+    def step() -> None:
+        nn.functional.cross_entropy(model(inputs), targets).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(3):
+        step()  # warm-up
+    copies, steps = [], []
+    for _ in range(args.rounds):
+        start = time.perf_counter()
+        for _ in range(200):
+            snapshot.take()
+        copies.append((time.perf_counter() - start) / 200)
+        start = time.perf_counter()
+        for _ in range(5):
+            step()
+        steps.append((time.perf_counter() - start) / 5)
+    copy, one_step = statistics.median(copies), statistics.median(steps)
+    print(f"ConvBNNet: {len(snapshot.buffers)} buffers, {sum(b.numel() for b in snapshot.buffers)} values")
+    print(f"copy {copy * 1e6:.1f} us, step {one_step * 1e6:.0f} us; torch {torch.__version__}")
+    print(f"snapshot cost ratio (copy / step) = {copy / one_step:.4f}")
 
 
 if __name__ == "__main__":
