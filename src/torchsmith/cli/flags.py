@@ -129,13 +129,13 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 def resume_dir(config_file: str | None) -> str:
     """`--resume --config runs/a/config.yaml` continues runs/a: the folder holding a run's config."""
-    folder = Path(config_file).parent if config_file else None
-    if folder is None or Path(config_file).name != "config.yaml" or not (folder / "checkpoints").is_dir():
+    path = Path(config_file) if config_file else None
+    if path is None or path.name != "config.yaml" or not (path.parent / "checkpoints").is_dir():
         raise UsageError(
             "--resume needs the run to continue: name its folder with --run-dir RUN "
             "(or pass --config RUN/config.yaml of that run)"
         )
-    return str(folder)
+    return str(path.parent)
 
 
 def put(tree: dict[str, Any], path: str, value: Any) -> None:

@@ -10,7 +10,7 @@ Trainer applies that verdict, so nothing here writes to the trainer, optimizer o
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -109,7 +109,7 @@ class NanGuard:
         self.snapshot = BufferSnapshot([])
 
     def setup(
-        self, params: list[nn.Parameter], device: torch.device, optimizer: Any, buffers: list[torch.Tensor] = ()
+        self, params: list[nn.Parameter], device: torch.device, optimizer: Any, buffers: Sequence[torch.Tensor] = ()
     ) -> None:
         """Point the check at the model's parameters and buffers; choose the host or the on-device mode."""
         self.check = FiniteCheck(params, device)
