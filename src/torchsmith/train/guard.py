@@ -19,7 +19,7 @@ from torch import nn
 from torchsmith.config import TrainConfig
 from torchsmith.doctor.diagnosis import NanReport
 from torchsmith.doctor.nan_replay import localize_nonfinite
-from torchsmith.errors import TrainingFailure
+from torchsmith.errors import TrainingFailure, UsageError
 from torchsmith.state import TrainState
 
 ROLLBACK_LR_FACTOR = 0.5
@@ -122,6 +122,13 @@ class NanGuard:
             and bool(getattr(optimizer, "_step_supports_amp_scaling", False))
             and any(g.get("fused") for g in optimizer.param_groups)
         )
+        if self.on_device and self.config.on_nan != "stop":
+            raise UsageError(
+                f"--on-nan {self.config.on_nan} needs the guard's verdict within the failing step, but "
+                f"train.nan_check_every={self.config.nan_check_every} reads it every "
+                f"{self.config.nan_check_every} steps (the failing batch is gone by then). Use "
+                f"--set train.nan_check_every=1 with --on-nan {self.config.on_nan}, or --on-nan stop."
+            )
         if wanted and not self.on_device:
             print(
                 "note: train.nan_check_every > 1 needs a fused optimizer (sgd, adam, adamw, adagrad); "

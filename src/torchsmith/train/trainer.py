@@ -100,8 +100,7 @@ class Trainer:
 
     # ----------------------------------------------------------------- fit
     def fit(self, train_data: Any, val_data: Any = None, *, resume: bool = False) -> list[dict[str, float]]:
-        """Train; returns the per-epoch history (also `trainer.state.history`). `resume=True` goes on
-        exactly from the newest complete checkpoint of the `Checkpointer` callback."""
+        """Train; returns the per-epoch history. `resume=True` goes on from the Checkpointer's newest checkpoint."""
         state = self.state
         self.train_batches = self.batches(train_data, train=True)
         val_batches = self.batches(val_data, train=False) if val_data is not None else None
@@ -134,6 +133,8 @@ class Trainer:
                     break
             if self.dist:
                 self.dist.agree_stop(state)  # a signal that came after the last step's agreement
+            if self.guard.on_device:
+                self.guard.check_record(state)  # the steps after the last check interval
         except BaseException as error:
             state.status = "stopped" if isinstance(error, KeyboardInterrupt) else "failed"
             self._call("on_exception", error)
