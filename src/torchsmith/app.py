@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 from torchsmith._version import __version__
 from torchsmith.after.transfer import start_model
@@ -26,16 +25,25 @@ from torchsmith.callbacks.trackers import require as require_tracker
 from torchsmith.config import RunConfig, save_yaml
 from torchsmith.data.bundle import DataBundle
 from torchsmith.data.registry import load_data
-from torchsmith.errors import Interrupted, TorchsmithError, TrainingFailure, UsageError, signal_exit_code
+from torchsmith.errors import (
+    Interrupted,
+    TorchsmithError,
+    TrainingFailure,
+    UsageError,
+    did_you_mean,
+    signal_exit_code,
+)
 from torchsmith.io import rank
 from torchsmith.io.checkpoint_format import plain_tensors
-from torchsmith.io.files import write_json
+from torchsmith.io.files import save_safetensors, write_json
+from torchsmith.io.run_lock import RunLock, claim_run_dir
+from torchsmith.models import trust
 from torchsmith.report.html import write_report
 from torchsmith.report.model_summary import summary as model_summary
 from torchsmith.report.predictions import most_confident_mistakes, save_predictions
 from torchsmith.state import lower_is_better
 from torchsmith.train import distributed
-from torchsmith.train.tasks import task_for_data
+from torchsmith.train.tasks import resolve_task, task_for_data
 from torchsmith.train.trainer import Trainer
 
 
@@ -53,18 +61,37 @@ def default_run_dir(config: RunConfig) -> Path:
 
 
 def train_run(
-    config: RunConfig, *, quiet: bool = False, resume: bool = False, callbacks: Sequence[Callback] = ()
+    config: RunConfig,
+    *,
+    quiet: bool = False,
+    resume: bool = False,
+    overwrite: bool = False,
+    callbacks: Sequence[Callback] = (),
 ) -> RunResult:
     """Train as the config says and write the run directory; returns its summary.
 
-    With `resume`, continue from the newest complete checkpoint in the run directory. Under
-    torchrun every process runs this; rank 0 alone writes the run directory. `callbacks` are
-    added after the built-in ones (a sweep's pruning callback, for one).
+    A run directory holds one run: one that is not empty is refused unless `resume` (continue
+    from its newest complete checkpoint) or `overwrite` (delete the old run first), and a lock
+    held while training refuses a second process. Under torchrun every process runs this; rank 0
+    alone writes the run directory. `callbacks` are added after the built-in ones (a sweep's
+    pruning callback, for one).
     """
     if config.track.backend != "none":
         require_tracker(config.track.backend)  # before any work: the pip command when it is missing
     distributed.setup(config.train)  # under torchrun: join the process group first
-    run_dir, resume = rank.from_writer(lambda: resolve_run_dir(config, resume))
+    lock = RunLock()  # taken by rank 0 alone, in claim_run_dir
+    folder = Path(config.run_dir) if config.run_dir else default_run_dir(config)
+    run_dir, resume = rank.from_writer(lambda: claim_run_dir(folder, resume, overwrite, lock))
+    try:
+        return train_in(config, run_dir, resume=resume, quiet=quiet, callbacks=callbacks)
+    finally:
+        lock.release()
+
+
+def train_in(
+    config: RunConfig, run_dir: Path, *, resume: bool, quiet: bool, callbacks: Sequence[Callback] = ()
+) -> RunResult:
+    """The body of `train_run` once the run directory is claimed."""
     writer = rank.is_writer()
     bundle = load_data(config.data, config.train.seed)
     if writer and not quiet:
@@ -72,6 +99,7 @@ def train_run(
     choice = bundle.info.preprocessing.get("tokenizer_choice")
     if choice and not quiet and writer:
         print(f"tokenizer: {choice}", file=sys.stderr)
+    check_monitor(config.train.monitor, bundle)
     torch.manual_seed(config.train.seed)
     start = start_model(config, bundle)  # the model, with starting weights if asked for
     model = start.model
@@ -101,6 +129,8 @@ def train_run(
         run_dir.mkdir(parents=True, exist_ok=True)
         save_yaml(config, run_dir / "config.yaml")
         write_json(run_dir / "preprocessing.json", info_dict(bundle))
+        if (source := trust.source_record(config.model.name)) is not None:
+            write_json(run_dir / trust.SOURCE_FILE, source)  # the hash replays compare against
         write_model_summary(trainer, batch[0], run_dir, quiet)
     summary = base_summary(config, trainer)
     if bundle.info.problems:
@@ -159,18 +189,18 @@ def task_loss(loss: str, task: str) -> str:
     return "bce_with_logits" if task == "multilabel" and loss == "cross_entropy" else loss
 
 
-def resolve_run_dir(config: RunConfig, resume: bool) -> tuple[Path, bool]:
-    """The run directory, and whether to resume: asked for, or after torchrun restarted the
-    processes of a run that has checkpoints."""
-    run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(config)
-    checkpoints = run_dir / "checkpoints"
-    restarts = rank.restart_count()
-    if not resume and restarts and checkpoints.is_dir() and any(p.is_dir() for p in checkpoints.iterdir()):
-        print(f"restart {restarts}: resuming from the newest complete checkpoint in {run_dir}", file=sys.stderr)
-        resume = True
-    if resume and not checkpoints.is_dir():
-        raise UsageError(f"--resume: {run_dir} has no checkpoints/ folder; name the run with --run-dir")
-    return run_dir, resume
+def check_monitor(monitor: str, bundle: DataBundle) -> None:
+    """train.monitor must name a metric the run logs: said now, not after the first epoch."""
+    names = resolve_task(bundle.info.task).metric_names()
+    splits = ("train", "val") if bundle.val is not None else ("train",)
+    known = [f"{split}_{name}" for split in splits for name in names]
+    if monitor in known or (monitor == "val_loss" and bundle.val is None):  # the default, with nothing to watch
+        return
+    no_val = " (this data has no validation split: data.val_fraction is 0)" if monitor.startswith("val_") else ""
+    raise UsageError(
+        f"train.monitor '{monitor}' names no metric this run logs{no_val}.{did_you_mean(monitor, known)} "
+        f"Metrics: {', '.join(known)}; e.g. --set train.monitor={known[-1]}"
+    )
 
 
 def test_and_save_predictions(trainer: Trainer, bundle: DataBundle, run_dir: Path) -> dict[str, float]:
@@ -335,7 +365,7 @@ def finish(run_dir: Path, trainer: Trainer, summary: dict[str, Any], status: str
         doctor = {"events": state.nan_events, "preflight": summary.get("preflight", [])}
         write_json(run_dir / "doctor.json", {**doctor, **({"skipped_files": problems} if problems else {})})
     if status != "failed":
-        save_file(plain_tensors(trainer.model.state_dict()), str(run_dir / "model.safetensors"))
+        save_safetensors(plain_tensors(trainer.model.state_dict()), run_dir / "model.safetensors")  # atomic
     write_json(run_dir / "summary.json", summary)
 
 

@@ -8,6 +8,7 @@ close-match suggestion for unknown keys.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import types
 import typing
@@ -17,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from torchsmith.errors import UsageError, did_you_mean
+from torchsmith.errors import UsageError, did_you_mean, short
 
 TTA_MODES = ("none", "flip", "flip-translate")  # test-time augmentation (train.tta)
 TASK_NAMES = ("classification", "sequence", "multilabel")  # what a DataInfo.task may name (train.tasks implements them)
@@ -163,7 +164,7 @@ class RunConfig:
 
 def _build(cls: type, values: Any, where: str, errors: list[str]) -> Any:
     if not isinstance(values, dict):
-        errors.append(f"{where} must be a mapping of keys to values, got {values!r}")
+        errors.append(f"{where} must be a mapping of keys to values, got {short(values)}")
         return cls()
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
@@ -171,13 +172,27 @@ def _build(cls: type, values: Any, where: str, errors: list[str]) -> Any:
     for key, value in values.items():
         path = f"{where}.{key}" if where != "config" else str(key)
         if key not in names:
-            hint = did_you_mean(str(key), names) or f" Known keys: {', '.join(names)}."
-            errors.append(f"unknown key '{path}'.{hint}")
+            hint = did_you_mean(str(key), names) or elsewhere(str(key)) or f" Known keys: {', '.join(names)}."
+            errors.append(f"unknown key {short(path)}.{hint}")
         elif dataclasses.is_dataclass(hints[key]):
             kwargs[key] = _build(hints[key], value, path, errors)
         else:
             kwargs[key] = _coerce(value, hints[key], path, errors)
     return cls(**kwargs)
+
+
+# flag names that are not key names: `epochs: 2` at the top level means train.max_epochs
+KEY_ALIASES = {"epochs": "train.max_epochs", "optimizer": "optim.name", "scheduler": "optim.scheduler"}
+
+
+def elsewhere(key: str) -> str:
+    """ " Did you mean 'train.max_epochs'?" for a key written at the wrong level or misspelt there."""
+    keys = dict(KEY_ALIASES)
+    for name, hint in typing.get_type_hints(RunConfig).items():
+        if dataclasses.is_dataclass(hint):
+            keys.update({f.name: f"{name}.{f.name}" for f in dataclasses.fields(hint)})
+    close = difflib.get_close_matches(key, list(keys), n=1)
+    return f" Did you mean '{keys[close[0]]}'?" if close else ""
 
 
 def _coerce(value: Any, hint: Any, path: str, errors: list[str]) -> Any:
@@ -194,7 +209,7 @@ def _coerce(value: Any, hint: Any, path: str, errors: list[str]) -> Any:
         if base in (str, bool, dict) and isinstance(value, base):
             return value
     wanted = " or ".join(getattr(o, "__name__", str(o)) for o in options)
-    errors.append(f"'{path}' must be {wanted}, got {value!r}")
+    errors.append(f"'{path}' must be {wanted}, got {short(value)}")
     return None
 
 
@@ -218,6 +233,9 @@ def validate(config: RunConfig) -> list[str]:
         "--batch-size (train.batch_size)": train.batch_size,
         "train.eval_batch_size": train.eval_batch_size,
         "train.log_every": train.log_every,
+        "--keep-last (train.keep_last)": train.keep_last,
+        "train.ema_every": train.ema_every,
+        "train.nan_check_every": train.nan_check_every,
     }
     for name, value in positive.items():
         if value is not None and value <= 0:
@@ -281,8 +299,14 @@ def parse_set(assignments: list[str]) -> dict[str, Any]:
             value = raw
         node = result
         parts = key.strip().split(".")
-        for part in parts[:-1]:
+        for depth, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                section = ".".join(parts[: depth + 1])
+                raise UsageError(
+                    f"--set {item} conflicts with an earlier --set {section}={short(node)}: {section} is a "
+                    f"section of keys, not a value. Drop --set {section}=..., or set its keys one by one."
+                )
         node[parts[-1]] = value
     return result
 
@@ -305,6 +329,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise UsageError(f"config file {path} does not exist")
     try:
         values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise UsageError(
+            f"config file {path} is not UTF-8 text (byte {error.object[error.start]:#04x} at position "
+            f"{error.start}); save it as UTF-8"
+        ) from None
     except yaml.YAMLError as error:
         raise UsageError(f"{path} is not a valid torchsmith config: {error}") from None
     if values is None:

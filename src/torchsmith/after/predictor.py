@@ -137,18 +137,24 @@ class Predictor:
 
 
 def load(
-    run_dir: str | Path, checkpoint: CheckpointName | None = None, device: str | torch.device = "cpu"
+    run_dir: str | Path,
+    checkpoint: CheckpointName | None = None,
+    device: str | torch.device = "cpu",
+    *,
+    trust_model_code: bool = False,
 ) -> Predictor:
     """The model of a finished run, ready to predict.
 
     `checkpoint`: "best", "last" (from `checkpoints/`, verified against their manifest) or
     "final" (`model.safetensors`); by default best when the run saved one, else final.
+    A run whose model is user code (`file.py:Class`) is built only with `trust_model_code=True`:
+    importing that file runs it.
 
     Example:
         >>> predictor = torchsmith.load("runs/convnet-mnist", checkpoint="final")  # doctest: +SKIP
     """
     run = Run.open(run_dir)
-    model, label = run.build_model(checkpoint)
+    model, label = run.build_model(checkpoint, trust_model_code)
     target = resolve_device(device) if isinstance(device, str) else device
     return Predictor(model, run, label, target)
 

@@ -18,6 +18,9 @@ def add_parsers(sub: Any) -> None:
     train.add_argument(
         "--resume", action="store_true", help="continue the run in --run-dir from its newest complete checkpoint"
     )
+    train.add_argument(
+        "--overwrite", action="store_true", help="delete the run already in --run-dir and train a new one there"
+    )
     train.add_argument("--quiet", action="store_true", help="no progress output, only the result line")
     train.add_argument("--debug", action="store_true", help="show tracebacks")
     add_launch_arguments(train)
@@ -50,7 +53,7 @@ def command_train(args: argparse.Namespace) -> int:
     if args.nproc_per_node is not None and not launch.launched():
         run_dir = config.run_dir or str(default_run_dir(config))
         launch.launch(args.argv, args, run_dir, quiet=args.quiet)  # does not return
-    result = train_run(config, quiet=args.quiet, resume=args.resume)
+    result = train_run(config, quiet=args.quiet, resume=args.resume, overwrite=args.overwrite)
     if rank.is_writer():
         print(f"run directory: {result.run_dir}", file=sys.stderr)
         print(result_line(result.summary))

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from torchsmith.config import DataConfig
 from torchsmith.data.bundle import DataBundle
-from torchsmith.errors import UsageError, did_you_mean
+from torchsmith.errors import UsageError, did_you_mean, short
 
 if TYPE_CHECKING:
     from torchsmith.data.audio import AudioOptions
@@ -105,11 +105,22 @@ def _textfile(config: DataConfig, path: str | None, seed: int) -> DataBundle:
     options = config.options
     return load_textfile(
         target,
-        block_size=int(options.get("block_size", 128)),
+        block_size=int_option(options, "block_size", 128),
         val_fraction=config.val_fraction,
         tokenizer=options.get("tokenizer", "chars"),
-        vocab_size=options.get("vocab_size", 2000),
+        vocab_size=int_option(options, "vocab_size", 2000),
     )
+
+
+def int_option(options: dict[str, Any], name: str, default: int) -> int:
+    """A positive integer from `data.options`; a UsageError naming the key for anything else."""
+    value = options.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise UsageError(
+            f"data.options.{name} must be a positive integer, got {short(value)}; "
+            f"e.g. --set data.options.{name}={default}"
+        )
+    return value
 
 
 def _table(kind: str) -> Loader:
@@ -123,7 +134,7 @@ def _table(kind: str) -> Loader:
         return load_table_dataset(
             target,
             kind=kind,
-            max_len=int(options.get("max_len", 64)),
+            max_len=int_option(options, "max_len", 64),
             val_fraction=config.val_fraction,
             seed=seed,
             text_column=options.get("text_column"),
@@ -141,7 +152,7 @@ def _sst2(config: DataConfig, path: str | None, seed: int) -> DataBundle:
         raise UsageError("sst2 needs --data-dir: the folder holding GLUE's SST-2 train.tsv and dev.tsv")
     return load_sst2(
         config.dir,
-        max_len=int(config.options.get("max_len", 64)),
+        max_len=int_option(config.options, "max_len", 64),
         val_fraction=config.val_fraction,
         seed=seed,
         tokenizer=TokenizerOptions.from_options(config.options),

@@ -13,7 +13,7 @@ import csv
 import io
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -107,7 +107,7 @@ def _read_rows(
             raise UsageError(f"{path} is empty; expected a header line such as {example!r}")
         text_index = _find_column(path, header, text_column, TEXT_COLUMNS, "text")
         label_index = _find_column(path, header, label_column, LABEL_COLUMNS, "label")
-        for row in reader:
+        for row in _checked(reader, path):
             if row and len(row) <= max(text_index, label_index):
                 raise UsageError(
                     f"{path}, line {reader.line_num}: {len(row)} fields, expected "
@@ -118,6 +118,22 @@ def _read_rows(
                 continue
             rows.append((reader.line_num, row[text_index].strip(), row[label_index].strip()))
     return rows, skipped
+
+
+def _checked(reader: Any, path: Path) -> Iterator[list[str]]:
+    """The reader's rows; its errors (a field over the csv module's size limit) as a UsageError."""
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            raise UsageError(
+                f"{path}, line {reader.line_num + 1}: {error} (the csv module's limit is "
+                f"{csv.field_size_limit()} characters). In a CSV file this usually means a quote that is "
+                f"never closed; otherwise shorten that text or split the file."
+            ) from None
+        yield row
 
 
 def _find_column(

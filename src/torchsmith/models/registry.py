@@ -167,6 +167,11 @@ def build_model(name: str, info: DataInfo, args: dict[str, Any] | None = None) -
 def load_user_class(spec: str) -> type[nn.Module]:
     """Import `file.py:Class` or `package.module:Class` and return the nn.Module subclass."""
     target, _, class_name = spec.rpartition(":")
+    if not target or not class_name.isidentifier() or target.startswith("."):
+        raise UsageError(
+            f"model '{spec}' is not a file or module name with a class: write path/to/file.py:ClassName "
+            f"or package.module:ClassName (an absolute module name, e.g. my_nets.py:Net or mypkg.nets:Net)"
+        )
     module = _import_file(Path(target)) if target.endswith(".py") else _import_module(target)
     cls = getattr(module, class_name, None)
     if cls is None:
@@ -206,7 +211,7 @@ def _import_file(path: Path) -> ModuleType:
 def _import_module(name: str) -> ModuleType:
     try:
         return importlib.import_module(name)
-    except ImportError as error:
+    except (ImportError, ValueError, TypeError) as error:
         raise UsageError(f"cannot import module '{name}': {error}") from None
 
 

@@ -66,6 +66,10 @@ class Task:
     def summarize(self, loss: float, totals: dict[str, float], count: int) -> dict[str, float]:
         return {"loss": loss}
 
+    def metric_names(self) -> tuple[str, ...]:
+        """The names `summarize` returns (what train.monitor may name, after train_/val_)."""
+        return tuple(self.summarize(1.0, {"correct": 0.0}, 1))
+
 
 class Classification(Task):
     name = "classification"

@@ -1,9 +1,6 @@
-"""The Trainer: fit, evaluate and predict for any nn.Module.
-
-`fit` reads top to bottom; every part of a training iteration is visible in `_train_one`, and
-the one override point for unusual batches is `train_step(model, batch)`. The Trainer owns its
-parts: the NaN guard returns a verdict that `_on_nonfinite` applies, and a checkpoint reads and
-restores the training state only through `state_dict` / `load_state_dict`.
+"""The Trainer: fit, evaluate and predict for any nn.Module. `fit` reads top to bottom; every part
+of a step is in `_train_one`; the one override point is `train_step(model, batch)`. The NaN guard
+returns a verdict that `_on_nonfinite` applies; checkpoints use `state_dict` / `load_state_dict`.
 """
 
 from __future__ import annotations
@@ -102,8 +99,7 @@ class Trainer:
         self._epoch_clock = (time.perf_counter(), 0.0)
 
     def fit(self, train_data: Any, val_data: Any = None, *, resume: bool = False) -> list[dict[str, float]]:
-        """Train; returns the per-epoch history (also `trainer.state.history`). `resume=True` goes on
-        exactly from the newest complete checkpoint of the `Checkpointer` callback."""
+        """Train; returns the per-epoch history. `resume=True` goes on from the Checkpointer's newest checkpoint."""
         state = self.state
         self.train_batches = self.batches(train_data, train=True)
         val_batches = self.batches(val_data, train=False) if val_data is not None else None
@@ -136,6 +132,8 @@ class Trainer:
                     break
             if self.dist:
                 self.dist.agree_stop(state)  # a signal that came after the last step's agreement
+            if self.guard.on_device:
+                self.guard.check_record(state)  # the steps after the last check interval
         except BaseException as error:
             state.status = "stopped" if isinstance(error, KeyboardInterrupt) else "failed"
             self._call("on_exception", error)
@@ -152,6 +150,7 @@ class Trainer:
         if not self._batches_ready:
             inputs, targets = self.to_device(inputs), self.to_device(targets)
         self.seed_step()  # dropout and other module randomness follow (seed, step)
+        guard.snapshot.take()  # running statistics (BatchNorm) as they were before this forward
         out = self.train_step(self.forward_model, (inputs, targets))
         weight, batch_samples = (
             self.dist.batch_share(targets, self.train_batches, state.position) if self.dist else (1.0, len(targets))
@@ -225,6 +224,7 @@ class Trainer:
         assert self.optimizer is not None
         state = self.state
         self.optimizer.zero_grad(set_to_none=True)
+        self.guard.snapshot.restore()  # undo the failing forward's running statistics, before the doctor replays
         self.seed_step()  # the failing step's dropout masks
         lr = self.optimizer.param_groups[0]["lr"]
         report = self.guard.investigate(self.model, self.task_loss, (inputs, targets, indices), state, lr)
@@ -330,7 +330,7 @@ class Trainer:
         self.scheduler, self.scheduler_interval = schedule_for(
             self._scheduler_spec, self._own_schedule, self.optim_config, self.optimizer, self.state.total_steps
         )
-        self.guard.setup(self._params, self.device, self.optimizer)
+        self.guard.setup(self._params, self.device, self.optimizer, list(self.model.buffers()))
 
     def _set_limits(self) -> None:  # the run's length from the current config: a resumed run may be extended
         state = self.state
