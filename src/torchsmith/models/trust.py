@@ -23,13 +23,15 @@ from typing import Any
 
 from torchsmith.errors import UsageError
 from torchsmith.io.files import read_json, sha256_file
+from torchsmith.models.zoo import is_zoo
 
 SOURCE_FILE = "model_source.json"  # in the run directory: which code built the model, and its hash
 
 
 def is_user_code(name: str) -> bool:
-    """`file.py:Class` or `package.module:Class`: a name that imports code (built-in names have no ':')."""
-    return ":" in name
+    """`file.py:Class` or `package.module:Class`: a name that imports code. Built-in names have no
+    ':', and zoo names (`timm:NAME`, `torchvision:NAME`) build from an installed library."""
+    return ":" in name and not is_zoo(name)
 
 
 def code_file(spec: str) -> Path | None:

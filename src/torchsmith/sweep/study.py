@@ -23,6 +23,7 @@ import math
 import os
 import socket
 import sys
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,15 +101,7 @@ def open_study(plan: SweepPlan) -> Any:
     }
     engine = {"connect_args": {"timeout": 60}} if plan.storage.startswith("sqlite") else None
     plan.folder.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.8; we rely on them
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = optuna.storages.RDBStorage(
-            plan.storage,
-            engine_kwargs=engine,
-            heartbeat_interval=HEARTBEAT_S,
-            grace_period=GRACE_S,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
-        )
+    storage = _open_storage(plan.storage, engine)
     sampler, pruner = samplers[plan.sampler](), pruners[plan.pruner]()
     direction = optuna.study.StudyDirection[plan.direction.upper()]
     try:  # the process that creates the study queues the base trial; the others join it
@@ -119,6 +112,30 @@ def open_study(plan: SweepPlan) -> Any:
         return optuna.load_study(storage=storage, study_name=plan.study_name, sampler=sampler, pruner=pruner)
     enqueue_base(study, plan)
     return study
+
+
+def _open_storage(url: str, engine: dict[str, Any] | None) -> Any:
+    """Optuna's RDB storage. Processes that start on one new database at the same moment race to
+    create its tables ("table studies already exists"); the loser retries and finds them made."""
+    import optuna
+    import sqlalchemy.exc
+
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.8; we rely on them
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url,
+                    engine_kwargs=engine,
+                    heartbeat_interval=HEARTBEAT_S,
+                    grace_period=GRACE_S,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
+                )
+        except sqlalchemy.exc.OperationalError:
+            if attempt == 4:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def enqueue_base(study: Any, plan: SweepPlan) -> None:
