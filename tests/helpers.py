@@ -16,6 +16,7 @@ import torch
 import torchsmith
 from torchsmith.callbacks.base import Callback
 from torchsmith.cli.main import main
+from torchsmith.data.memory import ImageTensors
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,3 +63,12 @@ class StepRecorder(Callback):
     def on_step_end(self, trainer: Any) -> None:
         self.steps.append(trainer.state.step)
         self.weights.append({k: v.detach().clone() for k, v in trainer.model.state_dict().items()})
+
+
+def tiny_image_splits() -> tuple[ImageTensors, ImageTensors]:
+    """90 training and 30 validation 8x8 grey images of 3 classes (seeded), with crop-flip."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (120, 1, 8, 8), dtype=torch.uint8, generator=generator)
+    labels = torch.randint(0, 3, (120,), generator=generator)
+    train = ImageTensors(images[:90], labels[:90], [0.5], [0.25], augment="crop-flip", padding=2)
+    return train, ImageTensors(images[90:], labels[90:], [0.5], [0.25])
