@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from helpers import run_cli, run_process
 
-from torchsmith.io.run_lock import RunLock
+from torchsmith.io.run_lock import RunLock, claim_new_run_dir
 
 TRAIN = ["train", "--max-steps", "4", "--checkpoint-every", "2", "--quiet"]
 
@@ -121,3 +121,18 @@ def test_evaluate_reads_a_checkpoint_while_training_replaces_it(
         saver.join()
     assert code == 0, err
     assert "accuracy" in out
+
+
+def test_runs_started_in_the_same_second_get_their_own_default_directories(tmp_path: Path) -> None:
+    base = tmp_path / "runs" / "Net-mnist-20261203-211019"
+    first, second = RunLock(), RunLock()
+    taken = claim_new_run_dir(base, first)
+    other = claim_new_run_dir(base, second)  # the first still holds its lock: the next name
+    assert (taken, other) == (base, base.with_name(base.name + "-2"))
+    first.release()
+    second.release()
+    (base / "config.yaml").parent.mkdir(parents=True)
+    (base / "config.yaml").write_text("a finished run\n")
+    third = RunLock()
+    assert claim_new_run_dir(base, third) == base.with_name(base.name + "-2")  # never into a used one
+    third.release()

@@ -36,7 +36,7 @@ from torchsmith.errors import (
 from torchsmith.io import rank
 from torchsmith.io.checkpoint_format import plain_tensors
 from torchsmith.io.files import save_safetensors, write_json
-from torchsmith.io.run_lock import RunLock, claim_run_dir
+from torchsmith.io.run_lock import RunLock, claim_new_run_dir, claim_run_dir
 from torchsmith.models import trust
 from torchsmith.report.html import write_report
 from torchsmith.report.model_summary import summary as model_summary
@@ -80,8 +80,11 @@ def train_run(
         require_tracker(config.track.backend)  # before any work: the pip command when it is missing
     distributed.setup(config.train)  # under torchrun: join the process group first
     lock = RunLock()  # taken by rank 0 alone, in claim_run_dir
-    folder = Path(config.run_dir) if config.run_dir else default_run_dir(config)
-    run_dir, resume = rank.from_writer(lambda: claim_run_dir(folder, resume, overwrite, lock))
+    if config.run_dir or resume:
+        folder = Path(config.run_dir) if config.run_dir else default_run_dir(config)
+        run_dir, resume = rank.from_writer(lambda: claim_run_dir(folder, resume, overwrite, lock))
+    else:  # a new default name: the next free one if another run took this second's
+        run_dir = rank.from_writer(lambda: claim_new_run_dir(default_run_dir(config), lock))
     try:
         return train_in(config, run_dir, resume=resume, quiet=quiet, callbacks=callbacks)
     finally:

@@ -127,6 +127,23 @@ def claim_run_dir(run_dir: Path, resume: bool, overwrite: bool, lock: RunLock) -
     return run_dir, resume
 
 
+def claim_new_run_dir(base: Path, lock: RunLock, tries: int = 1000) -> Path:
+    """Lock the first free folder of `base`, `base-2`, `base-3`, ...: a default run directory is
+    named by the second it starts, and two runs started in the same second must not collide."""
+    for n in range(1, tries + 1):
+        run_dir = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        if occupied(run_dir):
+            continue
+        try:
+            lock.acquire(run_dir)
+        except RunInUse:
+            continue
+        if not occupied(run_dir):  # nobody wrote into it between the look and the lock
+            return run_dir
+        lock.release()
+    raise UsageError(f"no free run directory among {base} and {tries - 1} numbered after it: name one with --run-dir")
+
+
 def empty_run_dir(run_dir: Path, overwrite: bool) -> None:
     """Refuse a run directory that holds anything, or with `overwrite` delete the run it holds."""
     entries = occupied(run_dir)
