@@ -7,11 +7,14 @@ each batch with one index gather. The hand-written loop is the PyTorch tutorial'
 The Trainer runs with its defaults, the NaN guard included (`--no-guard` turns it off).
 
     python benchmarks/overhead.py --data-dir ../shared/data/mnist --repeats 5
+    python benchmarks/overhead.py --data-dir ../shared/data/mnist --track mlflow   # + MLflow against without
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
+from pathlib import Path
 
 import torch
 from common import DEFAULT_DATA, device_name, interleaved, median, paired_ratio
@@ -77,6 +80,39 @@ def with_trainer(x: torch.Tensor, y: torch.Tensor, epochs: int, guard: bool, mod
     return trainer.state.last_loss
 
 
+def with_tracking(x: torch.Tensor, y: torch.Tensor, epochs: int, folder: Path, mlflow: bool) -> float:
+    """The Trainer with its metrics.csv logger, and with or without MLflow tracking fed from the
+    logger's rows (a SQLite store in `folder`): the cost of `--track mlflow` alone."""
+    from torchsmith.callbacks.metrics_logger import MetricsLogger
+    from torchsmith.callbacks.tracker_backends import MLflowBackend
+    from torchsmith.callbacks.trackers import Tracker
+    from torchsmith.config import RunConfig
+
+    torch.manual_seed(0)
+    model = MODELS["simplenet"]().to(x.device)
+    run_dir = Path(tempfile.mkdtemp(dir=folder))
+    logger = MetricsLogger(run_dir, tensorboard=False)
+    callbacks: list = [logger]
+    if mlflow:
+        backend = MLflowBackend(f"sqlite:///{folder / 'mlflow.db'}", "overhead", run_dir.name)
+        callbacks.append(Tracker(backend, logger, RunConfig(), run_dir, timeout_s=60))
+    trainer = Trainer(
+        model,
+        loss=nn.CrossEntropyLoss(),
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.01),
+        max_epochs=epochs,
+        batch_size=64,
+        progress="none",
+        device=str(x.device),
+        callbacks=callbacks,
+    )
+    trainer.fit((x, y))
+    if mlflow:
+        record = callbacks[-1].finish("completed")
+        assert not record["not_sent"], record
+    return trainer.state.last_loss
+
+
 def with_lightning(x: torch.Tensor, y: torch.Tensor, epochs: int) -> float:
     import lightning as L
     from torch.utils.data import DataLoader, TensorDataset
@@ -115,6 +151,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--no-lightning", action="store_true")
     parser.add_argument("--device", default="cpu", help="cpu or cuda: where all three train (data included)")
+    parser.add_argument(
+        "--track", choices=["mlflow"], default=None, help="also time the Trainer with MLflow tracking against without"
+    )
     args = parser.parse_args()
     x, y = load_mnist(args.data_dir)
     x, y = x.to(args.device), y.to(args.device)
@@ -130,6 +169,10 @@ def main() -> None:
             runners["lightning"] = lambda: with_lightning(x, y, args.epochs)
         except ImportError:
             print("lightning is not installed (pip install lightning): skipping it")
+    folder = Path(tempfile.mkdtemp(prefix="overhead-"))
+    if args.track:
+        runners["trainer-logger"] = lambda: with_tracking(x, y, args.epochs, folder, mlflow=False)
+        runners["trainer-mlflow"] = lambda: with_tracking(x, y, args.epochs, folder, mlflow=True)
     times = interleaved(runners, args.repeats)
     print(
         f"torch {torch.__version__}, {device_name(args.device)}, {args.epochs} epochs, "
@@ -139,6 +182,9 @@ def main() -> None:
     for name, values in times.items():
         ratio = paired_ratio(times, name, "hand-written")
         print(f"{name:18s} median {median(values):7.2f} s   ratio {ratio:.3f}")
+    if args.track:
+        tracking = paired_ratio(times, "trainer-mlflow", "trainer-logger")
+        print(f"tracking cost: trainer-mlflow / trainer-logger (metrics.csv alone) = {tracking:.3f}")
     guard = paired_ratio(times, "trainer", "trainer-no-guard")
     print(f"guard cost: trainer / trainer-no-guard = {guard:.3f}")
     print(f"overhead ratio (trainer / hand-written) = {paired_ratio(times, 'trainer', 'hand-written'):.3f}")

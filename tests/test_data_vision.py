@@ -52,26 +52,26 @@ def test_imagefolder_with_train_and_test(tmp_path) -> None:
     assert bundle.info.class_names == ["class0", "class1", "class2"]
     assert bundle.info.input_shape == (3, 16, 16)
     assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (24, 6, 12)
-    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2
+    assert len(list((tmp_path / "cache").glob("*/meta.json"))) == 2
 
 
 def test_imagefolder_cache_is_used_and_invalidated(tmp_path) -> None:
     root = write_image_tree(tmp_path / "tree", per_class=5)
     first = load_imagefolder(str(root), cache_dir=tmp_path / "cache")
-    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 1
+    assert len(list((tmp_path / "cache").glob("*/meta.json"))) == 1
     again = load_imagefolder(str(root), cache_dir=tmp_path / "cache")
     assert torch.equal(first.train.images, again.train.images)
     from torchvision.io import write_png
 
     write_png(torch.zeros(3, 16, 16, dtype=torch.uint8), str(root / "class0" / "000.png"))
     load_imagefolder(str(root), cache_dir=tmp_path / "cache")
-    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2  # a changed file means a new key
+    assert len(list((tmp_path / "cache").glob("*/meta.json"))) == 2  # a changed file means a new key
 
 
 def test_corrupt_image_names_the_file(tmp_path) -> None:
     root = write_image_tree(tmp_path / "tree", per_class=3)
     (root / "class1" / "001.png").write_bytes(b"not a png at all")
-    with pytest.raises(UsageError, match=r"could not decode image .*class1/001.png"):
+    with pytest.raises(UsageError, match=r"1 of 9 image files .* could not be read.*class1/001.png"):
         load_imagefolder(str(root), cache_dir=tmp_path / "cache")
 
 
@@ -82,6 +82,9 @@ def test_empty_and_missing_folders(tmp_path) -> None:
     with pytest.raises(UsageError, match="no class folders"):
         load_imagefolder(str(tmp_path / "empty"))
     (tmp_path / "empty" / "cats").mkdir()
+    with pytest.raises(UsageError, match="at least two classes"):
+        load_imagefolder(str(tmp_path / "empty"), cache_dir=tmp_path / "cache")
+    (tmp_path / "empty" / "dogs").mkdir()
     with pytest.raises(UsageError, match="no images found"):
         load_imagefolder(str(tmp_path / "empty"), cache_dir=tmp_path / "cache")
 

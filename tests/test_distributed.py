@@ -521,3 +521,29 @@ def test_nccl_group_of_one_gpu_trains_like_a_single_process() -> None:
     for name, value in alone.model.state_dict().items():
         assert torch.allclose(in_group.model.state_dict()[name], value, atol=1e-6)
     assert torch.equal(group_collected[0][1], torch.cat([t for _, t in collected]))
+
+
+@pytest.mark.distributed
+def test_fine_tuning_on_two_processes_matches_one(one_process: Path, tmp_path: Path) -> None:
+    """--init-from and --finetune under DDP: the frozen body is left out of the gradient
+    reduction for the first epoch, then rejoins it (the DDP wrapper is rebuilt at the unfreeze)."""
+    job = [*JOB[JOB.index("--batch-size") :], "--max-steps", "50", "--init-from", str(one_process), "--finetune"]
+    job.remove("--checkpoint-every")
+    job.remove("10")  # a checkpoint at each epoch's end: step 25 is the end of the frozen epoch
+    runs = {}
+    for processes in (1, 2):
+        run_dir = tmp_path / f"p{processes}"
+        command = [sys.executable, "-m", "torchsmith", "train", *job, "--run-dir", str(run_dir)]
+        if processes == 2:
+            command += ["--nproc-per-node", "2", "--rdzv-endpoint", f"localhost:{free_port()}"]
+        done = run(command, tmp_path / f"log{processes}.txt")
+        assert done.returncode == 0, done.stdout
+        runs[processes] = run_dir
+    assert summary(runs[2])["processes"] == 2 and summary(runs[2])["steps"] == 50
+    assert_losses_close(losses(runs[2]), losses(runs[1]))
+    assert_weights_close(weights(runs[2]), weights(runs[1]))
+    source = load_file(str(one_process / "checkpoints" / "best" / "model.safetensors"))
+    frozen = load_file(str(runs[2] / "checkpoints" / "step-000025" / "model.safetensors"))
+    assert torch.equal(frozen["fc1.weight"], source["fc1.weight"])  # the body waited for the head
+    assert not torch.equal(frozen["fc2.weight"], source["fc2.weight"])
+    assert not torch.equal(weights(runs[2])["fc1.weight"], source["fc1.weight"])  # then trained

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_image_splits as data
 from safetensors.torch import load_file
 from torch import nn
 
@@ -19,18 +20,9 @@ from torchsmith import Trainer
 from torchsmith.callbacks.base import Callback
 from torchsmith.callbacks.checkpointer import Checkpointer
 from torchsmith.config import OptimConfig
-from torchsmith.data.memory import ImageTensors
 from torchsmith.data.order import BatchOrder
 
 STEPS_PER_EPOCH = 6  # 90 samples, batch 16 (the last batch holds 10)
-
-
-def data() -> tuple[ImageTensors, ImageTensors]:
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (120, 1, 8, 8), dtype=torch.uint8, generator=generator)
-    labels = torch.randint(0, 3, (120,), generator=generator)
-    train = ImageTensors(images[:90], labels[:90], [0.5], [0.25], augment="crop-flip", padding=2)
-    return train, ImageTensors(images[90:], labels[90:], [0.5], [0.25])
 
 
 def model() -> nn.Module:

@@ -60,3 +60,16 @@ def test_optimizer_methods_are_still_torch_decorated(method: str) -> None:
 
     inner = getattr(torch.optim.Optimizer, method)
     assert inner.__code__.co_freevars == ("fn", "recursive") and hasattr(inner, "__wrapped__")
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["evaluate", "--help"], ["--version"]])
+def test_help_and_version_do_not_import_torch(argv: list[str]) -> None:
+    # The command line must answer --help at once: importing torch alone takes seconds.
+    probe = (
+        "import sys\nfrom torchsmith.cli.main import main\n"
+        f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+        "print('imported:', sorted(m for m in ('torch', 'numpy', 'torchvision') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "imported: []", done.stdout

@@ -50,12 +50,14 @@ API: list[tuple[str, str, list[str]]] = [
     (
         "Text models",
         "torchsmith.models.text",
-        ["CharLSTM", "CharGPT", "generate", "BagOfWords", "TextCNN", "BiLSTMClassifier"],
+        ["LSTMLanguageModel", "GPT", "generate", "BagOfWords", "TextCNN", "BiLSTMClassifier"],
     ),
     ("Models by name", "torchsmith.models.registry", ["build_model", "load_user_class"]),
     ("Data by name", "torchsmith.data.registry", ["load_data"]),
     ("Data containers", "torchsmith.data.bundle", ["DataBundle", "DataInfo", "MemorySource"]),
     ("Text data", "torchsmith.data.text", ["load_textfile", "load_table_dataset", "load_sst2", "encode", "decode"]),
+    ("Tokenizers", "torchsmith.data.tokenizers", ["TokenizerOptions", "build_tokenizer", "tokenizer_from_state"]),
+    ("Unicode", "torchsmith.data.unicode", ["read_utf8", "normalize", "script_profile"]),
     ("Speech data", "torchsmith.data.audio", ["load_fsdd", "load_wavfolder", "AudioOptions", "AudioAugment"]),
     (
         "Checkpoint files",

@@ -6,30 +6,41 @@ import platform
 import re
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 from torchsmith._version import __version__
+from torchsmith.after.transfer import start_model
 from torchsmith.callbacks.base import Callback
 from torchsmith.callbacks.checkpointer import Checkpointer
 from torchsmith.callbacks.early_stopping import EarlyStopping
 from torchsmith.callbacks.metrics_logger import MetricsLogger
 from torchsmith.callbacks.signals import StopOnSignal
+from torchsmith.callbacks.trackers import Tracker, make_tracker
+from torchsmith.callbacks.trackers import require as require_tracker
 from torchsmith.config import RunConfig, save_yaml
 from torchsmith.data.bundle import DataBundle
 from torchsmith.data.registry import load_data
-from torchsmith.errors import Interrupted, TorchsmithError, TrainingFailure, UsageError, signal_exit_code
+from torchsmith.errors import (
+    Interrupted,
+    TorchsmithError,
+    TrainingFailure,
+    UsageError,
+    signal_exit_code,
+)
 from torchsmith.io import rank
 from torchsmith.io.checkpoint_format import plain_tensors
-from torchsmith.io.files import write_json
-from torchsmith.models.registry import build_model
+from torchsmith.io.files import save_safetensors, write_json
+from torchsmith.io.run_lock import RunLock, claim_new_run_dir, claim_run_dir
+from torchsmith.models import trust
 from torchsmith.report.html import write_report
 from torchsmith.report.model_summary import summary as model_summary
 from torchsmith.report.predictions import most_confident_mistakes, save_predictions
+from torchsmith.report.regression import save_test_regression
 from torchsmith.state import lower_is_better
 from torchsmith.train import distributed
 from torchsmith.train.tasks import task_for_data
@@ -49,58 +60,106 @@ def default_run_dir(config: RunConfig) -> Path:
     return Path("runs") / f"{model}-{data}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def train_run(config: RunConfig, *, quiet: bool = False, resume: bool = False) -> RunResult:
+def train_run(
+    config: RunConfig,
+    *,
+    quiet: bool = False,
+    resume: bool = False,
+    overwrite: bool = False,
+    callbacks: Sequence[Callback] = (),
+) -> RunResult:
     """Train as the config says and write the run directory; returns its summary.
 
-    With `resume`, continue from the newest complete checkpoint in the run directory. Under
-    torchrun every process runs this; rank 0 alone writes the run directory.
+    A run directory holds one run: one that is not empty is refused unless `resume` (continue
+    from its newest complete checkpoint) or `overwrite` (delete the old run first), and a lock
+    held while training refuses a second process. Under torchrun every process runs this; rank 0
+    alone writes the run directory. `callbacks` are added after the built-in ones (a sweep's
+    pruning callback, for one).
     """
+    if config.track.backend != "none":
+        require_tracker(config.track.backend)  # before any work: the pip command when it is missing
     distributed.setup(config.train)  # under torchrun: join the process group first
-    run_dir, resume = rank.from_writer(lambda: resolve_run_dir(config, resume))
+    lock = RunLock()  # taken by rank 0 alone, in claim_run_dir
+    if config.run_dir or resume:
+        folder = Path(config.run_dir) if config.run_dir else default_run_dir(config)
+        run_dir, resume = rank.from_writer(lambda: claim_run_dir(folder, resume, overwrite, lock))
+    else:  # a new default name: the next free one if another run took this second's
+        run_dir = rank.from_writer(lambda: claim_new_run_dir(default_run_dir(config), lock))
+    try:
+        return train_in(config, run_dir, resume=resume, quiet=quiet, callbacks=callbacks)
+    finally:
+        lock.release()
+
+
+def train_in(
+    config: RunConfig, run_dir: Path, *, resume: bool, quiet: bool, callbacks: Sequence[Callback] = ()
+) -> RunResult:
+    """The body of `train_run` once the run directory is claimed."""
     writer = rank.is_writer()
     bundle = load_data(config.data, config.train.seed)
+    if writer and not quiet:
+        report_data_notes(bundle)
+    choice = bundle.info.preprocessing.get("tokenizer_choice")
+    if choice and not quiet and writer:
+        print(f"tokenizer: {choice}", file=sys.stderr)
+    check_monitor(config.train.monitor, bundle)
     torch.manual_seed(config.train.seed)
-    model = build_model(config.model.name, bundle.info, config.model.args)
+    start = start_model(config, bundle)  # the model, with starting weights if asked for
+    model = start.model
     if config.model.init == "whitening":
         whitening_init(model, bundle)
     if quiet:
         config.train.progress = "none"
-    callbacks = make_callbacks(config, run_dir)
+    for line in start.notes if writer and not quiet else ():
+        print(line, file=sys.stderr)
     trainer = Trainer(
         model,
         loss=config.loss,
-        optimizer=config.optim.name,
+        optimizer=start.optimizer or config.optim.name,
         task=task_for_data(bundle.info),
         model_output=config.model.output,
         config=config.train,
         optim=config.optim,
-        callbacks=callbacks,
+        callbacks=[
+            *make_callbacks(config, run_dir, resume=resume),
+            *([start.finetune] if start.finetune else []),
+            *callbacks,
+        ],
     )
     batch = first_batch(trainer, bundle)
-    findings = preflight(trainer, bundle, batch)
+    findings = preflight(trainer, bundle, batch, start.findings)
     config.run_dir = str(run_dir)
     if writer:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_yaml(config, run_dir / "config.yaml")
         write_json(run_dir / "preprocessing.json", info_dict(bundle))
+        if (source := trust.source_record(config.model.name)) is not None:
+            write_json(run_dir / trust.SOURCE_FILE, source)  # the hash replays compare against
         write_model_summary(trainer, batch[0], run_dir, quiet)
     summary = base_summary(config, trainer)
+    if bundle.info.problems:
+        summary["skipped_files"] = bundle.info.problems  # also in doctor.json
     if findings:
         summary["preflight"] = [f.to_dict() for f in findings]
+    if start.report is not None:
+        summary["start"] = start.summary()
     try:
         trainer.fit(bundle.train, bundle.val, resume=resume)
     except TorchsmithError as error:  # NaN guard, checkpoints: under DDP, the same on every rank
         finish(run_dir, trainer, summary, "failed", error=str(error))
+        end_tracking(trainer, run_dir, summary, "failed")
         rank.settle()
         raise
     except Exception as error:  # an error inside the user's model or loss, or a lost process
         finish(run_dir, trainer, summary, "failed", error=f"{type(error).__name__}: {error}")
+        end_tracking(trainer, run_dir, summary, "failed")
         raise TrainingFailure(
             f"training failed at step {trainer.state.step}: {type(error).__name__}: {error}"
         ) from error
     stop_signal = trainer.state.stop_signal  # under DDP: agreed, the same on every rank
     if stop_signal:
         finish(run_dir, trainer, summary, "stopped")
+        end_tracking(trainer, run_dir, summary, "stopped")
         rank.settle()
         rank.shutdown()
         raise Interrupted(stop_signal, signal_exit_code(stop_signal), step=trainer.state.step)
@@ -109,23 +168,35 @@ def train_run(config: RunConfig, *, quiet: bool = False, resume: bool = False) -
     finish(run_dir, trainer, summary, trainer.state.status)
     if writer:
         write_report(run_dir)
+    end_tracking(trainer, run_dir, summary, trainer.state.status)
     rank.settle()
     rank.shutdown()
     return RunResult(run_dir, summary, trainer)
 
 
-def resolve_run_dir(config: RunConfig, resume: bool) -> tuple[Path, bool]:
-    """The run directory, and whether to resume: asked for, or after torchrun restarted the
-    processes of a run that has checkpoints."""
-    run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(config)
-    checkpoints = run_dir / "checkpoints"
-    restarts = rank.restart_count()
-    if not resume and restarts and checkpoints.is_dir() and any(p.is_dir() for p in checkpoints.iterdir()):
-        print(f"restart {restarts}: resuming from the newest complete checkpoint in {run_dir}", file=sys.stderr)
-        resume = True
-    if resume and not checkpoints.is_dir():
-        raise UsageError(f"--resume: {run_dir} has no checkpoints/ folder; name the run with --run-dir")
-    return run_dir, resume
+def report_data_notes(bundle: DataBundle) -> None:
+    """What the data reader decided or skipped: the size it chose, the files it could not read."""
+    preprocessing, problems = bundle.info.preprocessing, bundle.info.problems
+    if preprocessing.get("size_note"):
+        print(f"note: {preprocessing['size_note']}", file=sys.stderr)
+    if problems:
+        shown = ", ".join(Path(p["file"]).name for p in problems[:3])
+        print(
+            f"warning: skipped {len(problems)} file(s) that could not be read as images ({shown}"
+            f"{', ...' if len(problems) > 3 else ''}); all are listed in doctor.json",
+            file=sys.stderr,
+        )
+
+
+def check_monitor(monitor: str, bundle: DataBundle) -> None:
+    """A val_ metric needs a validation split: said now, not after the first epoch (the Trainer
+    checks that the name is one of the task's metrics)."""
+    if monitor.startswith("val_") and monitor != "val_loss" and bundle.val is None:
+        raise UsageError(
+            f"train.monitor '{monitor}' names no metric this run logs: this data has no validation split "
+            f"(data.val_fraction is 0). Monitor a train_ metric (e.g. --set train.monitor=train_loss) "
+            f"or keep a validation split."
+        )
 
 
 def test_and_save_predictions(trainer: Trainer, bundle: DataBundle, run_dir: Path) -> dict[str, float]:
@@ -133,7 +204,7 @@ def test_and_save_predictions(trainer: Trainer, bundle: DataBundle, run_dir: Pat
     collected: list[tuple[torch.Tensor, torch.Tensor]] = []
     metrics = trainer.evaluate(bundle.test, collect=collected)
     if rank.is_writer() and collected and bundle.info.task == "regression":
-        save_test_regression(run_dir, collected, bundle)
+        save_test_regression(run_dir, collected, bundle.info)
     if not rank.is_writer() or bundle.info.task != "classification" or not collected or collected[0][0].dim() != 2:
         return metrics
     targets = torch.cat([t for _, t in collected])
@@ -153,20 +224,6 @@ def test_and_save_predictions(trainer: Trainer, bundle: DataBundle, run_dir: Pat
     return metrics
 
 
-def save_test_regression(run_dir: Path, collected: list[tuple[torch.Tensor, torch.Tensor]], bundle: DataBundle) -> None:
-    """The test split's predicted and true values, in the target's own units, for the report."""
-    from torchsmith.report.regression import save_regression
-
-    true = torch.cat([t for _, t in collected]).double()
-    predicted = torch.cat([o for o, _ in collected]).double().reshape(true.shape[0], -1)
-    true = true.reshape(true.shape[0], -1)
-    scale = bundle.info.preprocessing.get("task_options") or {}
-    if "mean" in scale:
-        mean, std = torch.tensor(scale["mean"], dtype=torch.float64), torch.tensor(scale["std"], dtype=torch.float64)
-        true, predicted = true * std + mean, predicted * std + mean
-    save_regression(run_dir, true, predicted, bundle.info.class_names)
-
-
 def whitening_init(model: torch.nn.Module, bundle: DataBundle) -> None:
     """Set SpeedNet's first conv from the covariance of the training images' patches."""
     from torchsmith.models.speednet import init_whitening
@@ -184,14 +241,15 @@ def first_batch(trainer: Trainer, bundle: DataBundle) -> tuple[Any, Any]:
     return inputs, targets
 
 
-def preflight(trainer: Trainer, bundle: DataBundle, batch: tuple[Any, Any]) -> list[Any]:
-    """Check one batch before the first step; stop with a clear message when it cannot train."""
+def preflight(trainer: Trainer, bundle: DataBundle, batch: tuple[Any, Any], earlier: Sequence[Any] = ()) -> list[Any]:
+    """Check one batch before the first step; stop with a clear message when it cannot train.
+    `earlier`: findings made while building the model (e.g. images far smaller than a backbone's)."""
     from torchsmith.doctor.preflight import preflight as run_preflight
     from torchsmith.doctor.preflight import raise_for_errors
 
     inputs, targets = batch
     trainer.setup(for_training=False)
-    findings = run_preflight(
+    findings = list(earlier) + run_preflight(
         trainer.model,
         trainer.to_device(inputs),
         trainer.to_device(targets),
@@ -215,10 +273,11 @@ def write_model_summary(trainer: Trainer, inputs: Any, run_dir: Path, quiet: boo
         print(table.to_text(short=True), file=sys.stderr)
 
 
-def make_callbacks(config: RunConfig, run_dir: Path) -> list[Callback]:
+def make_callbacks(config: RunConfig, run_dir: Path, resume: bool = False) -> list[Callback]:
     train = config.train
+    logger = MetricsLogger(run_dir)
     callbacks: list[Callback] = [
-        MetricsLogger(run_dir),
+        logger,
         Checkpointer(
             run_dir, config.to_dict(), train.checkpoint_every, train.keep_last, train.monitor, train.keep_best
         ),
@@ -240,7 +299,18 @@ def make_callbacks(config: RunConfig, run_dir: Path) -> list[Callback]:
         callbacks.append(WhitenBiasFreeze(train.freeze_whitening_bias_after))
     if config.train.early_stopping_patience:
         callbacks.append(EarlyStopping(config.train.monitor, config.train.early_stopping_patience))
+    if config.track.backend != "none":
+        callbacks.append(make_tracker(config, logger, run_dir, resume))  # sends the logger's rows
     return callbacks
+
+
+def end_tracking(trainer: Trainer, run_dir: Path, summary: dict[str, Any], status: str) -> None:
+    """Send the run's files to the tracker and record in summary.json what did not arrive."""
+    tracker = next((c for c in trainer.callbacks if isinstance(c, Tracker)), None)
+    record = tracker.finish(status) if tracker is not None else {}
+    if record and rank.is_writer():
+        summary["tracking"] = record
+        write_json(run_dir / "summary.json", summary)
 
 
 def info_dict(bundle: DataBundle) -> dict[str, Any]:
@@ -291,10 +361,12 @@ def finish(run_dir: Path, trainer: Trainer, summary: dict[str, Any], status: str
         summary["skipped_steps"], summary["rollbacks"] = state.skipped_steps, state.rollbacks
     if not rank.is_writer():
         return
-    if state.nan_events or summary.get("preflight"):
-        write_json(run_dir / "doctor.json", {"events": state.nan_events, "preflight": summary.get("preflight", [])})
+    problems = summary.get("skipped_files", [])
+    if state.nan_events or summary.get("preflight") or problems:
+        doctor = {"events": state.nan_events, "preflight": summary.get("preflight", [])}
+        write_json(run_dir / "doctor.json", {**doctor, **({"skipped_files": problems} if problems else {})})
     if status != "failed":
-        save_file(plain_tensors(trainer.model.state_dict()), str(run_dir / "model.safetensors"))
+        save_safetensors(plain_tensors(trainer.model.state_dict()), run_dir / "model.safetensors")  # atomic
     write_json(run_dir / "summary.json", summary)
 
 
@@ -320,6 +392,8 @@ def result_line(summary: dict[str, Any]) -> str:
         parts.append(f"loss {metrics['loss']:.4f} ")
     if "perplexity" in metrics:
         parts.append(f"perplexity {metrics['perplexity']:.3f} ")
+    if "bits_per_char" in metrics:
+        parts.append(f"bits/char {metrics['bits_per_char']:.4f} ")
     tail = f"({summary['epochs']} epochs, {summary['train_time_s']:.1f} s)"
     if summary["status"] != "completed":
         tail += f"  [{summary['status']}]"

@@ -8,6 +8,7 @@ close-match suggestion for unknown keys.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import types
 import typing
@@ -17,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from torchsmith.errors import UsageError, did_you_mean
+from torchsmith.errors import UsageError, did_you_mean, short
 
 TTA_MODES = ("none", "flip", "flip-translate")  # test-time augmentation (train.tta)
 TASK_NAMES = (
@@ -36,6 +37,10 @@ class ModelConfig:
     # which part of a dict / ModelOutput / tuple the model returns is the prediction (default:
     # "logits", else the first element); a returned "loss" is used as the loss
     output: str | None = None
+    # Starting weights: true = the zoo library's own (timm:NAME, torchvision:NAME), or a file
+    # (.safetensors; .pth/.pt load with weights_only=True). False: the model's own initialisation.
+    pretrained: bool | str = False
+    init_from: str | None = None  # another torchsmith run directory whose weights to start from
 
 
 @dataclass
@@ -46,6 +51,15 @@ class DataConfig:
     split: str | None = None  # e.g. "speaker:theo" to hold one speaker out (speech data)
     augment: str = "none"
     options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FinetuneConfig:
+    """`--finetune`: the new head trains alone first, then everything with per-group learning rates."""
+
+    enabled: bool = False
+    frozen_epochs: int = 1  # epochs with the body frozen (BatchNorm statistics too)
+    lr_decay: float = 0.5  # each layer group below the head trains at this fraction of the one above
 
 
 @dataclass
@@ -118,6 +132,18 @@ def with_options(config: TrainConfig, options: dict[str, Any]) -> TrainConfig:
 
 
 @dataclass
+class TrackConfig:
+    """Where the run is also logged: an experiment tracker (MLflow, Weights & Biases) or none."""
+
+    backend: str = "none"  # none | mlflow | wandb
+    uri: str | None = None  # MLflow: tracking URI (default: MLFLOW_TRACKING_URI, else MLflow's local store)
+    experiment: str = "torchsmith"  # MLflow experiment / W&B project
+    run_name: str | None = None  # default: the run directory's name
+    offline: bool = False  # W&B: write files only, `wandb sync` them later
+    timeout_s: float = 10.0  # the longest the run waits for the tracker at its end
+
+
+@dataclass
 class RunConfig:
     """Everything a run needs; saved as `config.yaml` in the run directory.
 
@@ -131,6 +157,8 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     loss: str = "cross_entropy"
     run_dir: str | None = None
     recipe: str | None = None
@@ -150,7 +178,7 @@ class RunConfig:
 
 def _build(cls: type, values: Any, where: str, errors: list[str]) -> Any:
     if not isinstance(values, dict):
-        errors.append(f"{where} must be a mapping of keys to values, got {values!r}")
+        errors.append(f"{where} must be a mapping of keys to values, got {short(values)}")
         return cls()
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
@@ -158,13 +186,27 @@ def _build(cls: type, values: Any, where: str, errors: list[str]) -> Any:
     for key, value in values.items():
         path = f"{where}.{key}" if where != "config" else str(key)
         if key not in names:
-            hint = did_you_mean(str(key), names) or f" Known keys: {', '.join(names)}."
-            errors.append(f"unknown key '{path}'.{hint}")
+            hint = did_you_mean(str(key), names) or elsewhere(str(key)) or f" Known keys: {', '.join(names)}."
+            errors.append(f"unknown key {short(path)}.{hint}")
         elif dataclasses.is_dataclass(hints[key]):
             kwargs[key] = _build(hints[key], value, path, errors)
         else:
             kwargs[key] = _coerce(value, hints[key], path, errors)
     return cls(**kwargs)
+
+
+# flag names that are not key names: `epochs: 2` at the top level means train.max_epochs
+KEY_ALIASES = {"epochs": "train.max_epochs", "optimizer": "optim.name", "scheduler": "optim.scheduler"}
+
+
+def elsewhere(key: str) -> str:
+    """ " Did you mean 'train.max_epochs'?" for a key written at the wrong level or misspelt there."""
+    keys = dict(KEY_ALIASES)
+    for name, hint in typing.get_type_hints(RunConfig).items():
+        if dataclasses.is_dataclass(hint):
+            keys.update({f.name: f"{name}.{f.name}" for f in dataclasses.fields(hint)})
+    close = difflib.get_close_matches(key, list(keys), n=1)
+    return f" Did you mean '{keys[close[0]]}'?" if close else ""
 
 
 def _coerce(value: Any, hint: Any, path: str, errors: list[str]) -> Any:
@@ -181,7 +223,7 @@ def _coerce(value: Any, hint: Any, path: str, errors: list[str]) -> Any:
         if base in (str, bool, dict) and isinstance(value, base):
             return value
     wanted = " or ".join(getattr(o, "__name__", str(o)) for o in options)
-    errors.append(f"'{path}' must be {wanted}, got {value!r}")
+    errors.append(f"'{path}' must be {wanted}, got {short(value)}")
     return None
 
 
@@ -192,6 +234,7 @@ CHOICES = {
     "optim.scheduler": ("none", "cosine", "onecycle", "linear", "step", "plateau"),
     "train.tta": TTA_MODES,
     "model.init": ("default", "whitening"),
+    "track.backend": ("none", "mlflow", "wandb"),
 }
 
 
@@ -206,6 +249,9 @@ def validate(config: RunConfig) -> list[str]:
         "train.log_every": train.log_every,
         "--accumulate (train.accumulate)": train.accumulate,
         "--keep-best (train.keep_best)": train.keep_best,
+        "--keep-last (train.keep_last)": train.keep_last,
+        "train.ema_every": train.ema_every,
+        "train.nan_check_every": train.nan_check_every,
     }
     for name, value in positive.items():
         if value is not None and value <= 0:
@@ -230,8 +276,17 @@ def validate(config: RunConfig) -> list[str]:
         errors.append(f"train.dist_timeout_s must be positive, got {train.dist_timeout_s}")
     if train.accumulate and train.batch_size and train.accumulate > train.batch_size:
         errors.append(f"--accumulate ({train.accumulate}) cannot exceed --batch-size ({train.batch_size})")
+    finetune = config.finetune
+    if finetune.frozen_epochs is not None and finetune.frozen_epochs < 0:
+        errors.append(f"finetune.frozen_epochs must be >= 0, got {finetune.frozen_epochs}")
+    if finetune.lr_decay is not None and not 0 < finetune.lr_decay <= 1:
+        errors.append(f"finetune.lr_decay must be in (0, 1], got {finetune.lr_decay}")
+    if config.model.pretrained is not False and config.model.init_from:
+        errors.append("--pretrained and --init-from both give starting weights: choose one")
     if train.clip_grad_norm is not None and train.clip_grad_norm <= 0:
         errors.append(f"--clip-grad-norm must be positive, got {train.clip_grad_norm}")
+    if config.track.timeout_s is not None and config.track.timeout_s <= 0:
+        errors.append(f"track.timeout_s must be positive, got {config.track.timeout_s}")
     for key, allowed in CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(config, section), name)
@@ -266,8 +321,14 @@ def parse_set(assignments: list[str]) -> dict[str, Any]:
             value = raw
         node = result
         parts = key.strip().split(".")
-        for part in parts[:-1]:
+        for depth, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                section = ".".join(parts[: depth + 1])
+                raise UsageError(
+                    f"--set {item} conflicts with an earlier --set {section}={short(node)}: {section} is a "
+                    f"section of keys, not a value. Drop --set {section}=..., or set its keys one by one."
+                )
         node[parts[-1]] = value
     return result
 
@@ -290,6 +351,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise UsageError(f"config file {path} does not exist")
     try:
         values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise UsageError(
+            f"config file {path} is not UTF-8 text (byte {error.object[error.start]:#04x} at position "
+            f"{error.start}); save it as UTF-8"
+        ) from None
     except yaml.YAMLError as error:
         raise UsageError(f"{path} is not a valid torchsmith config: {error}") from None
     if values is None:

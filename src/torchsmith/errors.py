@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import reprlib
 import signal
 from collections.abc import Iterable
 
@@ -32,6 +33,22 @@ class Interrupted(TorchsmithError):
         at = f" at step {step}" if step is not None else ""
         super().__init__(f"interrupted by {signal_name}{at}; the state was saved")
         self.exit_code = exit_code
+
+
+def short(value: object, limit: int = 80) -> str:
+    """`repr(value)` cut to about `limit` characters, without building the whole text first: a
+    YAML alias bomb (nested lists sharing themselves) has a repr of billions of characters.
+
+    Example:
+        >>> short(list(range(1000)))
+        '[0, 1, 2, 3, 4, 5, ...]'
+    """
+    text = _REPR.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 3, 6, 6, 60, 60
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

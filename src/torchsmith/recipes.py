@@ -97,11 +97,11 @@ RECIPES: dict[str, Recipe] = {
         ),
         Recipe(
             "shakespeare-char",
-            "char-gpt (4 layers, 128 wide, context 128, rotary positions) on Tiny Shakespeare, bf16, "
+            "gpt (4 layers, 128 wide, context 128 characters, rotary positions) on Tiny Shakespeare, bf16, "
             "AdamW (beta2 0.99) lr 3e-3 cosine to 3e-4",
             {
                 "model": {
-                    "name": "char-gpt",
+                    "name": "gpt",
                     "args": {"num_layers": 4, "num_heads": 4, "embed_dim": 128, "positions": "rotary"},
                 },
                 "data": {"name": "tinyshakespeare", "val_fraction": 0.1, "options": {"block_size": 128}},

@@ -108,10 +108,11 @@ def evaluate_run(
     data_dir: str | None = None,
     split: str = "test",
     device: str | None = None,
+    trust_model_code: bool = False,
 ) -> Evaluation:
     """Evaluate a run's weights (best by default, else final) on a split of its data."""
     run = Run.open(run_dir)
-    model, label = run.build_model(checkpoint)
+    model, label = run.build_model(checkpoint, trust_model_code)
     bundle = run.load_data(data, data_dir)
     source = data_split(bundle, split)
     train_config = dataclasses.replace(

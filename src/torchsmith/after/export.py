@@ -76,6 +76,7 @@ def export_run(
     tolerance: float = 1e-4,
     data: str | None = None,
     data_dir: str | None = None,
+    trust_model_code: bool = False,
 ) -> ExportResult:
     """Export a run's model (best checkpoint by default, else final) and check it on real inputs."""
     spec = get_format(format)
@@ -83,7 +84,7 @@ def export_run(
         raise UsageError(f"--tolerance must be positive, got {tolerance}")
     run = Run.open(run_dir)  # a folder that is no run is said before a missing package
     require_packages(spec)
-    model, label = run.build_model(checkpoint)
+    model, label = run.build_model(checkpoint, trust_model_code)
     batches = parity_batches(run, data, data_dir)
     path = Path(output) if output else run.path / "export" / f"model{spec.suffix}"
     path.parent.mkdir(parents=True, exist_ok=True)

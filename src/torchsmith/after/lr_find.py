@@ -19,8 +19,10 @@ import torch
 from torch import nn
 
 from torchsmith.callbacks.base import Callback
+from torchsmith.callbacks.finetune import FineTune
 from torchsmith.config import OptimConfig, RunConfig, TrainConfig
 from torchsmith.errors import UsageError
+from torchsmith.train.optim import optimizer_by_name
 from torchsmith.train.trainer import Trainer
 
 SKIP_START = 5  # the first smoothed points hold too few losses to rank slopes by
@@ -42,12 +44,13 @@ class LRFindResult:
     suggestion: float
     min_loss_lr: float  # where the smoothed loss was lowest
     stop_reason: str  # "max_lr reached", "diverged", "non-finite loss"
+    trained: int = 0  # parameters the sweep trained (with --finetune: the head's)
 
     def to_text(self) -> str:
         return (
             f"lowest smoothed loss {min(self.smoothed):.4f} at lr {self.min_loss_lr:.3g}; {self.stop_reason} "
-            f"after {len(self.lrs)} steps\nsuggested lr {self.suggestion:.3g}  "
-            f"(steepest descent of the smoothed loss)"
+            f"after {len(self.lrs)} steps over {self.trained:,} trainable parameters\nsuggested lr "
+            f"{self.suggestion:.3g}  (steepest descent of the smoothed loss)"
         )
 
     def plot(self, path: str | Path) -> Path:
@@ -85,11 +88,14 @@ def lr_find(
     steps: int = 100,
     smoothing: float = 0.9,
     divergence: float = 4.0,
+    finetune: FineTune | None = None,
 ) -> LRFindResult:
     """Run the range test on a deep copy of `model` (the model itself is not changed).
 
     `optim` names the optimizer and its settings (its lr and schedule are ignored);
-    `config` gives batch size, seed, device and precision.
+    `config` gives batch size, seed, device and precision. With `finetune`, the test runs on
+    what trains first: the head alone while the body is frozen (the LR is the head's; each
+    layer group keeps its share of it when nothing is frozen).
     """
     _check_range(min_lr, max_lr, steps, smoothing)
     optim = dataclasses.replace(
@@ -110,7 +116,21 @@ def lr_find(
         [min_lr * (max_lr / min_lr) ** (step / (steps - 1)) for step in range(steps)], smoothing, divergence
     )
     torch.manual_seed(config.seed)  # the model copy's lazily built parts, if any
-    trainer = Trainer(copy.deepcopy(model), loss=loss, task=task, config=config, optim=optim, callbacks=[sweep])
+    model = copy.deepcopy(model)
+    optimizer: Any = None
+    callbacks: list[Callback] = [sweep]
+    if finetune is not None:
+        # A new FineTune finds the body's parameters in the copy; what trains first stays so
+        # through the whole sweep, and each layer group keeps its share of the swept LR.
+        frozen = steps + 1 if finetune.frozen_epochs > 0 else 0
+        finetune = FineTune(finetune.head, frozen, finetune.lr_decay)
+        groups = finetune.param_groups(model, min_lr)
+
+        def optimizer(params: Any) -> torch.optim.Optimizer:
+            return optimizer_by_name(optim.name, groups, optim)
+
+        callbacks.insert(0, finetune)
+    trainer = Trainer(model, loss=loss, optimizer=optimizer, task=task, config=config, optim=optim, callbacks=callbacks)
     trainer.fit(train_data)
     lrs, losses, smoothed, stop_reason = sweep.lrs[: len(sweep.losses)], sweep.losses, sweep.smoothed, sweep.stop_reason
     if len(lrs) < 2 * SKIP_START:
@@ -119,7 +139,8 @@ def lr_find(
             f"(now {min_lr:g}) so the first steps train"
         )
     best = smoothed.index(min(smoothed))
-    return LRFindResult(lrs, losses, smoothed, suggest_lr(lrs, smoothed), lrs[best], stop_reason)
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return LRFindResult(lrs, losses, smoothed, suggest_lr(lrs, smoothed), lrs[best], stop_reason, trained)
 
 
 class _RangeTest(Callback):
@@ -157,7 +178,7 @@ class _RangeTest(Callback):
     @staticmethod
     def _set_lr(trainer: Trainer, lr: float) -> None:
         for group in trainer.optimizer.param_groups if trainer.optimizer else []:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # fine-tuning's layer groups keep their shares
 
 
 def suggest_lr(lrs: list[float], smoothed: list[float]) -> float:
@@ -181,15 +202,16 @@ def suggest_lr(lrs: list[float], smoothed: list[float]) -> float:
 
 
 def lr_find_run(config: RunConfig, *, min_lr: float = 1e-6, max_lr: float = 1.0, steps: int = 100) -> LRFindResult:
-    """The range test for a run's config: its data, a freshly built model, its optimizer."""
+    """The range test for a run's config: its data, its model with the starting weights the
+    config names (--pretrained, --init-from), its optimizer; with --finetune, on the head."""
+    from torchsmith.after.transfer import start_model
     from torchsmith.data.registry import load_data
-    from torchsmith.models.registry import build_model
 
     bundle = load_data(config.data, config.train.seed)
     torch.manual_seed(config.train.seed)
-    model = build_model(config.model.name, bundle.info, config.model.args)
+    start = start_model(config, bundle)
     return lr_find(
-        model,
+        start.model,
         bundle.train,
         loss=config.loss,
         task=bundle.info.task,
@@ -198,6 +220,7 @@ def lr_find_run(config: RunConfig, *, min_lr: float = 1e-6, max_lr: float = 1.0,
         min_lr=min_lr,
         max_lr=max_lr,
         steps=steps,
+        finetune=start.finetune,
     )
 
 

@@ -20,7 +20,9 @@ from torchsmith.after.prediction_kinds import LabelPrediction, ValuePrediction
 from torchsmith.after.preparers import prepare_logmel, prepare_table, prepare_words
 from torchsmith.after.run_dir import Run
 from torchsmith.data.bundle import DataInfo
+from torchsmith.data.image_files import BrokenImage, decode_file, fit_to, read_header
 from torchsmith.data.memory import ImageTensors
+from torchsmith.data.photo_ops import center_crop
 from torchsmith.errors import UsageError
 from torchsmith.train.device import resolve_device
 from torchsmith.train.outputs import OutputSelector
@@ -156,18 +158,24 @@ class Predictor:
 
 
 def load(
-    run_dir: str | Path, checkpoint: CheckpointName | None = None, device: str | torch.device = "cpu"
+    run_dir: str | Path,
+    checkpoint: CheckpointName | None = None,
+    device: str | torch.device = "cpu",
+    *,
+    trust_model_code: bool = False,
 ) -> Predictor:
     """The model of a finished run, ready to predict.
 
     `checkpoint`: "best", "last" (from `checkpoints/`, verified against their manifest) or
     "final" (`model.safetensors`); by default best when the run saved one, else final.
+    A run whose model is user code (`file.py:Class`) is built only with `trust_model_code=True`:
+    importing that file runs it.
 
     Example:
         >>> predictor = torchsmith.load("runs/convnet-mnist", checkpoint="final")  # doctest: +SKIP
     """
     run = Run.open(run_dir)
-    model, label = run.build_model(checkpoint)
+    model, label = run.build_model(checkpoint, trust_model_code)
     target = resolve_device(device) if isinstance(device, str) else device
     return Predictor(model, run, label, target)
 
@@ -185,7 +193,11 @@ def prepare_images(items: list[Any], preprocessing: dict[str, Any], info: DataIn
 
 
 def image_pixels(item: Any, preprocessing: dict[str, Any]) -> torch.Tensor:
-    """One image (a file path or a uint8 tensor) as uint8 (C, H, W) in the run's channels and size."""
+    """One image (a file path or a uint8 tensor) as uint8 (C, H, W) in the run's channels and size.
+
+    Runs that stored images at a `storage` size (any-size folders) get exactly the evaluation
+    transform: shorter side resized (antialiased) to cover the storage size, centre crop to
+    it, then the centre crop of the training size."""
     from torchvision.transforms.v2.functional import resize
 
     channels, size = int(preprocessing["channels"]), [int(v) for v in preprocessing["size"]]
@@ -200,6 +212,9 @@ def image_pixels(item: Any, preprocessing: dict[str, Any]) -> torch.Tensor:
         image = read_image(Path(item), channels)
     else:
         raise UsageError(f"this run takes images: pass PNG/JPEG file paths or uint8 tensors, got {type(item).__name__}")
+    if "storage" in preprocessing:
+        storage = (int(preprocessing["storage"][0]), int(preprocessing["storage"][1]))
+        return center_crop(fit_to(image, storage)[None], (size[0], size[1]))[0]
     if list(image.shape[1:]) != size:
         image = resize(image, size, antialias=True)  # (C, H, W) uint8 at the training size
     return image
@@ -216,17 +231,17 @@ def read_image(path: Path, channels: int) -> torch.Tensor:
         )
     if not path.is_file():
         raise UsageError(f"input '{path}' is not a file: this run takes images, as PNG or JPEG file paths")
-    mode = {1: ImageReadMode.GRAY, 3: ImageReadMode.RGB}.get(channels, ImageReadMode.UNCHANGED)
-    try:
+    if channels not in (1, 3):
+        mode = ImageReadMode.UNCHANGED
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # torchvision's decoders still work
-            image = decode_image(read_file(str(path)), mode=mode)
-    except (RuntimeError, ValueError):
+            return _convert_channels(decode_image(read_file(str(path)), mode=mode), channels)
+    try:  # the training store's reader: any format, EXIF orientation, 16-bit, CMYK
+        return decode_file(str(path), read_header(str(path)), channels)
+    except BrokenImage as error:
         raise UsageError(
-            f"could not decode {path} as an image: it is not a PNG, JPEG, GIF or WebP file, or it "
-            f"is damaged; this run takes PNG or JPEG files"
+            f"could not decode {path} as an image ({error}); pass JPEG, PNG, BMP, GIF, WebP or TIFF files"
         ) from None
-    return _convert_channels(image, channels)
 
 
 def _convert_channels(image: torch.Tensor, channels: int) -> torch.Tensor:

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from torchsmith.data.bundle import DataInfo
+from torchsmith.data.unicode import read_utf8
 from torchsmith.errors import UsageError
 
 
@@ -17,7 +18,7 @@ def expand_text_inputs(items: list[Any]) -> list[str]:
     for item in items:
         path = Path(str(item))
         if str(item).endswith(".txt") and path.is_file():
-            texts += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            texts += [line.strip() for line in read_utf8(path).splitlines() if line.strip()]
         elif isinstance(item, (str, Path)):
             texts.append(str(item))
         else:
@@ -28,11 +29,11 @@ def expand_text_inputs(items: list[Any]) -> list[str]:
 
 
 def prepare_words(items: list[Any], preprocessing: dict[str, Any], info: DataInfo) -> torch.Tensor:
-    """Token ids (N, L) with the run's own tokenizer and length cap, padded with 0
-    ((N, L, P) when the run's tokenizer adds subword pieces)."""
-    from torchsmith.data.text import WordTokenizer
+    """Token ids (N, L) with the run's own tokenizer (words, characters or learned pieces, as
+    saved) and length cap, padded with 0 ((N, L, P) when the tokenizer adds n-gram pieces)."""
+    from torchsmith.data.text import tokenizer_from_state
 
-    tokenizer = WordTokenizer.from_state_dict(preprocessing["tokenizer"])
+    tokenizer = tokenizer_from_state(preprocessing["tokenizer"])
     ids, lengths = tokenizer.encode_batch(expand_text_inputs(items), int(preprocessing["max_len"]))
     return ids[:, : max(1, int(lengths.max()))]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,10 @@ from torchsmith.errors import UsageError
 from torchsmith.io.checkpoint import CheckpointCorrupt, load_checkpoint
 from torchsmith.io.checkpoint_format import WEIGHTS_CHOICES
 from torchsmith.io.files import safe_load_yaml
+from torchsmith.io.run_lock import held_by_other
 
 FINAL_WEIGHTS = "model.safetensors"
+READ_RETRIES, READ_RETRY_S = 20, 0.1  # reading a checkpoint that training is replacing: up to 2 s
 
 
 @dataclass
@@ -103,21 +106,33 @@ class Run:
                 )
             return load_file(str(file)), "final"
         folder = self.path / "checkpoints" / name
-        if not folder.is_dir():
-            raise UsageError(
-                f"run {self.path} has no complete checkpoint '{name}'. Available: {available}; "
-                f"choose one with --checkpoint."
-            )
-        try:
-            loaded = load_checkpoint(folder)  # verifies the manifest; training state is not used here
-        except CheckpointCorrupt as error:
-            raise CheckpointCorrupt(f"{error} Choose another with --checkpoint (available: {available}).") from None
-        return loaded.model_state, f"{name} (step {loaded.step})"
+        for attempt in range(READ_RETRIES + 1):
+            # While training runs here, a save may be replacing this folder: read again shortly.
+            retry = attempt < READ_RETRIES and held_by_other(self.path)
+            if not folder.is_dir() and not retry:
+                raise UsageError(
+                    f"run {self.path} has no complete checkpoint '{name}'. Available: {available}; "
+                    f"choose one with --checkpoint."
+                )
+            try:
+                loaded = load_checkpoint(folder)  # verifies the manifest; training state is not used here
+            except (CheckpointCorrupt, OSError) as error:
+                if retry:
+                    time.sleep(READ_RETRY_S)
+                    continue
+                raise CheckpointCorrupt(f"{error} Choose another with --checkpoint (available: {available}).") from None
+            return loaded.model_state, f"{name} (step {loaded.step})"
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
-    def build_model(self, checkpoint: str | None = None) -> tuple[nn.Module, str]:
-        """The run's model in eval mode on the CPU with the checkpoint's weights loaded."""
+    def build_model(self, checkpoint: str | None = None, trust_model_code: bool = False) -> tuple[nn.Module, str]:
+        """The run's model in eval mode on the CPU with the checkpoint's weights loaded.
+
+        A model from user code (`file.py:Class`) is imported only with `trust_model_code`."""
+        from torchsmith.models import trust
         from torchsmith.models.registry import build_model
 
+        trust.require_trust(self.config.model.name, trust_model_code, f"run {self.path} (config.yaml)")
+        trust.check_recorded_hash(self.config.model.name, self.path)
         state_dict, label = self.load_state_dict(checkpoint)
         model = build_model(self.config.model.name, self.info, self.config.model.args)
         try:
@@ -131,7 +146,7 @@ class Run:
         return model.eval(), label
 
     def load_data(self, name: str | None = None, data_dir: str | None = None) -> DataBundle:
-        """The run's dataset (or `name`), split with the run's seed, normalised as the run was."""
+        """The run's dataset (or `name`), split with the run's seed, normalised and tokenised as the run was."""
         from torchsmith.data.registry import load_data
 
         data_config = self.config.data
@@ -142,6 +157,10 @@ class Run:
                 name=name or data_config.name,
                 dir=data_dir if data_dir is not None else (data_config.dir if same else None),
             )
+        if isinstance(self.preprocessing.get("tokenizer"), dict):
+            # Text reads through the run's own tokenizer: the ids its weights learnt, on any data.
+            options = {**data_config.options, "tokenizer": self.preprocessing["tokenizer"]}
+            data_config = dataclasses.replace(data_config, options=options)
         bundle = load_data(data_config, self.config.train.seed)
         info = bundle.info
         if tuple(info.input_shape) != tuple(self.info.input_shape) or info.num_classes != self.info.num_classes:

@@ -9,6 +9,7 @@ dropout are derived from counters, so restoring the counters restores them.
 from __future__ import annotations
 
 import shutil
+import sys
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,7 +53,10 @@ class Checkpointer(Callback):
         state = trainer.state
         training = trainer.state_dict(all_ranks)
         path = None
-        if rank.is_writer():
+        bad = nonfinite_entries(trainer.model.state_dict()) if rank.is_writer() else []
+        if bad:  # never replace a good checkpoint with poisoned weights or running statistics
+            print(f"warning: checkpoint '{name}' not saved: non-finite values in {', '.join(bad[:5])}", file=sys.stderr)
+        elif rank.is_writer():
             with trainer.inference_weights():  # the weights evaluation uses (a weight average, if kept)
                 path = save_checkpoint(
                     self.folder,
@@ -110,7 +114,7 @@ class Checkpointer(Callback):
         # An immediate exit (second Ctrl-C) must not write anything.
         if isinstance(error, (SystemExit, KeyboardInterrupt)):
             return
-        if trainer.optimizer is not None and all(torch.isfinite(p).all() for p in trainer.model.parameters()):
+        if trainer.optimizer is not None:  # `save` refuses non-finite parameters or buffers
             self.save(trainer, "last", all_ranks=False)
 
     def latest(self) -> Checkpoint:
@@ -125,3 +129,8 @@ class Checkpointer(Callback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best = state["best"]
         self.top = [(float(v), str(n)) for v, n in state.get("top", [])]
+
+
+def nonfinite_entries(state_dict: dict[str, torch.Tensor]) -> list[str]:
+    """The names of floating tensors (parameters and buffers) holding NaN or Inf."""
+    return [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]

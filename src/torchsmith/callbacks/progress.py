@@ -19,7 +19,7 @@ def format_metrics(metrics: dict[str, float], keys: tuple[str, ...]) -> str:
     return "  ".join(parts)
 
 
-EPOCH_KEYS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_perplexity")
+EPOCH_KEYS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_perplexity", "val_bits_per_char")
 
 
 class ProgressPrinter(Callback):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from torchsmith.config import DataConfig, parse_model_args
-from torchsmith.data.bundle import DataInfo
+
+if TYPE_CHECKING:
+    import torch
 
 
 def add_parsers(sub: Any) -> None:
@@ -35,7 +35,9 @@ def add_parsers(sub: Any) -> None:
 
 
 def command_summary(args: argparse.Namespace) -> int:
+    import torch
 
+    from torchsmith.data.bundle import DataInfo
     from torchsmith.models.registry import build_model
     from torchsmith.report.model_summary import parse_shape, summary
 
@@ -76,6 +78,13 @@ def command_doctor(args: argparse.Namespace) -> int:
     from torchsmith.doctor.data_scan import scan_data
     from torchsmith.errors import UsageError
 
+    kind, _, path = args.data.partition(":")
+    if kind in ("imagefolder", "imagecsv") and path:
+        from torchsmith.doctor.image_scan import scan_image_files
+
+        files = image_files_of(kind, path)
+        print(f"{args.data}: files")
+        print(scan_image_files(files).to_text())
     bundle = load_data(DataConfig(name=args.data, dir=args.data_dir), seed=0)
     source = getattr(bundle, args.split)
     if source is None:
@@ -88,9 +97,21 @@ def command_doctor(args: argparse.Namespace) -> int:
     return 1 if report.has_errors else 0
 
 
+def image_files_of(kind: str, path: str) -> list[str]:
+    """The image files an imagefolder tree or an imagecsv table names."""
+    from torchsmith.data.image_files import list_image_files
+    from torchsmith.data.image_table import read_table
+
+    if kind == "imagecsv":
+        return read_table(Path(path), {})[0]
+    return list_image_files(Path(path))
+
+
 def split_tensors(source: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
     """All of a split's inputs and targets: raw uint8 images when held, else built batches."""
-    if hasattr(source, "images") and hasattr(source, "labels"):
+    if hasattr(source, "images") and hasattr(source, "labels") and not hasattr(source, "store"):
         return source.images, source.labels
     batches = [source.get_batch(chunk, None, False) for chunk in torch.arange(len(source)).split(4096)]
     return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])

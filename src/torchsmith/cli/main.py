@@ -7,10 +7,10 @@ import sys
 from collections.abc import Sequence
 
 from torchsmith._version import __version__
-from torchsmith.cli import inspect, runs, train
+from torchsmith.cli import inspect, runs, sweep, train
 from torchsmith.errors import TorchsmithError, signal_exit_code
 
-GROUPS = (train, inspect, runs)  # the order of `torchsmith --help`
+GROUPS = (train, inspect, runs, sweep)  # the order of `torchsmith --help`
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,18 +12,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from torchsmith.cli.flags import CHECKPOINT_FLAG
+from torchsmith.cli.flags import CHECKPOINT_FLAG, TRUST_HELP
 from torchsmith.errors import UsageError
 
 
 def add_parsers(sub: Any) -> None:
     """Register evaluate, predict, generate and export on the CLI's subparsers."""
-    generate = sub.add_parser("generate", help="sample text from a character-level language model run")
+    generate = sub.add_parser("generate", help="sample text from a language model run (characters or BPE pieces)")
     generate.add_argument("run_dir", metavar="RUN", help="a run directory written by train")
     generate.add_argument("--prompt", default="\n", help="text to continue (default: a new line)")
-    generate.add_argument("--length", type=int, default=300, help="number of characters to sample")
+    generate.add_argument(
+        "--length", type=int, default=300, help="tokens to sample: characters, or pieces for a BPE model"
+    )
     generate.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (0: greedy)")
-    generate.add_argument("--top-k", type=int, default=None, help="sample only among the k likeliest characters")
+    generate.add_argument("--top-k", type=int, default=None, help="sample only among the k likeliest tokens")
     generate.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same text")
     generate.add_argument("--checkpoint", **CHECKPOINT_FLAG)
     evaluate = sub.add_parser("evaluate", help="loss, accuracy and per-class metrics of a run on a data split")
@@ -50,6 +52,8 @@ def add_parsers(sub: Any) -> None:
     add_export_parser(sub)
     for command in (evaluate, predict):
         command.add_argument("--debug", action="store_true", help="show tracebacks")
+    for command in (evaluate, predict, generate):
+        command.add_argument("--trust-model-code", action="store_true", help=TRUST_HELP)
 
 
 def add_export_parser(sub: Any) -> None:
@@ -62,6 +66,7 @@ def add_export_parser(sub: Any) -> None:
     export.add_argument("--data", default=None, help="dataset for the parity inputs (default: the run's)")
     export.add_argument("--data-dir", default=None, help="folder holding that dataset (default: the run's)")
     export.add_argument("--debug", action="store_true", help="show tracebacks")
+    export.add_argument("--trust-model-code", action="store_true", help=TRUST_HELP)
 
 
 def command_evaluate(args: argparse.Namespace) -> int:
@@ -75,6 +80,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         split=args.split,
         device=args.device,
+        trust_model_code=args.trust_model_code,
     )
     print(result.to_text())
     if args.json:
@@ -91,7 +97,7 @@ def command_predict(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise UsageError(f"--top-k must be a positive integer, got {args.top_k}")
-    predictor = load(args.run_dir, args.checkpoint)
+    predictor = load(args.run_dir, args.checkpoint, trust_model_code=args.trust_model_code)
     rows = predictor.predict(list(args.inputs)).top_k(args.top_k)
     names = list(args.inputs)
     if predictor.preprocessing.get("kind") == "words":
@@ -136,6 +142,7 @@ def command_export(args: argparse.Namespace) -> int:
         tolerance=args.tolerance,
         data=args.data,
         data_dir=args.data_dir,
+        trust_model_code=args.trust_model_code,
     )
     size_mb = result.path.stat().st_size / 2**20
     print(f"exported {result.format} ({result.checkpoint}): {result.path} ({size_mb:.2f} MB)")
@@ -154,7 +161,7 @@ def command_generate(args: argparse.Namespace) -> int:
     from torchsmith.after.generate import generate_text
     from torchsmith.after.predictor import load
 
-    predictor = load(args.run_dir, args.checkpoint)
+    predictor = load(args.run_dir, args.checkpoint, trust_model_code=args.trust_model_code)
     print(generate_text(predictor, args.prompt, args.length, args.temperature, args.top_k, args.seed))
     return 0
 

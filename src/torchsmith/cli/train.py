@@ -18,11 +18,18 @@ def add_parsers(sub: Any) -> None:
     train.add_argument(
         "--resume", action="store_true", help="continue the run in --run-dir from its newest complete checkpoint"
     )
+    train.add_argument(
+        "--overwrite", action="store_true", help="delete the run already in --run-dir and train a new one there"
+    )
     train.add_argument("--quiet", action="store_true", help="no progress output, only the result line")
     train.add_argument("--debug", action="store_true", help="show tracebacks")
     add_launch_arguments(train)
     listing = sub.add_parser("list", help="list built-in models, datasets or recipes")
     listing.add_argument("what", choices=["models", "data", "recipes"])
+    listing.add_argument(
+        "--zoo", choices=["timm", "torchvision"], default=None, help="with models: the names a model zoo builds"
+    )
+    listing.add_argument("--filter", default=None, metavar="PATTERN", help="with --zoo: names matching, e.g. 'resnet*'")
     add_lr_find_parser(sub)
 
 
@@ -46,7 +53,7 @@ def command_train(args: argparse.Namespace) -> int:
     if args.nproc_per_node is not None and not launch.launched():
         run_dir = config.run_dir or str(default_run_dir(config))
         launch.launch(args.argv, args, run_dir, quiet=args.quiet)  # does not return
-    result = train_run(config, quiet=args.quiet, resume=args.resume)
+    result = train_run(config, quiet=args.quiet, resume=args.resume, overwrite=args.overwrite)
     if rank.is_writer():
         print(f"run directory: {result.run_dir}", file=sys.stderr)
         print(result_line(result.summary))
@@ -54,10 +61,22 @@ def command_train(args: argparse.Namespace) -> int:
 
 
 def command_list(args: argparse.Namespace) -> int:
+    if args.zoo is not None:
+        from torchsmith.errors import UsageError
+        from torchsmith.models.zoo import list_names
+
+        if args.what != "models":
+            raise UsageError(f"--zoo lists models: torchsmith list models --zoo {args.zoo}")
+        names = list_names(args.zoo, args.filter)
+        for name in names:
+            print(f"{args.zoo}:{name}")
+        print(f"{len(names)} models; train one with --model {args.zoo}:NAME [--pretrained]", file=sys.stderr)
+        return 0
     if args.what == "models":
-        from torchsmith.models.registry import MODELS
+        from torchsmith.models.registry import ALIASES, MODELS
 
         rows = [(e.name, e.description) for e in MODELS.values()]
+        rows += [(alias, f"the earlier name of {name}") for alias, name in ALIASES.items()]
     elif args.what == "data":
         from torchsmith.data.registry import DATASETS
 

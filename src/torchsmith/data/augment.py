@@ -74,9 +74,23 @@ def cutout(
 _POLICY_HELP = (
     "none, or ops joined by '-': flip, cropN (zero-pad by N and crop back, N defaults to the padding, 4), "
     "translateN (shift by up to N pixels with reflection, default 2), cutoutN (an N x N square per image, "
-    "default 12); e.g. crop-flip, flip-translate, flip-translate4-cutout12"
+    "default 12), rrc (random-resized crop from the stored image, on by default with --image-size), "
+    "center (a centre crop instead), jitterN (brightness, contrast, saturation by up to N%, default 40), "
+    "mixupN and cutmixN (Beta alpha N/100, defaults 20 and 100); e.g. crop-flip, flip-translate4-cutout12, "
+    "rrc-flip-jitter-cutmix"
 )
-_DEFAULT_SIZES = {"translate": 2, "cutout": 12, "flip": 1}
+_DEFAULT_SIZES = {
+    "translate": 2,
+    "cutout": 12,
+    "flip": 1,
+    "rrc": 1,
+    "center": 1,
+    "jitter": 40,
+    "mixup": 20,
+    "cutmix": 100,
+}
+_NO_SIZE = {"flip", "rrc", "center"}
+MIXING = ("mixup", "cutmix")
 
 
 def parse_policy(policy: str, padding: int = 4) -> dict[str, int]:
@@ -90,14 +104,25 @@ def parse_policy(policy: str, padding: int = 4) -> dict[str, int]:
         return {}
     ops: dict[str, int] = {}
     for token in policy.split("-"):
-        match = re.fullmatch(r"(flip|crop|translate|cutout)(\d*)", token)
-        if match is None or match[1] in ops or (match[1] == "flip" and match[2]):
+        match = re.fullmatch(r"(flip|crop|translate|cutout|rrc|center|jitter|mixup|cutmix)(\d*)", token)
+        if match is None or match[1] in ops or (match[1] in _NO_SIZE and match[2]):
             raise UsageError(f"unknown augmentation '{policy}': a policy is {_POLICY_HELP}.")
         default = padding if match[1] == "crop" else _DEFAULT_SIZES[match[1]]
         ops[match[1]] = int(match[2]) if match[2] else default
     if "crop" in ops and "translate" in ops:
         raise UsageError(f"augmentation '{policy}' both crops and translates: pick one of the two.")
+    if "rrc" in ops and "center" in ops:
+        raise UsageError(f"augmentation '{policy}' has both rrc and center: pick one of the two.")
     return ops
+
+
+def ops_for_size(ops: dict[str, int], policy: str, stored: tuple[int, int], size: tuple[int, int]) -> dict[str, int]:
+    """Images stored larger than the training size must be cropped to it: a random-resized crop
+    unless the policy says `center`, plus a flip when no policy was given at all."""
+    if tuple(stored) == tuple(size) or "rrc" in ops or "center" in ops:
+        return ops
+    extra = {"rrc": 1, "flip": 1} if policy == "none" else {"rrc": 1}
+    return {**extra, **ops}
 
 
 def check_policy_fits(ops: dict[str, int], height: int, width: int) -> None:
@@ -124,9 +149,22 @@ def augment_images(
 
 
 def apply_ops(
-    x: torch.Tensor, ops: dict[str, int], generator: torch.Generator | None, fill: torch.Tensor | float = 0
+    x: torch.Tensor,
+    ops: dict[str, int],
+    generator: torch.Generator | None,
+    fill: torch.Tensor | float = 0,
+    size: tuple[int, int] | None = None,
 ) -> torch.Tensor:
-    """`augment_images` with the policy already parsed (the per-batch path of in-memory data)."""
+    """`augment_images` with the policy already parsed (the per-batch path of in-memory data).
+
+    Images stored larger than `size` are brought to it first (rrc or centre crop); mixing
+    ops (mixup, cutmix) need the targets and are left to `torchsmith.data.mixing`."""
+    from torchsmith.data.photo_ops import center_crop, colour_jitter, random_resized_crop
+
+    if size is not None and tuple(x.shape[-2:]) != tuple(size):
+        x = random_resized_crop(x, size, generator) if "rrc" in ops else center_crop(x, size)
+    elif "rrc" in ops:
+        x = random_resized_crop(x, tuple(x.shape[-2:]), generator)  # type: ignore[arg-type]
     if "crop" in ops:
         x = random_crop(x, ops["crop"], generator)
     if "translate" in ops:
@@ -135,6 +173,8 @@ def apply_ops(
         x = translate_batch(x, ops["translate"], generator)
     if "flip" in ops:
         x = random_flip(x, generator)
+    if "jitter" in ops:
+        x = colour_jitter(x, ops["jitter"] / 100, generator)
     if "cutout" in ops:
         x = cutout(x, ops["cutout"], generator, fill)
     return x

@@ -12,8 +12,9 @@ import torch
 class DataInfo:
     """Facts about a dataset that size the model and travel with the run.
 
-    `task` is "classification" (one label per sample) or "sequence" (one target per
-    position, e.g. next-character prediction). For "sequence", `num_classes` is the
+    `task` is "classification" (one label per sample), "multilabel" (several labels per
+    sample, multi-hot targets) or "sequence" (one target per position, e.g.
+    next-character prediction). For "sequence", `num_classes` is the
     vocabulary size. `preprocessing` is JSON-serialisable (normalisation constants,
     vocabulary, audio feature settings) and is saved beside the weights so evaluate,
     predict and export rebuild exactly what training saw.
@@ -29,6 +30,7 @@ class DataInfo:
     class_names: list[str] = field(default_factory=list)
     task: str = "classification"
     preprocessing: dict[str, Any] = field(default_factory=dict)
+    problems: list[dict[str, Any]] = field(default_factory=list)  # e.g. files skipped as unreadable
 
     def __post_init__(self) -> None:
         if not self.class_names and self.task == "classification":

@@ -161,7 +161,8 @@ def make_batches(
             drop_last=_drops_last(len(data), batch_size, train, world_size),
             lengths=lengths,
         )
-        return MemoryBatches(data.to(device), order, train, seed)
+        batches_class = getattr(data, "batches_class", MemoryBatches)  # a mapped store gathers ahead
+        return batches_class(data.to(device), order, train, seed)
     if isinstance(data, Dataset):
         size = len(data)  # type: ignore[arg-type]  # map-style datasets define __len__
         order = BatchOrder(
@@ -188,7 +189,10 @@ def _drops_last(num_samples: int, batch_size: int, train: bool, world_size: int)
 
 def _draws_randomness(source: MemorySource) -> bool:
     # Sources known to build their batches without random draws need not build the global batch.
-    return not isinstance(source, TensorPairs) and getattr(source, "augment", None) != "none"
+    if isinstance(source, TensorPairs):
+        return False
+    ops = getattr(source, "ops", None)  # images: the parsed ops (a larger store adds a random crop)
+    return bool(ops) if ops is not None else getattr(source, "augment", None) != "none"
 
 
 def _rows(order: BatchOrder, value: Any) -> Any:

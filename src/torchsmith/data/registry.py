@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from torchsmith.config import DataConfig
 from torchsmith.data.bundle import DataBundle
-from torchsmith.errors import UsageError, did_you_mean
+from torchsmith.errors import UsageError, did_you_mean, short
 
 if TYPE_CHECKING:
     from torchsmith.data.audio import AudioOptions
@@ -46,12 +46,22 @@ def _cifar10(config: DataConfig, path: str | None, seed: int) -> DataBundle:
 
 
 def _imagefolder(config: DataConfig, path: str | None, seed: int) -> DataBundle:
+    from torchsmith.data.image_store import ImageOptions
     from torchsmith.data.vision import load_imagefolder
 
     folder = path or config.dir
     if not folder:
         raise UsageError("imagefolder needs a path: --data imagefolder:PATH")
-    return load_imagefolder(folder, config.val_fraction, seed, config.augment)
+    options = ImageOptions.from_options(config.options)
+    return load_imagefolder(folder, config.val_fraction, seed, config.augment, options=options)
+
+
+def _imagecsv(config: DataConfig, path: str | None, seed: int) -> DataBundle:
+    from torchsmith.data.image_table import load_imagecsv
+
+    if not path:
+        raise UsageError("imagecsv needs a path: --data imagecsv:labels.csv (columns: image path, label)")
+    return load_imagecsv(path, config.options, val_fraction=config.val_fraction, seed=seed, augment=config.augment)
 
 
 def _audio_options(config: DataConfig, seed: int) -> AudioOptions:
@@ -92,14 +102,30 @@ def _textfile(config: DataConfig, path: str | None, seed: int) -> DataBundle:
     target = path or (f"{config.dir}/input.txt" if config.dir else None)
     if not target:
         raise UsageError("textfile needs a path: --data textfile:PATH (one UTF-8 text file)")
+    options = config.options
     return load_textfile(
-        target, block_size=int(config.options.get("block_size", 128)), val_fraction=config.val_fraction
+        target,
+        block_size=int_option(options, "block_size", 128),
+        val_fraction=config.val_fraction,
+        tokenizer=options.get("tokenizer", "chars"),
+        vocab_size=int_option(options, "vocab_size", 2000),
     )
+
+
+def int_option(options: dict[str, Any], name: str, default: int) -> int:
+    """A positive integer from `data.options`; a UsageError naming the key for anything else."""
+    value = options.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise UsageError(
+            f"data.options.{name} must be a positive integer, got {short(value)}; "
+            f"e.g. --set data.options.{name}={default}"
+        )
+    return value
 
 
 def _table(kind: str) -> Loader:
     def load(config: DataConfig, path: str | None, seed: int) -> DataBundle:
-        from torchsmith.data.text import load_table_dataset, subwords_option
+        from torchsmith.data.text import TokenizerOptions, load_table_dataset
 
         target = path or config.dir
         if not target:
@@ -108,14 +134,12 @@ def _table(kind: str) -> Loader:
         return load_table_dataset(
             target,
             kind=kind,
-            max_len=int(options.get("max_len", 64)),
+            max_len=int_option(options, "max_len", 64),
             val_fraction=config.val_fraction,
             seed=seed,
             text_column=options.get("text_column"),
             label_column=options.get("label_column"),
-            min_freq=int(options.get("min_freq", 1)),
-            max_vocab=options.get("max_vocab"),
-            subwords=subwords_option(options.get("subwords")),
+            tokenizer=TokenizerOptions.from_options(options),
         )
 
     return load
@@ -130,16 +154,16 @@ def _csv_table(config: DataConfig, path: str | None, seed: int) -> DataBundle:
 
 
 def _sst2(config: DataConfig, path: str | None, seed: int) -> DataBundle:
-    from torchsmith.data.text import load_sst2, subwords_option
+    from torchsmith.data.text import TokenizerOptions, load_sst2
 
     if not config.dir:
         raise UsageError("sst2 needs --data-dir: the folder holding GLUE's SST-2 train.tsv and dev.tsv")
     return load_sst2(
         config.dir,
-        max_len=int(config.options.get("max_len", 64)),
+        max_len=int_option(config.options, "max_len", 64),
         val_fraction=config.val_fraction,
         seed=seed,
-        subwords=subwords_option(config.options.get("subwords")),
+        tokenizer=TokenizerOptions.from_options(config.options),
     )
 
 
@@ -154,23 +178,34 @@ DATASETS: dict[str, DataEntry] = {
         DataEntry("cifar10", "CIFAR-10, 50,000 + 10,000 colour images, 3x32x32 (download or image tree)", _cifar10),
         DataEntry(
             "imagefolder",
-            "imagefolder:PATH, one folder per class (with train/ and test/, or split)",
+            "imagefolder:PATH, one folder per class (with train/ and test/, or split); any size (--image-size)",
             _imagefolder,
             takes_path=True,
         ),
         DataEntry(
-            "textfile", "textfile:PATH, one UTF-8 text for character-level language models", _textfile, takes_path=True
+            "imagecsv",
+            "imagecsv:labels.csv, image paths and labels from a table (several labels per row: multi-label)",
+            _imagecsv,
+            takes_path=True,
         ),
-        DataEntry("tinyshakespeare", "Tiny Shakespeare (--data-dir holds input.txt), character level", _textfile),
+        DataEntry(
+            "textfile",
+            "textfile:PATH, one UTF-8 text for language models: characters, or tokenizer=bpe",
+            _textfile,
+            takes_path=True,
+        ),
+        DataEntry(
+            "tinyshakespeare", "Tiny Shakespeare (--data-dir holds input.txt): characters, or tokenizer=bpe", _textfile
+        ),
         DataEntry(
             "tsv",
-            "tsv:PATH, text classification from a TSV file or a folder with train/dev files",
+            "tsv:PATH, text classification (any language) from a TSV file or a folder with train/dev files",
             _table("tsv"),
             takes_path=True,
         ),
         DataEntry(
             "csv",
-            "csv:PATH, text classification from a CSV file or a folder with train/dev files",
+            "csv:PATH, text classification (any language) from a CSV file or a folder with train/dev files",
             _table("csv"),
             takes_path=True,
         ),

@@ -1,21 +1,25 @@
-"""Text data: character windows for language models, word ids for classification.
+"""Text data: token windows for language models, token ids for classification.
 
 Both readers return a `DataBundle` whose splits live in memory on the training device
 and build whole batches themselves (the `MemorySource` protocol):
 
-- `load_textfile`: one plain-text file -> next-character prediction (task "sequence").
+- `load_textfile`: one plain-text file -> next-character (or next-BPE-piece) prediction
+  (task "sequence").
 - `load_table_dataset` / `load_sst2`: TSV/CSV files with a text and a label column ->
-  classification over word ids.
+  classification over token ids (words, characters or learned pieces; `tokenizers`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from torchsmith.data.bundle import DataBundle, DataInfo
+from torchsmith.data.tokenizers import LearnedTokenizer
+from torchsmith.data.unicode import read_utf8
 from torchsmith.errors import UsageError
 
 # ----------------------------------------------------------------- characters
@@ -121,11 +125,18 @@ def load_textfile(
     block_size: int = 128,
     val_fraction: float = 0.1,
     device: str | torch.device = "cpu",
+    tokenizer: str | dict[str, Any] = "chars",
+    vocab_size: int = 2000,
 ) -> DataBundle:
-    """Character-level language-model data from one UTF-8 text file.
+    """Language-model data from one UTF-8 text file: next-character or next-token prediction.
 
-    The vocabulary is the sorted set of characters of the whole file; the first
-    `1 - val_fraction` of it is training text, the rest validation (and test).
+    The first `1 - val_fraction` of the text trains, the rest is validation (and test).
+    `tokenizer="chars"`: the vocabulary is the sorted set of characters of the whole file.
+    `tokenizer="bpe"`: a byte-level BPE vocabulary of `vocab_size` pieces learned on the
+    training text (Hugging Face `tokenizers`), which decodes back to the text exactly;
+    `preprocessing["chars_per_token"]` (of the validation text) turns a loss per token
+    into one per character, so runs with different tokenizers compare. A tokenizer's
+    `state_dict` (a run's saved one) is used as it is.
 
     Example:
         >>> bundle = load_textfile("input.txt", block_size=128)  # doctest: +SKIP
@@ -134,45 +145,69 @@ def load_textfile(
     """
     if not 0.0 < val_fraction < 1.0:
         raise UsageError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
-    text = _read_text(Path(path))
-    vocabulary = sorted(set(text))
-    tokens = encode(text, vocabulary)
-    num_train = int(len(tokens) * (1.0 - val_fraction))
-    if min(num_train, len(tokens) - num_train) < block_size + 1:
+    if not isinstance(tokenizer, dict) and tokenizer not in ("chars", "auto", "bpe"):
         raise UsageError(
-            f"{path}: {len(tokens)} characters split {num_train}/{len(tokens) - num_train} "
+            f"a language model takes data.options.tokenizer=chars or bpe (tokens that decode back to the "
+            f"text), got {tokenizer!r}"
+        )
+    text = _read_text(Path(path))
+    num_train = int(len(text) * (1.0 - val_fraction))
+    preprocessing: dict[str, object]
+    if tokenizer == "bpe" or isinstance(tokenizer, dict):
+        if isinstance(tokenizer, dict):
+            learned = LearnedTokenizer.from_state_dict(tokenizer)
+        elif not isinstance(vocab_size, int) or vocab_size < 3:
+            raise UsageError(f"data.options.vocab_size must be a whole number above 2, got {vocab_size!r}")
+        else:
+            learned = _learn_bpe(text[:num_train], vocab_size)
+        parts = (text[:num_train], text[num_train:])
+        splits = [torch.tensor(learned.encode(part), dtype=torch.int64) for part in parts]
+        num_classes = len(learned)
+        preprocessing = {
+            "kind": "tokens",
+            "tokenizer": learned.state_dict(),
+            "block_size": block_size,
+            "chars_per_token": round((len(text) - num_train) / max(len(splits[1]), 1), 6),
+        }
+    else:
+        vocabulary = sorted(set(text))
+        tokens = encode(text, vocabulary)
+        splits = [tokens[:num_train].clone(), tokens[num_train:].clone()]
+        num_classes = len(vocabulary)
+        preprocessing = {"kind": "chars", "vocabulary": vocabulary, "block_size": block_size}
+    if min(len(split) for split in splits) < block_size + 1:
+        raise UsageError(
+            f"{path}: {len(text)} characters split into {len(splits[0])}/{len(splits[1])} tokens "
             f"leave a split shorter than block_size + 1 = {block_size + 1}; "
             "use a smaller block_size, another val_fraction or a longer text"
         )
     # Separate tensors per split: no window can cross the train/validation boundary.
-    train = CharWindows(tokens[:num_train].clone(), block_size).to(device)
-    val = CharWindows(tokens[num_train:].clone(), block_size).to(device)
-    info = DataInfo(
-        modality="text",
-        num_classes=len(vocabulary),
-        input_shape=(block_size,),
-        task="sequence",
-        preprocessing={
-            "kind": "chars",
-            "vocabulary": vocabulary,
-            "block_size": block_size,
-        },
-    )
+    train, val = (CharWindows(split, block_size).to(device) for split in splits)
+    info = DataInfo("text", num_classes, (block_size,), task="sequence", preprocessing=preprocessing)
     return DataBundle(train=train, val=val, test=val, info=info)
+
+
+def _learn_bpe(text: str, vocab_size: int) -> LearnedTokenizer:
+    """Byte-level BPE on the text as written (no normalisation, case kept), fed a line at a time."""
+    return LearnedTokenizer.train(text.splitlines(keepends=True), "bpe", vocab_size, lowercase=False, normalized=False)
 
 
 def _read_text(path: Path) -> str:
     if not path.is_file():
         raise UsageError(f"{path}: no such file; give the path of a UTF-8 text file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise UsageError(f"{path} is not UTF-8 text (byte {error.start}); re-save it as UTF-8") from None
+    # Windows and old Mac line ends read as "\n", as Python's text mode reads them.
+    text = read_utf8(path).replace("\r\n", "\n").replace("\r", "\n")
     if not text:
         raise UsageError(f"{path} is empty")
     return text
 
 
+from torchsmith.data.tokenizers import (  # noqa: E402, F401  (re-exported)
+    TOKENIZERS,
+    TokenizerOptions,
+    build_tokenizer,
+    tokenizer_from_state,
+)
 from torchsmith.data.words import (  # noqa: E402, F401  (re-exported: the text data API)
     LABEL_COLUMNS,
     PAD_ID,

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from torchsmith.data.unicode import NORMAL_FORM, normalize
 from torchsmith.errors import UsageError
 
 PAD_ID = 0
@@ -46,6 +47,17 @@ class Subwords:
         grams = (marked[i : i + n] for n in range(self.min_n, self.max_n + 1) for i in range(len(marked) - n + 1))
         return [offset + zlib.crc32(gram.encode("utf-8")) % self.buckets for gram in islice(grams, self.per_word)]
 
+    def following(self, chars: str, offset: int) -> list[int]:
+        """The n-grams that start at a character, `min_n`..`max_n` long: `chars` is that
+        character and the ones after it (character tokens' bigrams and trigrams).
+
+        Example:
+            >>> Subwords(buckets=1000, min_n=2, max_n=3).following("好看吗", offset=10)  # 好看 好看吗
+            [90, 591]
+        """
+        grams = (chars[:n] for n in range(self.min_n, min(self.max_n, len(chars)) + 1))
+        return [offset + zlib.crc32(gram.encode("utf-8")) % self.buckets for gram in islice(grams, self.per_word)]
+
 
 def subwords_option(value: Any) -> Subwords | None:
     """`data.options.subwords`: 0 or absent (off), a number of buckets, or Subwords' fields."""
@@ -66,28 +78,48 @@ def subwords_option(value: Any) -> Subwords | None:
 
 
 class WordTokenizer:
-    """Lower-cased words and punctuation marks mapped to ids; 0 = <pad>, 1 = <unk>.
+    """Words (or characters) mapped to ids; 0 = <pad>, 1 = <unk>.
 
-    With `subwords`, each token also carries the ids of its hashed character n-grams
-    (`Subwords`): a batch is then (N, L, 1 + per_word), the word id first, 0-padded.
+    `unit="words"`: lower-cased words and punctuation marks; `unit="chars"`: every
+    character but white space, for text written without spaces (Chinese, Japanese,
+    Thai). `normalized=True` reads text through `normalize` (NFKC, then lower case) first;
+    runs saved before it existed lower-case only, and still do.
+
+    With `subwords`, each token also carries the ids of hashed character n-grams
+    (`Subwords`): of the word itself (`<word>`'s pieces) for words, of the characters
+    starting at it (its bigram and trigram) for characters. A batch is then
+    (N, L, 1 + per_word), the token id first, 0-padded.
 
     Example:
         >>> tokenizer = WordTokenizer.build(["A fine film.", "A dull film!"])
         >>> tokenizer.encode("a FINE, film")  # "," never seen in training -> <unk>
         [2, 7, 1, 3]
+        >>> WordTokenizer.build(["很好看", "不好看"], unit="chars").units("好看！")
+        ['好', '看', '！']
     """
 
     # Words (with inner apostrophes: "don't"), clitics ("'s", "n't" stays with its
     # word), and every other non-space character on its own.
     PATTERN = r"\w+(?:'\w+)*|'\w+|[^\w\s]"
+    _REGEX = re.compile(PATTERN)
 
-    def __init__(self, tokens: Sequence[str], subwords: Subwords | None = None) -> None:
+    def __init__(
+        self,
+        tokens: Sequence[str],
+        subwords: Subwords | None = None,
+        *,
+        unit: str = "words",
+        normalized: bool = False,
+    ) -> None:
         if list(tokens[:2]) != ["<pad>", "<unk>"]:
             raise UsageError("a word vocabulary must start with '<pad>', '<unk>'")
+        if unit not in ("words", "chars"):
+            raise UsageError(f"a token unit is 'words' or 'chars', got {unit!r}")
         self.tokens = list(tokens)
         self.index = {token: i for i, token in enumerate(self.tokens)}
         self.subwords = subwords
-        self._regex = re.compile(self.PATTERN)
+        self.unit = unit
+        self.normalized = normalized
 
     @classmethod
     def build(
@@ -96,13 +128,17 @@ class WordTokenizer:
         min_freq: int = 1,
         max_vocab: int | None = None,
         subwords: Subwords | None = None,
+        *,
+        unit: str = "words",
+        normalized: bool = False,
     ) -> WordTokenizer:
-        """Vocabulary of the words seen at least `min_freq` times, most frequent first.
+        """Vocabulary of the tokens seen at least `min_freq` times, most frequent first.
 
         `max_vocab` caps the total size, <pad> and <unk> included. Build it from the
-        training split only, so validation and test words the model never saw map to <unk>.
+        training split only, so validation and test tokens the model never saw map to <unk>.
         """
-        counts = Counter(word for text in texts for word in cls.split(text))
+        reader = cls(["<pad>", "<unk>"], unit=unit, normalized=normalized)
+        counts = Counter(token for text in texts for token in reader.units(text))
         # Most frequent first, ties alphabetical, so the ids do not depend on input order.
         words = sorted(
             (w for w, c in counts.items() if c >= min_freq),
@@ -110,30 +146,36 @@ class WordTokenizer:
         )
         if max_vocab is not None:
             words = words[: max(max_vocab - 2, 0)]
-        return cls(["<pad>", "<unk>", *words], subwords)
+        return cls(["<pad>", "<unk>", *words], subwords, unit=unit, normalized=normalized)
 
     @classmethod
     def split(cls, text: str) -> list[str]:
-        return re.findall(cls.PATTERN, text.lower())
+        """Lower-cased words and punctuation marks (the words unit, without normalisation)."""
+        return cls._REGEX.findall(text.lower())
+
+    def units(self, text: str) -> list[str]:
+        """The tokens of `text` as strings, before they become ids."""
+        text = normalize(text) if self.normalized else text.lower()
+        return self._REGEX.findall(text) if self.unit == "words" else [c for c in text if not c.isspace()]
 
     def __len__(self) -> int:
         return len(self.tokens)
 
     @property
     def num_embeddings(self) -> int:
-        """Rows a model's embedding needs: the words, plus the n-gram buckets with subwords."""
+        """Rows a model's embedding needs: the tokens, plus the n-gram buckets with subwords."""
         return len(self.tokens) + (self.subwords.buckets if self.subwords else 0)
 
     def encode(self, text: str) -> list[int]:
-        return [self.index.get(word, UNK_ID) for word in self._regex.findall(text.lower())]
+        return [self.index.get(unit, UNK_ID) for unit in self.units(text)]
 
     def decode(self, ids: Iterable[int]) -> str:
-        return " ".join(self.tokens[i] for i in ids if i != PAD_ID)
+        return ("" if self.unit == "chars" else " ").join(self.tokens[i] for i in ids if i != PAD_ID)
 
     def encode_batch(self, texts: Sequence[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Padded ids (N, L) int64, L = min(max_len, longest), and lengths (N,) (>= 1).
 
-        With subwords the ids are (N, L, 1 + per_word): each token's word id, then its n-grams."""
+        With subwords the ids are (N, L, 1 + per_word): each token's id, then its n-grams."""
         ids, lengths, pieces = self.encode_compact(texts, max_len)
         return (ids if pieces is None else pieces[ids]), lengths
 
@@ -141,40 +183,60 @@ class WordTokenizer:
         self, texts: Sequence[str], max_len: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """`encode_batch` with subwords kept apart: ids (N, L) index the rows of `pieces` (one
-        row per distinct word, row 0 padding); `pieces[ids]` is the batch. No subwords: None."""
+        row per distinct token and its n-grams, row 0 padding); `pieces[ids]` is the batch.
+        No subwords: None."""
         if self.subwords is None:
             encoded = [self.encode(text)[:max_len] or [UNK_ID] for text in texts]
-            return (*_pad_rows(encoded), None)
+            return (*pad_rows(encoded), None)
         rows: dict[str, int] = {}
-        encoded = [[rows.setdefault(w, len(rows) + 1) for w in self._regex.findall(t.lower())[:max_len]] for t in texts]
+        encoded = [[rows.setdefault(key, len(rows) + 1) for key in self._keys(text, max_len)] for text in texts]
         offset, width = len(self.tokens), 1 + self.subwords.per_word
-        pieces = torch.zeros(len(rows) + 2, width, dtype=torch.int64)
-        pieces[len(rows) + 1, 0] = UNK_ID  # the row of an empty text, which reads as one <unk>
-        for word, row in rows.items():
-            values = [self.index.get(word, UNK_ID), *self.subwords.pieces(word, offset)]
-            pieces[row, : len(values)] = torch.tensor(values)
-        ids, lengths = _pad_rows([row_ids or [len(rows) + 1] for row_ids in encoded])
+        table = [[0] * width for _ in range(len(rows) + 2)]  # one tensor at the end: rows are many
+        table[len(rows) + 1][0] = UNK_ID  # the row of an empty text, which reads as one <unk>
+        for key, row in rows.items():
+            if self.unit == "words":
+                values = [self.index.get(key, UNK_ID), *self.subwords.pieces(key, offset)]
+            else:  # key: the character and the ones after it
+                values = [self.index.get(key[0], UNK_ID), *self.subwords.following(key, offset)]
+            table[row][: len(values)] = values
+        pieces = torch.tensor(table, dtype=torch.int64)
+        ids, lengths = pad_rows([row_ids or [len(rows) + 1] for row_ids in encoded])
         return ids, lengths, pieces
 
+    def _keys(self, text: str, max_len: int) -> list[str]:
+        """What decides a token's row of pieces: the word, or the character with the
+        `max_n - 1` characters after it (its n-grams)."""
+        units = self.units(text)
+        if self.unit == "words":
+            return units[:max_len]
+        assert self.subwords is not None
+        span = self.subwords.max_n
+        return ["".join(units[i : i + span]) for i in range(min(len(units), max_len))]
+
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {
-            "kind": "words",
-            "pattern": self.PATTERN,
-            "lowercase": True,
-            "tokens": self.tokens,
-        }
+        state: dict[str, Any] = {"kind": self.unit}
+        if self.unit == "words":
+            state["pattern"] = self.PATTERN
+        state["lowercase"] = True
+        if self.normalized:
+            state["normalize"] = NORMAL_FORM
+        state["tokens"] = self.tokens
         if self.subwords is not None:
             state["subwords"] = asdict(self.subwords)
         return state
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> WordTokenizer:
-        if state.get("kind") != "words" or state.get("pattern") != cls.PATTERN:
+        kind = state.get("kind")
+        if kind not in ("words", "chars") or (kind == "words" and state.get("pattern") != cls.PATTERN):
             raise UsageError("this tokenizer state was saved by another tokenizer version or kind")
-        return cls(state["tokens"], subwords_option(state.get("subwords")))
+        normalized = state.get("normalize") == NORMAL_FORM
+        if state.get("normalize") not in (None, NORMAL_FORM):
+            raise UsageError(f"unknown text normalisation {state['normalize']!r} in the saved tokenizer")
+        return cls(state["tokens"], subwords_option(state.get("subwords")), unit=kind, normalized=normalized)
 
 
-def _pad_rows(encoded: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_rows(encoded: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows of ids right-padded with 0 into (N, longest) int64, and their lengths (N,)."""
     lengths = torch.tensor([len(ids) for ids in encoded], dtype=torch.int64)
     longest = max((len(ids) for ids in encoded), default=1)

@@ -1,36 +1,29 @@
 """Image datasets: MNIST-style IDX files, CIFAR-10, image-folder trees, the embedded sample.
 
-Every reader decodes once into uint8 tensors (N, C, H, W) held in memory; image folders
-are also cached on disk, keyed by the source files, so later runs skip decoding.
+Every reader decodes once into uint8 tensors (N, C, H, W); image folders go through the
+decoded-once store (`torchsmith.data.image_store`), cached on disk and keyed by the source
+files, so later runs skip decoding, and mapped from disk when larger than memory.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import warnings
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from torchsmith.data.bundle import DataBundle, DataInfo
+from torchsmith.data.image_files import IMAGE_SUFFIXES, list_image_files
+from torchsmith.data.image_sets import LabelledRows, check_classes, fixed_size, image_bundle, open_labelled
+from torchsmith.data.image_store import DEFAULT_CACHE, ImageOptions
 from torchsmith.data.memory import ImageTensors, channel_stats, split_indices
 from torchsmith.errors import UsageError
 
-if TYPE_CHECKING:
-    from torchvision.io import ImageReadMode
-
 T = TypeVar("T")
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
-DEFAULT_CACHE = Path(os.environ.get("TORCHSMITH_CACHE", Path.home() / ".cache" / "torchsmith"))
 
 
 def make_bundle(
@@ -151,9 +144,11 @@ def load_imagefolder(
     augment: str = "none",
     cache_dir: Path | None = None,
     test_fraction: float = 0.1,
+    options: ImageOptions | None = None,
 ) -> DataBundle:
     """A class-per-folder tree; with `train/` and `test/` (and optional `val/`) inside, or one
-    tree split by seed into train/val/test."""
+    tree split by seed into train/val/test. Images of any size and format: see `ImageOptions`."""
+    options = options or ImageOptions(cache_dir=cache_dir)
     root = Path(path)
     if not root.is_dir():
         raise UsageError(
@@ -162,110 +157,40 @@ def load_imagefolder(
         )
     if (root / "train").is_dir():
         classes = class_folders(root / "train")
-        train = read_image_tree(root / "train", classes, cache_dir)
-        test = read_image_tree(root / "test", classes, cache_dir) if (root / "test").is_dir() else None
-        val = read_image_tree(root / "val", classes, cache_dir) if (root / "val").is_dir() else None
-        return make_bundle(train, test, classes, val_fraction=val_fraction, seed=seed, augment=augment, val=val)
-    classes = class_folders(root)
-    images, labels = read_image_tree(root, classes, cache_dir)
-    rest, test_idx = split_indices(len(labels), test_fraction, seed + 1)
-    return make_bundle(
-        (images[rest], labels[rest]),
-        (images[test_idx], labels[test_idx]),
-        classes,
-        val_fraction=val_fraction,
-        seed=seed,
-        augment=augment,
-    )
+        train = read_image_tree(root / "train", classes, options)
+        fixed = fixed_size(options, train)
+        parts = {
+            "train": train,
+            "test": read_image_tree(root / "test", classes, fixed) if (root / "test").is_dir() else None,
+            "val": read_image_tree(root / "val", classes, fixed) if (root / "val").is_dir() else None,
+        }
+    else:
+        classes = class_folders(root)
+        full = read_image_tree(root, classes, options)
+        rest, test_idx = split_indices(len(full.rows), test_fraction, seed + 1)
+        parts = {"train": full.take(rest), "test": full.take(test_idx), "val": None}
+    return image_bundle(parts, classes, options, val_fraction=val_fraction, seed=seed, augment=augment)
 
 
 def class_folders(root: Path) -> list[str]:
+    """The class names: the sub-folders' names (any script), sorted; hidden folders ignored."""
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise UsageError(f"{root} has no class folders: put each class's images in {root}/<class name>/")
+    check_classes(classes, str(root))
     return classes
 
 
-def read_image_tree(root: Path, classes: list[str], cache_dir: Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode every image under root/<class>/ into (N, C, H, W) uint8, cached on disk."""
+def read_image_tree(root: Path, classes: list[str], options: ImageOptions) -> LabelledRows:
+    """Every image under root/<class>/ (recursively), decoded once into the store."""
     files: list[str] = []
     labels: list[int] = []
-    digest = hashlib.sha256()
     for label, name in enumerate(classes):
-        found, stamps = _image_files(root / name)
+        found = list_image_files(root / name) if (root / name).is_dir() else []
         files += found
         labels += [label] * len(found)
-        digest.update("".join(stamps).encode())
     if not files:
         raise UsageError(
             f"no images found under {root} (looked for {sorted(IMAGE_SUFFIXES)} files in {', '.join(classes)})"
         )
-    cache = (cache_dir or DEFAULT_CACHE / "images") / f"{digest.hexdigest()[:24]}.safetensors"
-    if cache.exists():
-        try:
-            cached = load_file(str(cache))
-            return cached["images"], cached["labels"]
-        except Exception:  # a damaged cache is rebuilt, never trusted
-            cache.unlink(missing_ok=True)
-    images = decode_images([Path(f) for f in files])
-    label_tensor = torch.tensor(labels, dtype=torch.int64)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".tmp{os.getpid()}")
-    save_file({"images": images, "labels": label_tensor}, str(tmp))
-    os.replace(tmp, cache)
-    return images, label_tensor
-
-
-def _image_files(folder: Path) -> tuple[list[str], list[str]]:
-    """The image files of one folder, sorted, and a stamp per file (path, size, mtime) for the
-    cache key: a changed, added or removed file gives another key. One directory scan and one
-    stat per file, without a Path object per file (60,000 of them cost half a second)."""
-    if not folder.is_dir():
-        return [], []
-    with os.scandir(folder) as entries:
-        chosen = sorted(
-            (
-                (entry.path, entry)
-                for entry in entries
-                if os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES and not entry.is_dir()
-            ),
-            key=lambda pair: pair[0],
-        )
-    stamps = []
-    for path, entry in chosen:
-        stat = entry.stat()
-        stamps.append(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n")
-    return [path for path, _ in chosen], stamps
-
-
-def decode_images(files: list[Path]) -> torch.Tensor:
-    """Decode files in threads (the decoders release the GIL) into one uint8 tensor."""
-    from torchvision.io import ImageReadMode, decode_image, read_file
-
-    first = _decode_one(files[0], ImageReadMode.UNCHANGED, decode_image, read_file)
-    mode = ImageReadMode.GRAY if first.shape[0] == 1 else ImageReadMode.RGB
-
-    def work(path: Path) -> torch.Tensor:
-        return _decode_one(path, mode, decode_image, read_file)
-
-    with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        # torchvision 0.29 marks its decoders deprecated in favour of torchcodec, which needs
-        # FFmpeg libraries; the decoders still work and need nothing beyond torchvision.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        decoded = list(pool.map(work, files, chunksize=256))
-    shapes = {tuple(t.shape) for t in decoded}
-    if len(shapes) > 1:
-        raise UsageError(
-            f"images under {files[0].parent.parent} have different sizes "
-            f"{sorted(shapes)[:4]}; resize them to one size first"
-        )
-    return torch.stack(decoded)
-
-
-def _decode_one(
-    path: Path, mode: ImageReadMode, decode_image: Callable[..., torch.Tensor], read_file: Callable[[str], Any]
-) -> torch.Tensor:
-    try:
-        return decode_image(read_file(str(path)), mode=mode)
-    except (RuntimeError, ValueError) as error:
-        raise UsageError(f"could not decode image {path}: {error}. Remove or replace the file.") from None
+    return open_labelled(files, torch.tensor(labels, dtype=torch.int64), options, str(root))

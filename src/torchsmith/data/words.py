@@ -1,4 +1,7 @@
-"""Word-level text classification data: TSV/CSV tables and SST-2, tokenized in memory.
+"""Text classification data: TSV/CSV tables and SST-2, tokenized in memory.
+
+Files are read as strict UTF-8 (`torchsmith.data.unicode`); the tokenizer is chosen by
+`TokenizerOptions` (words, characters or a learned subword vocabulary; by default by script).
 
 Token ids live in memory as one padded (N, L) tensor; a batch is trimmed to its longest
 sequence (`TokenBatches`, a `MemorySource`, in `torchsmith.data.tokens`).
@@ -7,16 +10,18 @@ sequence (`TokenBatches`, a `MemorySource`, in `torchsmith.data.tokens`).
 from __future__ import annotations
 
 import csv
+import io
 import re
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
 from torchsmith.data.bundle import DataBundle, DataInfo
+from torchsmith.data.tokenizers import TokenizerOptions, build_tokenizer
 from torchsmith.data.tokens import (  # noqa: F401  (PAD_ID, Subwords, subwords_option: re-exported)
     PAD_ID,
     UNK_ID,
@@ -25,6 +30,7 @@ from torchsmith.data.tokens import (  # noqa: F401  (PAD_ID, Subwords, subwords_
     WordTokenizer,
     subwords_option,
 )
+from torchsmith.data.unicode import read_utf8
 from torchsmith.errors import UsageError, did_you_mean
 
 TEXT_COLUMNS = ("sentence", "text", "review")
@@ -72,10 +78,7 @@ def read_table(
     if not path.is_file():
         raise UsageError(f"{path}: no such file; give a TSV or CSV file with a header line")
     delimiter = delimiter or ("," if path.suffix.lower() == ".csv" else "\t")
-    try:
-        rows, skipped = _read_rows(path, delimiter, text_column, label_column)
-    except UnicodeDecodeError:
-        raise UsageError(f"{path} is not UTF-8 text; re-save it as UTF-8") from None
+    rows, skipped = _read_rows(path, delimiter, text_column, label_column)
     if skipped:
         shown = ", ".join(map(str, skipped[:5])) + (", ..." if len(skipped) > 5 else "")
         message = f"{path}: skipped {len(skipped)} rows with empty text (lines {shown})"
@@ -94,7 +97,9 @@ def _read_rows(
     # TSV files (GLUE among them) do not quote; a stray '"' is part of the text.
     quoting: Literal[0, 1, 2, 3] = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     rows, skipped = [], []
-    with path.open(newline="", encoding="utf-8") as file:
+    # Strict UTF-8 (a BOM dropped, another encoding refused naming its line); csv reads
+    # "\r\n" line ends as "\n".
+    with io.StringIO(read_utf8(path), newline="") as file:
         reader = csv.reader(file, delimiter=delimiter, quoting=quoting)
         header = next(reader, None)
         if not header:
@@ -102,7 +107,7 @@ def _read_rows(
             raise UsageError(f"{path} is empty; expected a header line such as {example!r}")
         text_index = _find_column(path, header, text_column, TEXT_COLUMNS, "text")
         label_index = _find_column(path, header, label_column, LABEL_COLUMNS, "label")
-        for row in reader:
+        for row in _checked(reader, path):
             if row and len(row) <= max(text_index, label_index):
                 raise UsageError(
                     f"{path}, line {reader.line_num}: {len(row)} fields, expected "
@@ -113,6 +118,22 @@ def _read_rows(
                 continue
             rows.append((reader.line_num, row[text_index].strip(), row[label_index].strip()))
     return rows, skipped
+
+
+def _checked(reader: Any, path: Path) -> Iterator[list[str]]:
+    """The reader's rows; its errors (a field over the csv module's size limit) as a UsageError."""
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            raise UsageError(
+                f"{path}, line {reader.line_num + 1}: {error} (the csv module's limit is "
+                f"{csv.field_size_limit()} characters). In a CSV file this usually means a quote that is "
+                f"never closed; otherwise shorten that text or split the file."
+            ) from None
+        yield row
 
 
 def _find_column(
@@ -176,9 +197,10 @@ def load_table_dataset(
     seed: int = 0,
     text_column: str | None = None,
     label_column: str | None = None,
-    min_freq: int = 1,
+    min_freq: int | None = None,
     max_vocab: int | None = None,
     subwords: Subwords | None = None,
+    tokenizer: TokenizerOptions | None = None,
 ) -> DataBundle:
     """Text classification data from a TSV/CSV file or a folder of split files.
 
@@ -186,7 +208,9 @@ def load_table_dataset(
     `train.<kind>` and `dev.<kind>` and/or `test.<kind>` (optionally `val.<kind>`):
     dev is the validation split when there is a test file, the test split otherwise;
     with no validation file, `val_fraction` of the training rows is carved out.
-    The vocabulary comes from the training rows only.
+    The tokenizer (`TokenizerOptions`, by default chosen by script; `min_freq`,
+    `max_vocab` and `subwords` override its fields) learns its vocabulary from the
+    training rows only.
 
     Example:
         >>> bundle = load_table_dataset("reviews.csv", kind="csv", max_len=128)  # doctest: +SKIP
@@ -224,10 +248,14 @@ def load_table_dataset(
         device,
         val_fraction=val_fraction,
         seed=seed,
-        min_freq=min_freq,
-        max_vocab=max_vocab,
-        subwords=subwords,
+        tokenizer=tokenizer_fields(tokenizer, min_freq=min_freq, max_vocab=max_vocab, subwords=subwords),
     )
+
+
+def tokenizer_fields(options: TokenizerOptions | None, **fields: Any) -> TokenizerOptions:
+    """`options` (default: chosen by script) with the fields given as arguments (not None) replaced."""
+    given = {name: value for name, value in fields.items() if value is not None}
+    return replace(options or TokenizerOptions(), **given)
 
 
 def load_sst2(
@@ -237,6 +265,7 @@ def load_sst2(
     val_fraction: float = 0.05,
     seed: int = 0,
     subwords: Subwords | None = None,
+    tokenizer: TokenizerOptions | None = None,
 ) -> DataBundle:
     """SST-2 in the GLUE layout: train.tsv -> train + a seeded validation carve, dev.tsv -> test.
 
@@ -253,8 +282,9 @@ def load_sst2(
     test = read_table(data_dir / "dev.tsv", class_names=train.class_names)
     for table in (train, test):
         table.texts = [unescape_ptb(text) for text in table.texts]
+    tokenizer = tokenizer_fields(tokenizer, subwords=subwords)
     bundle = build_word_bundle(
-        train, None, test, max_len, device, val_fraction=val_fraction, seed=seed, subwords=subwords
+        train, None, test, max_len, device, val_fraction=val_fraction, seed=seed, tokenizer=tokenizer
     )
     bundle.info.class_names = ["negative", "positive"]
     return bundle
@@ -287,13 +317,12 @@ def build_word_bundle(
     *,
     val_fraction: float = 0.1,
     seed: int = 0,
-    min_freq: int = 1,
-    max_vocab: int | None = None,
-    subwords: Subwords | None = None,
+    tokenizer: TokenizerOptions | None = None,
 ) -> DataBundle:
     """Tokenize tables into a DataBundle; carve `val` from `train` when it is None
-    (`val_fraction` 0: no validation split, every row trains); `subwords` adds hashed
-    character n-grams to every token."""
+    (`val_fraction` 0: no validation split, every row trains). The tokenizer is built on
+    the training rows as `tokenizer` says (default: chosen by script); the line saying
+    which one is saved as `preprocessing["tokenizer_choice"]`."""
     if max_len < 1:
         raise UsageError(f"max_len must be a positive integer, got {max_len}")
     if val is None and val_fraction != 0.0:
@@ -304,22 +333,25 @@ def build_word_bundle(
         order = torch.randperm(len(train.texts), generator=torch.Generator().manual_seed(seed)).tolist()
         num_val = min(max(1, round(len(order) * val_fraction)), len(order) - 1)
         train, val = train.subset(order[num_val:]), train.subset(order[:num_val])
-    tokenizer = WordTokenizer.build(train.texts, min_freq=min_freq, max_vocab=max_vocab, subwords=subwords)
+    built, choice = build_tokenizer(train.texts, tokenizer or TokenizerOptions())
 
     def split(table: Table | None) -> TokenBatches | None:
         if table is None:
             return None
-        ids, lengths, pieces = tokenizer.encode_compact(table.texts, max_len)
+        ids, lengths, pieces = built.encode_compact(table.texts, max_len)
         return TokenBatches(ids, lengths, torch.tensor(table.labels), pieces, table.texts).to(device)
 
+    subwords = getattr(built, "subwords", None)
     info = DataInfo(
         modality="text",
         num_classes=len(train.class_names),
         input_shape=(max_len,) if subwords is None else (max_len, 1 + subwords.per_word),
         class_names=list(train.class_names),
         preprocessing={
+            # "words": token ids of whole texts for classification, whatever the tokenizer.
             "kind": "words",
-            "tokenizer": tokenizer.state_dict(),
+            "tokenizer": built.state_dict(),
+            "tokenizer_choice": choice,
             "max_len": max_len,
         },
     )

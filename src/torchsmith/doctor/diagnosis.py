@@ -65,9 +65,9 @@ class NanReport:
             f"Found: {_found_text(self)}",
         ]
         lines += [f"  {name:<12}{format_stats(s)}" for name, s in self.stats.items()]
-        if self.positions:
-            mapped = f" = dataset samples {self.samples}" if self.samples else ""
-            lines.append(f"  batch positions {self.positions}{mapped}")
+        if self.positions:  # the first few: a message stays readable when the whole batch is bad
+            mapped = f" = dataset samples {_first(self.samples)}" if self.samples else ""
+            lines.append(f"  batch positions {_first(self.positions)}{mapped}")
         lines.append(f"Cause: {self.cause}")
         lines += [f"  - {line}" for line in self.advice]
         if self.history:
@@ -76,6 +76,10 @@ class NanReport:
             values = (f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items())
             lines.append("  " + "  ".join(values))
         return "\n".join(lines)
+
+
+def _first(values: list[int], shown: int = 10) -> str:
+    return str(values) if len(values) <= shown else f"{values[:shown]} ... ({len(values)} in all)"
 
 
 def _json_safe(value: Any) -> Any:

@@ -13,7 +13,7 @@ from torch import nn
 
 from torchsmith.config import TASK_NAMES
 from torchsmith.doctor.data_scan import out_of_range_rows, tensors_in
-from torchsmith.doctor.nan_replay import LossFn, device_of, state_kept
+from torchsmith.doctor.nan_replay import LossFn, device_of, localize_nonfinite, state_kept
 from torchsmith.doctor.shapes import (
     ShapeTracer,
     explain_batch_change,
@@ -266,5 +266,41 @@ def preflight(
     if any(finding.level == "error" for finding in findings):
         return findings  # a bad label would make the loss fail (a device assert on CUDA)
     with state_kept(model, device, train=True), torch.no_grad():
-        findings += _check_first_loss(model, inputs, targets, loss_fn, num_classes, task)
-    return findings
+        first_loss = _check_first_loss(model, inputs, targets, loss_fn, num_classes, task)
+    if any(f.code == "loss-nonfinite" for f in first_loss):
+        first_loss = [_localized(model, inputs, targets, loss_fn, first_loss[0])]
+    return findings + first_loss
+
+
+def _localized(model: nn.Module, inputs: Any, targets: Any, loss_fn: LossFn, finding: Finding) -> Finding:
+    """A NaN first loss, with the doctor's replay: which layer, what went in, what came out."""
+    report = localize_nonfinite(model, loss_fn, inputs, targets, step=0, epoch=0)
+    if report.stage in ("none", ""):
+        return finding
+    details = report.to_text().split("\n")[1:]  # "Found: ...", stats, cause and advice (no step line)
+    return Finding(
+        "error",
+        finding.code,
+        "The loss on the first batch is not finite before any training step.\n" + "\n".join(details),
+    )
+
+
+def check_input_size(input_shape: Sequence[int], expected: Sequence[int], source: str) -> list[Finding]:
+    """A warning when images are far smaller (under half the height or width) than the size a
+    pretrained backbone learnt its features at.
+
+    Example:
+        >>> check_input_size((3, 32, 32), (3, 224, 224), "timm:resnet18")[0].code
+        'input-small'
+    """
+    height, width = int(input_shape[-2]), int(input_shape[-1])
+    want_height, want_width = int(expected[-2]), int(expected[-1])
+    if 2 * height >= want_height and 2 * width >= want_width:
+        return []
+    message = (
+        f"the images are {height}x{width}, but {source}'s pretrained weights were trained on "
+        f"{want_height}x{want_width} images (its config): the features they learnt are for objects about "
+        f"{max(want_height // max(height, 1), 1)}x larger, so less of them transfers. Resize the images "
+        f"towards {want_height}x{want_width} for the most from the pretrained weights."
+    )
+    return [Finding("warning", "input-small", message)]

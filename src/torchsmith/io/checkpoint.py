@@ -28,6 +28,7 @@ from typing import Any
 import safetensors.torch
 import torch
 import yaml
+from safetensors import SafetensorError
 
 from torchsmith._version import __version__
 from torchsmith.errors import TrainingFailure, UsageError
@@ -56,6 +57,7 @@ from torchsmith.io.files import (
     safe_load_yaml,
     sha256_file,
     write_and_fsync,
+    write_failure,
 )
 
 # The checkpoint API: the format's names are re-exported so one import serves a user.
@@ -117,10 +119,11 @@ def save_checkpoint(
         _write_files(temp, tensors, training_state, texts)
         _publish(temp, final)
         atomic_write_text(checkpoints_dir / LATEST_FILE, name + "\n")
-    except OSError as error:
+    except (OSError, SafetensorError) as error:  # safetensors reports a failed write as its own error
         remove_tree(temp)
+        failure = write_failure(final / MODEL_FILE, error, sum(t.numel() * t.element_size() for t in tensors.values()))
         raise TrainingFailure(
-            f"could not save checkpoint {final}: {error}. The previous checkpoint was left "
+            f"could not save checkpoint {final}: {failure}. The previous checkpoint was left "
             f"as it was; free disk space or fix the permissions of {checkpoints_dir}."
         ) from error
     if keep_last is not None:

@@ -17,10 +17,12 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import posixpath
+import secrets
 import shutil
 import tarfile
 import urllib.error
@@ -40,6 +42,52 @@ class DownloadError(TorchsmithError):
     """A download failed or its content did not match the expected SHA-256 (exit 1)."""
 
     exit_code = 1
+
+
+class DiskFull(TorchsmithError):
+    """A write failed for lack of space (or a file-size limit): exit 1, nothing half-written left."""
+
+    exit_code = 1
+
+
+def write_failure(path: Path, error: BaseException, needed: int) -> TorchsmithError:
+    """The error to raise when writing `needed` bytes to `path` failed. safetensors raises its own
+    SafetensorError (not OSError) on a failed write, so the cause is named here for both."""
+    text = str(error)
+    full = getattr(error, "errno", None) in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) or any(
+        word in text for word in ("No space", "File too large", "Disk quota", "os error 27", "os error 28")
+    )
+    if full:
+        return DiskFull(
+            f"no space left on {path.parent} ({needed} bytes needed) while writing {path.name}: {text}. "
+            f"Free disk space (or raise the file-size limit) and run again; nothing half-written was left."
+        )
+    return TorchsmithError(f"could not write {path}: {text}")
+
+
+def save_safetensors(tensors: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write a safetensors file atomically: a unique temporary file, fsynced, then renamed over
+    `path`. A failed write (a full disk) removes the temporary file, leaves an older `path` as it
+    was, and raises DiskFull naming the bytes needed."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    temp = path.with_name(f".tmp-{path.name}-{os.getpid()}-{secrets.token_hex(4)}")
+    needed = sum(t.numel() * t.element_size() for t in tensors.values())
+    try:
+        save_file(tensors, str(temp))
+        with open(temp, "rb+") as file:  # save_file does not fsync
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    except (OSError, SafetensorError) as error:
+        temp.unlink(missing_ok=True)
+        raise write_failure(path, error, needed) from None
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    return path
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -96,8 +144,9 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
 
 
 def write_json(path: str | os.PathLike[str], data: Any) -> None:
-    """`data` as indented JSON, written atomically (values JSON cannot hold are written as text)."""
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    """`data` as indented UTF-8 JSON, written atomically; text in any script is written as itself
+    (not as \\u escapes), and values JSON cannot hold are written as text."""
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str, ensure_ascii=False) + "\n")
 
 
 def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -18,10 +18,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import torch
 from torch import nn
 
 from torchsmith.data.bundle import DataInfo
 from torchsmith.errors import UsageError, did_you_mean
+from torchsmith.models.zoo import build as zoo_build
+from torchsmith.models.zoo import is_zoo
 
 Builder = Callable[[DataInfo, dict[str, Any]], nn.Module]
 
@@ -81,17 +84,18 @@ def _speednet(info: DataInfo, args: dict[str, Any]) -> nn.Module:
     return SpeedNet(**{"num_classes": info.num_classes, "in_channels": info.input_shape[0], **args})
 
 
-def _char_model(kind: str) -> Builder:
+def _language_model(kind: str) -> Builder:
     def build(info: DataInfo, args: dict[str, Any]) -> nn.Module:
-        from torchsmith.models.text import CharGPT, CharLSTM
+        from torchsmith.models.text import GPT, LSTMLanguageModel
 
-        if info.preprocessing.get("kind") != "chars":
+        if info.preprocessing.get("kind") not in ("chars", "tokens"):
             raise UsageError(
-                f"{kind} is a character-level language model: use it with textfile:PATH or tinyshakespeare data"
+                f"{kind} is a language model (next character or token): use it with textfile:PATH or "
+                "tinyshakespeare data"
             )
-        if kind == "char-gpt":
-            return CharGPT(**{"vocab_size": info.num_classes, "block_size": info.preprocessing["block_size"], **args})
-        return CharLSTM(**{"vocab_size": info.num_classes, **args})
+        if kind == "gpt":
+            return GPT(**{"vocab_size": info.num_classes, "block_size": info.preprocessing["block_size"], **args})
+        return LSTMLanguageModel(**{"vocab_size": info.num_classes, **args})
 
     return build
 
@@ -101,12 +105,19 @@ def _word_model(kind: str) -> Builder:
         from torchsmith.models import text
 
         if info.preprocessing.get("kind") != "words":
-            raise UsageError(f"{kind} classifies word sequences: use it with sst2, tsv:PATH or csv:PATH data")
-        from torchsmith.data.text import WordTokenizer
+            raise UsageError(f"{kind} classifies token sequences: use it with sst2, tsv:PATH or csv:PATH data")
+        from torchsmith.data.text import tokenizer_from_state
 
-        vocab_size = WordTokenizer.from_state_dict(info.preprocessing["tokenizer"]).num_embeddings
+        tokenizer = tokenizer_from_state(info.preprocessing["tokenizer"])
         cls = {"bow": text.BagOfWords, "textcnn": text.TextCNN, "bilstm": text.BiLSTMClassifier}[kind]
-        return cls(**{"vocab_size": vocab_size, "num_classes": info.num_classes, **args})
+        model = cls(**{"vocab_size": tokenizer.num_embeddings, "num_classes": info.num_classes, **args})
+        if info.preprocessing["tokenizer"].get("kind") == "chars" and tokenizer.num_embeddings > len(tokenizer):
+            # A character's bigram and trigram rows start at zero: they then carry only what
+            # training put there, where random rows would drown the character's own vector
+            # (two n-grams to one character) and add noise for n-grams never seen in training.
+            with torch.no_grad():
+                model.embedding.weight[len(tokenizer) :].zero_()
+        return model
 
     return build
 
@@ -120,12 +131,14 @@ MODELS: dict[str, ModelEntry] = {
         ModelEntry("convbn", "small fast conv net: conv-BN-ReLU + max-pool blocks (16/32), one linear layer", _convbn),
         ModelEntry("audiocnn", "conv-BN-ReLU stages over log-mel spectrograms, global average pooling", _audiocnn),
         ModelEntry(
-            "char-lstm", "character-level LSTM language model (embedding, LSTM, linear head)", _char_model("char-lstm")
+            "lstm-lm",
+            "LSTM language model over characters or BPE pieces (embedding, LSTM, linear head)",
+            _language_model("lstm-lm"),
         ),
         ModelEntry(
-            "char-gpt",
-            "small decoder-only transformer, causal self-attention, weight-tied head",
-            _char_model("char-gpt"),
+            "gpt",
+            "small decoder-only transformer over characters or BPE pieces, causal self-attention, weight-tied head",
+            _language_model("gpt"),
         ),
         ModelEntry("bow", "bag of words: mean of word embeddings, then linear", _word_model("bow")),
         ModelEntry(
@@ -137,16 +150,23 @@ MODELS: dict[str, ModelEntry] = {
 }
 
 
+# Earlier names, still read (configs of runs saved with them name them).
+ALIASES = {"char-gpt": "gpt", "char-lstm": "lstm-lm"}
+
+
 def build_model(name: str, info: DataInfo, args: dict[str, Any] | None = None) -> nn.Module:
-    """A built-in model by name, or `file.py:Class` / `package.module:Class` from the user."""
+    """A built-in model by name, a zoo model (`timm:NAME`, `torchvision:NAME`, randomly
+    initialised, its head sized to the classes), or `file.py:Class` / `package.module:Class`."""
     args = dict(args or {})
+    if is_zoo(name):
+        return zoo_build(name, info, args)
     if ":" in name:
         return _construct(load_user_class(name), args, name)
-    entry = MODELS.get(name)
+    entry = MODELS.get(ALIASES.get(name, name))
     if entry is None:
         raise UsageError(
             f"unknown model '{name}'.{did_you_mean(name, MODELS)} Built-in models: {', '.join(sorted(MODELS))}; "
-            f"or name your own class as path/to/file.py:ClassName"
+            f"a zoo model as timm:NAME or torchvision:NAME; or your own class as path/to/file.py:ClassName"
         )
     try:
         return entry.build(info, args)
@@ -157,6 +177,11 @@ def build_model(name: str, info: DataInfo, args: dict[str, Any] | None = None) -
 def load_user_class(spec: str) -> type[nn.Module]:
     """Import `file.py:Class` or `package.module:Class` and return the nn.Module subclass."""
     target, _, class_name = spec.rpartition(":")
+    if not target or not class_name.isidentifier() or target.startswith("."):
+        raise UsageError(
+            f"model '{spec}' is not a file or module name with a class: write path/to/file.py:ClassName "
+            f"or package.module:ClassName (an absolute module name, e.g. my_nets.py:Net or mypkg.nets:Net)"
+        )
     module = _import_file(Path(target)) if target.endswith(".py") else _import_module(target)
     cls = getattr(module, class_name, None)
     if cls is None:
@@ -196,7 +221,7 @@ def _import_file(path: Path) -> ModuleType:
 def _import_module(name: str) -> ModuleType:
     try:
         return importlib.import_module(name)
-    except ImportError as error:
+    except (ImportError, ValueError, TypeError) as error:
         raise UsageError(f"cannot import module '{name}': {error}") from None
 
 

@@ -1,4 +1,4 @@
-"""Text models: character language models and word-id sentence classifiers.
+"""Text models: language models over any token vocabulary and token-id sentence classifiers.
 
 Every model takes one batch of token ids (B, L) int64 as its only forward input, so it
 trains unchanged in a generic loop. Classifiers treat id 0 as padding (at the end of
@@ -50,11 +50,11 @@ class TokenEmbedding(nn.Embedding):
 # ------------------------------------------------------------ language models
 
 
-class CharLSTM(nn.Module):
-    """Stacked LSTM over character embeddings -> next-character logits (B, T, V).
+class LSTMLanguageModel(nn.Module):
+    """Stacked LSTM over token embeddings (characters or learned pieces) -> next-token logits (B, T, V).
 
     Example:
-        >>> model = CharLSTM(vocab_size=65)
+        >>> model = LSTMLanguageModel(vocab_size=65)
         >>> model(torch.zeros(2, 16, dtype=torch.long)).shape
         torch.Size([2, 16, 65])
     """
@@ -151,8 +151,8 @@ def rotate(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(pairs * rotation).flatten(-2).to(x.dtype)
 
 
-class CharGPT(nn.Module):
-    """A small GPT (as in nanoGPT) over characters -> next-character logits (B, T, V).
+class GPT(nn.Module):
+    """A small GPT (as in nanoGPT) over tokens (characters or learned pieces) -> next-token logits (B, T, V).
 
     Token embeddings, positions either learned (`positions="learned"`, nanoGPT) or rotary
     (`positions="rotary"`: queries and keys rotated by position, no position table),
@@ -160,7 +160,7 @@ class CharGPT(nn.Module):
     the token embedding.
 
     Example:
-        >>> model = CharGPT(vocab_size=65, block_size=128, num_layers=4, num_heads=4, embed_dim=128)
+        >>> model = GPT(vocab_size=65, block_size=128, num_layers=4, num_heads=4, embed_dim=128)
         >>> model(torch.zeros(2, 128, dtype=torch.long)).shape
         torch.Size([2, 128, 65])
     """
@@ -211,7 +211,7 @@ class CharGPT(nn.Module):
         time = ids.shape[1]
         if time > self.block_size:
             raise UsageError(
-                f"CharGPT got a sequence of {time} tokens but its block_size is "
+                f"GPT got a sequence of {time} tokens but its block_size is "
                 f"{self.block_size}; crop the input or build the model with a larger block_size"
             )
         x = self.token_embedding(ids)
@@ -224,6 +224,11 @@ class CharGPT(nn.Module):
         for block in self.blocks:
             x = block(x, rotary)  # (B, T, C)
         return self.head(self.norm(x))  # (B, T, V)
+
+
+# The names these models had while they read characters only.
+CharLSTM = LSTMLanguageModel
+CharGPT = GPT
 
 
 @torch.no_grad()

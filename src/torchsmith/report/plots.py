@@ -29,9 +29,10 @@ _LEFT, _RIGHT, _TOP, _BOTTOM = 62, 14, 30, 44  # margins around the plotting are
 _MARKERS_BELOW = 50  # points per series under which each point gets a dot
 
 
-def line_chart_svg(panels: dict[str, list[Series]], x_label: str) -> str:
-    """One row of line charts (title -> series), as a standalone SVG document."""
-    body = [_panel(i * _WIDTH, title, series, x_label) for i, (title, series) in enumerate(panels.items())]
+def line_chart_svg(panels: dict[str, list[Series]], x_label: str, lines: bool = True) -> str:
+    """One row of line charts (title -> series), as a standalone SVG document; `lines=False`
+    draws the points alone (a scatter plot)."""
+    body = [_panel(i * _WIDTH, title, series, x_label, lines) for i, (title, series) in enumerate(panels.items())]
     width = _WIDTH * max(1, len(panels))
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{_HEIGHT}" '
@@ -40,7 +41,7 @@ def line_chart_svg(panels: dict[str, list[Series]], x_label: str) -> str:
     )
 
 
-def _panel(left: int, title: str, series: list[Series], x_label: str) -> str:
+def _panel(left: int, title: str, series: list[Series], x_label: str, lines: bool = True) -> str:
     xs = [x for _, sx, sy in series for x, y in zip(sx, sy, strict=True) if math.isfinite(y)]
     ys = [y for _, _, sy in series for y in sy if math.isfinite(y)]
     x0, x1 = _span(xs)
@@ -68,8 +69,9 @@ def _panel(left: int, title: str, series: list[Series], x_label: str) -> str:
     for index, (label, sx, sy) in enumerate(series):
         colour = PALETTE[index % len(PALETTE)]
         points = [(px(x), py(y)) for x, y in zip(sx, sy, strict=True)]
-        parts.extend(_polylines(points, sy, colour))
-        if len(points) < _MARKERS_BELOW:
+        if lines:
+            parts.extend(_polylines(points, sy, colour))
+        if len(points) < _MARKERS_BELOW or not lines:
             parts.extend(
                 f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="{colour}"/>'
                 for (x, y), value in zip(points, sy, strict=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from torchsmith.data.bundle import DataInfo
 from torchsmith.io.files import read_json
 from torchsmith.report.plots import nice_ticks
 
@@ -104,3 +105,15 @@ def scatter_svg(true: torch.Tensor, predicted: torch.Tensor, name: str) -> str:
         f'font-size="11"><rect width="{_SIZE}" height="{_SIZE}" fill="white"/>'
         f"{frame}{diagonal}{dots}{axes}{labels}</svg>"
     )
+
+
+def save_test_regression(run_dir: Path, collected: list[tuple[torch.Tensor, torch.Tensor]], info: DataInfo) -> None:
+    """The test split's predicted and true values, in the target's own units, for the report."""
+    true = torch.cat([t for _, t in collected]).double()
+    predicted = torch.cat([o for o, _ in collected]).double().reshape(true.shape[0], -1)
+    true = true.reshape(true.shape[0], -1)
+    scale = info.preprocessing.get("task_options") or {}
+    if "mean" in scale:
+        mean, std = torch.tensor(scale["mean"], dtype=torch.float64), torch.tensor(scale["std"], dtype=torch.float64)
+        true, predicted = true * std + mean, predicted * std + mean
+    save_regression(run_dir, true, predicted, info.class_names)

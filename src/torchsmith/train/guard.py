@@ -10,7 +10,7 @@ Trainer applies that verdict, so nothing here writes to the trainer, optimizer o
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -19,7 +19,7 @@ from torch import nn
 from torchsmith.config import TrainConfig
 from torchsmith.doctor.diagnosis import NanReport
 from torchsmith.doctor.nan_replay import localize_nonfinite
-from torchsmith.errors import TrainingFailure
+from torchsmith.errors import TrainingFailure, UsageError
 from torchsmith.state import TrainState
 from torchsmith.train.optim import prime_fused_momentum
 
@@ -69,6 +69,28 @@ class FiniteCheck:
         return False
 
 
+class BufferSnapshot:
+    """A copy of the model's buffers (BatchNorm running statistics) from before a step's forward.
+
+    A non-finite forward updates running statistics before the guard sees the loss, so a
+    refused step must put them back. They cannot be recomputed (NaN destroys the old value),
+    so they are copied: one fused copy per step into tensors allocated once.
+    """
+
+    def __init__(self, buffers: list[torch.Tensor]) -> None:
+        self.buffers = [b for b in buffers if not nn.parameter.is_lazy(b)]
+        self.saved = [b.detach().clone() for b in self.buffers]
+
+    def take(self) -> None:
+        if self.buffers:
+            torch._foreach_copy_(self.saved, self.buffers)
+
+    def restore(self) -> None:
+        if self.buffers:
+            with torch.no_grad():
+                torch._foreach_copy_(self.buffers, self.saved)
+
+
 class NanGuard:
     """The guard's state for one Trainer: its check, its on-device record, its recent losses.
 
@@ -85,14 +107,23 @@ class NanGuard:
         self.on_device = False  # the sync-free mode: a fused optimizer skips flagged steps itself
         self.first_bad_step = torch.full((), -1, dtype=torch.int64)
         self.recent: list[torch.Tensor | None] = [None] * RECENT
+        self.snapshot = BufferSnapshot([])
 
-    def setup(self, params: list[nn.Parameter], device: torch.device, optimizer: Any, scaled: bool = False) -> None:
-        """Point the check at the model's parameters and choose the host or the on-device mode.
+    def setup(
+        self,
+        params: list[nn.Parameter],
+        device: torch.device,
+        optimizer: Any,
+        buffers: Sequence[torch.Tensor] = (),
+        scaled: bool = False,
+    ) -> None:
+        """Point the check at the model's parameters and buffers; choose the host or the on-device mode.
 
         `scaled` (fp16 with a GradScaler): the guard checks the loss alone. Gradients that overflow
         under loss scaling are the scaler's business: it skips that step and lowers the scale, which
         is no NaN event; a non-finite loss is a real one, and the guard acts on it as always."""
         self.check = FiniteCheck([] if scaled else params, device)
+        self.snapshot = BufferSnapshot(list(buffers) if self.config.nan_guard else [])
         self.first_bad_step = torch.full((), -1, dtype=torch.int64, device=device)
         wanted = self.config.nan_guard and self.config.nan_check_every > 1 and not scaled
         # The sync-free guard needs an optimizer that skips flagged steps itself (fused ones).
@@ -101,6 +132,13 @@ class NanGuard:
             and bool(getattr(optimizer, "_step_supports_amp_scaling", False))
             and any(g.get("fused") for g in optimizer.param_groups)
         )
+        if self.on_device and self.config.on_nan != "stop":
+            raise UsageError(
+                f"--on-nan {self.config.on_nan} needs the guard's verdict within the failing step, but "
+                f"train.nan_check_every={self.config.nan_check_every} reads it every "
+                f"{self.config.nan_check_every} steps (the failing batch is gone by then). Use "
+                f"--set train.nan_check_every=1 with --on-nan {self.config.on_nan}, or --on-nan stop."
+            )
         if self.on_device:
             prime_fused_momentum(optimizer)  # a flagged first step is skipped inside the fused kernel
         if wanted and not self.on_device:

@@ -21,6 +21,7 @@ def on_nonfinite(trainer: Trainer, inputs: Any, targets: Any, indices: torch.Ten
     assert trainer.optimizer is not None
     state = trainer.state
     trainer.optimizer.zero_grad(set_to_none=True)
+    trainer.guard.snapshot.restore()  # undo the failing forward's running statistics, before the doctor replays
     trainer.seed_step()  # the failing step's dropout masks
     lr = trainer.optimizer.param_groups[0]["lr"]
     report = trainer.guard.investigate(trainer.model, trainer.output_loss, (inputs, targets, indices), state, lr)

@@ -54,26 +54,31 @@ def build_optimizer(
     return optimizer_by_name(spec or config.name, params, config)
 
 
-def optimizer_by_name(name: str, params: Iterable[nn.Parameter], config: OptimConfig) -> torch.optim.Optimizer:
+def optimizer_by_name(
+    name: str, params: Iterable[nn.Parameter] | Iterable[dict[str, Any]], config: OptimConfig
+) -> torch.optim.Optimizer:
+    """A torch optimizer by name over `params`: parameters, or parameter groups (dicts with
+    "params" and their own "lr", as `FineTune.param_groups` builds)."""
     lr, wd, betas = config.lr, config.weight_decay, (0.9, config.beta2)
-    params = list(params)
+    items: list[Any] = list(params)
+    tensors = [p for item in items for p in (item["params"] if isinstance(item, dict) else [item])]
     # Fused kernels where PyTorch has them (CUDA and CPU): one pass per update (on CUDA the
     # NaN guard can also skip a step on the device); AdamW's is about 3x faster than foreach
     # on a 2-core CPU. Elsewhere foreach: one kernel per group of tensors, not one per tensor.
     fused: _Kernels
-    if all(p.is_cuda or p.device.type == "cpu" for p in params) and name in ("sgd", "adamw", "adam", "adagrad"):
+    if all(p.is_cuda or p.device.type == "cpu" for p in tensors) and name in ("sgd", "adamw", "adam", "adagrad"):
         fused = {"fused": True}
     else:
         fused = {"foreach": True}
     makers: dict[str, Callable[[], torch.optim.Optimizer]] = {
         "sgd": lambda: torch.optim.SGD(
-            params, lr=lr, momentum=config.momentum, nesterov=config.nesterov, weight_decay=wd, **fused
+            items, lr=lr, momentum=config.momentum, nesterov=config.nesterov, weight_decay=wd, **fused
         ),
-        "adamw": lambda: torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=wd, **fused),
-        "adam": lambda: torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=wd, **fused),
-        "adadelta": lambda: torch.optim.Adadelta(params, lr=lr, weight_decay=wd, foreach=True),
-        "rmsprop": lambda: torch.optim.RMSprop(params, lr=lr, weight_decay=wd, momentum=config.momentum, foreach=True),
-        "adagrad": lambda: torch.optim.Adagrad(params, lr=lr, weight_decay=wd, **fused),
+        "adamw": lambda: torch.optim.AdamW(items, lr=lr, betas=betas, weight_decay=wd, **fused),
+        "adam": lambda: torch.optim.Adam(items, lr=lr, betas=betas, weight_decay=wd, **fused),
+        "adadelta": lambda: torch.optim.Adadelta(items, lr=lr, weight_decay=wd, foreach=True),
+        "rmsprop": lambda: torch.optim.RMSprop(items, lr=lr, weight_decay=wd, momentum=config.momentum, foreach=True),
+        "adagrad": lambda: torch.optim.Adagrad(items, lr=lr, weight_decay=wd, **fused),
     }
     if name not in makers:
         raise UsageError(f"unknown optimizer '{name}'.{did_you_mean(name, makers)} Known: {', '.join(makers)}")

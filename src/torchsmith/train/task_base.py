@@ -161,6 +161,9 @@ def configure_metrics(task: Task, metrics: str | Sequence[str], monitor: str) ->
     if metric in task.metric_names and metric not in task.selected:
         task.selected = (*task.selected, metric)
     elif task.metric_names and not task.knows(metric):
-        known = ", ".join(f"{split}_{name}" for name in ("loss", *task.metric_names))
-        hint = did_you_mean(metric, ("loss", *task.metric_names))
-        raise UsageError(f"train.monitor '{monitor}' is no metric of the {task.name} task.{hint} Known: {known}")
+        known = [f"{split}_{name}" for name in ("loss", *task.metric_names)]
+        hint = did_you_mean(monitor, known)
+        raise UsageError(
+            f"train.monitor '{monitor}' is no metric of the {task.name} task.{hint} Known: {', '.join(known)}; "
+            f"e.g. --set train.monitor={known[-1]}"
+        )

@@ -65,8 +65,10 @@ class Classification(Task):
     default_metrics = ("accuracy",)
 
     def hits(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
-        if outputs.dim() != 2 or targets.dim() != 1:
+        if outputs.dim() != 2 or targets.dim() not in (1, 2):
             return None
+        if targets.dim() == 2:  # soft targets (mixup, cutmix): the class with the largest share
+            targets = targets.argmax(dim=1)
         return outputs.argmax(dim=1) == targets
 
     def stats(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -116,9 +118,18 @@ def _confusion_metrics(flat: torch.Tensor, selected: Names[str]) -> dict[str, fl
 
 
 class Sequence(Task):
+    """Next-token prediction. The loss is per token; `chars_per_token` (characters of text per
+    token, 1 for a character model) also gives it per character (`loss_per_char`, nats, and
+    `bits_per_char`), so models over different tokenizers compare on the same text."""
+
     name = "sequence"
-    metric_names = ("accuracy", "perplexity", "bits_per_char")
+    metric_names = ("accuracy", "perplexity", "loss_per_char", "bits_per_char")
     default_metrics = metric_names
+
+    def __init__(self, chars_per_token: float = 1.0) -> None:
+        if not chars_per_token > 0:
+            raise UsageError(f"chars_per_token must be positive, got {chars_per_token}")
+        self.chars_per_token = chars_per_token
 
     def loss_view(self, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1)  # (B*T, V), (B*T,)
@@ -130,10 +141,12 @@ class Sequence(Task):
         return outputs.argmax(dim=-1) == targets
 
     def summarize(self, loss: float, totals: dict[str, Any], count: int) -> dict[str, float]:
+        per_char = loss / self.chars_per_token
         return {
             "loss": loss,
             "perplexity": math.exp(min(loss, 50.0)),
-            "bits_per_char": loss / math.log(2),
+            "loss_per_char": per_char,
+            "bits_per_char": per_char / math.log(2),
             "accuracy": totals.get("correct", 0.0) / max(count, 1),
         }
 
@@ -143,7 +156,9 @@ TASKS: dict[str, type[Task]] = dict(zip(TASK_NAMES, (Classification, Sequence, R
 
 def task_for_data(info: DataInfo) -> Task:
     """The task a dataset names, with its class or output names and its task options (a table's
-    target scaling, which the regression metrics undo)."""
+    target scaling, which the regression metrics undo; a token model's characters per token)."""
+    if info.task == "sequence":
+        return Sequence(float(info.preprocessing.get("chars_per_token", 1.0)))
     return resolve_task(info.task, names=info.class_names, options=info.preprocessing.get("task_options"))
 
 

@@ -1,9 +1,7 @@
-"""The Trainer: fit, evaluate and predict for any nn.Module.
-
-`fit` reads top to bottom; every part of a training iteration is visible in `_train_one`, and
-the one override point for unusual batches is `train_step(model, batch)`. The Trainer owns its
-parts: the NaN guard returns a verdict that `on_nonfinite` (train/nonfinite.py) applies, and a checkpoint reads and
-restores the training state only through `state_dict` / `load_state_dict`.
+"""The Trainer: fit, evaluate and predict for any nn.Module. `fit` reads top to bottom; every part
+of a step is in `_train_one`; the one override point is `train_step(model, batch)`. The NaN guard
+returns a verdict that `on_nonfinite` (train/nonfinite.py) applies; checkpoints use `state_dict` /
+`load_state_dict`.
 """
 
 from __future__ import annotations
@@ -108,10 +106,8 @@ class Trainer:
         self._params: list[nn.Parameter] = []
         self._epoch_clock = (time.perf_counter(), 0.0)
 
-    # ----------------------------------------------------------------- fit
     def fit(self, train_data: Any, val_data: Any = None, *, resume: bool = False) -> list[dict[str, float]]:
-        """Train; returns the per-epoch history (also `trainer.state.history`). `resume=True` goes on
-        exactly from the newest complete checkpoint of the `Checkpointer` callback."""
+        """Train; returns the per-epoch history. `resume=True` goes on from the Checkpointer's newest checkpoint."""
         state = self.state
         self.train_batches = self.batches(train_data, train=True)
         self.val_batches = val_batches = self.batches(val_data, train=False) if val_data is not None else None
@@ -122,9 +118,9 @@ class Trainer:
         self._call("on_fit_start")
         try:
             while not state.finished:
-                self._call("on_epoch_start")
-                self._epoch_clock = (time.perf_counter(), state.train_time_s)
                 self.forward_model.train()  # once per epoch: evaluation and the doctor restore it
+                self._call("on_epoch_start")  # after train(): a callback may keep some layers in eval mode
+                self._epoch_clock = (time.perf_counter(), state.train_time_s)
                 try:
                     for inputs, targets, indices in self.train_batches.epoch(state.epoch, state.position):
                         if state.poisoned and known_bad(state, indices):
@@ -144,6 +140,8 @@ class Trainer:
                     break
             if self.dist:
                 self.dist.agree_stop(state)  # a signal that came after the last step's agreement
+            if self.guard.on_device:
+                self.guard.check_record(state)  # the steps after the last check interval
         except BaseException as error:
             state.status = "stopped" if isinstance(error, KeyboardInterrupt) else "failed"
             self._call("on_exception", error)
@@ -160,6 +158,7 @@ class Trainer:
         if not self._batches_ready:
             inputs, targets = self.to_device(inputs), self.to_device(targets)
         self.seed_step()  # dropout and other module randomness follow (seed, step)
+        guard.snapshot.take()  # running statistics (BatchNorm) as they were before this forward
         weight, batch_samples = (
             self.dist.batch_share(targets, self.train_batches, state.position) if self.dist else (1.0, len(targets))
         )
@@ -242,14 +241,12 @@ class Trainer:
         validate(self, val_batches)
         self._call("on_eval_end")
 
-    # ----------------------------------------------------------------- the NaN guard's verdict
     def _may_step(self, loss: torch.Tensor) -> bool:
         """The guard's verdict, one host read; under DDP all ranks agree on it and on stop requests."""
         if self.dist is not None:
             return self.dist.agree_step(self.state, self.guard.flag(loss))
         return self.guard.passes(loss)
 
-    # ----------------------------------------------------------------- evaluate / predict
     def evaluate(self, data: Any, collect: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> dict[str, float]:
         """Loss and the task's metrics over `data`, each sample counted once; with `collect`, each
         batch's `(outputs, targets)` is appended to it (on the CPU)."""
@@ -261,7 +258,6 @@ class Trainer:
         self.setup(for_training=False)
         return predict_outputs(self, inputs)
 
-    # ----------------------------------------------------------------- state
     def state_dict(self, all_ranks: bool = True) -> dict[str, Any]:
         """Everything a run needs to go on exactly but the weights (the Checkpointer saves those from
         `trainer.model`), loadable with `weights_only=True`. Under DDP with `all_ranks` (a collective)
@@ -309,7 +305,6 @@ class Trainer:
             raise UsageError(f"{purpose} needs a Checkpointer callback (a run directory) to find checkpoints in")
         return source
 
-    # ----------------------------------------------------------------- setup and helpers
     def setup(self, for_training: bool = True) -> None:
         """Move the model to the device and build optimizer, schedule and compiled view once."""
         if self.optimizer is None:
@@ -339,7 +334,8 @@ class Trainer:
             spec, own, self.optim_config, self.optimizer, self.state.total_steps, monitor
         )
         self.scaler = make_scaler(self.config.precision, self.device, self.optimizer)
-        self.guard.setup(self._params, self.device, self.optimizer, scaled=self.scaler is not None)
+        buffers = list(self.model.buffers())
+        self.guard.setup(self._params, self.device, self.optimizer, buffers, scaled=self.scaler is not None)
 
     def _set_limits(self) -> None:  # the run's length from the current config: a resumed run may be extended
         state = self.state
@@ -350,10 +346,8 @@ class Trainer:
         """`data` (tensors, Dataset, DataLoader or in-memory source) as the Trainer iterates it."""
         cfg, (rank_, world) = self.config, (self.dist.rank, self.dist.world_size) if self.dist else (0, 1)
         size, grouped = (cfg.batch_size, cfg.group_by_length) if train else (cfg.eval_batch_size, False)
-        return make_batches(
-            data, batch_size=size, train=train, seed=cfg.seed, device=self.device, rank=rank_, world_size=world,
-            group_by_length=grouped,
-        )  # fmt: skip
+        where: dict[str, Any] = {"device": self.device, "rank": rank_, "world_size": world}
+        return make_batches(data, batch_size=size, train=train, seed=cfg.seed, group_by_length=grouped, **where)
 
     def to_device(self, value: Any) -> Any:
         """A batch's inputs or targets (nested tensors too) on the training device, in its layout."""
@@ -388,6 +382,13 @@ class Trainer:
         self.state.last_loss = interval.get("loss", self.state.last_loss)
         lr = self.optimizer.param_groups[0]["lr"] if self.optimizer else 0.0
         self.state.metrics.update(lr=lr, grad_norm=float(self.grad_norm))
+
+    def parameters_changed(self) -> None:
+        """Call after changing which parameters require gradients during `fit` (`FineTune` does):
+        under DDP the wrapper is rebuilt, as it reduces only the gradients that trained when built."""
+        if self.dist is not None and self.forward_model is not self.eval_model:
+            self._release_ddp()
+            self.forward_model = self.dist.wrap(self.model, self.config.compile)
 
     def inference_weights(self) -> contextlib.AbstractContextManager[nn.Module]:
         """Within the block the model holds the weights evaluation uses (its own, or an EMA's)."""

