@@ -58,8 +58,13 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     Example:
         >>> did_you_mean("adamm", ["sgd", "adam", "adamw"])
         " Did you mean 'adam'?"
+        >>> did_you_mean("val_acc", ["val_accuracy", "val_auroc"])
+        " Did you mean 'val_accuracy'?"
     """
-    close = difflib.get_close_matches(word, list(choices), n=1)
+    names = list(choices)
+    # an abbreviation ("val_acc") means the one name it starts, however close another name's letters are
+    started = [name for name in names if name.startswith(word) and len(word) >= 3]
+    close = started if len(started) == 1 else difflib.get_close_matches(word, names, n=1)
     return f" Did you mean '{close[0]}'?" if close else ""
 
 
