@@ -3,7 +3,7 @@
 the test split's per-label F1 (threshold 0.5), macro/micro F1 and mAP, computed from the
 Trainer's summed statistics.
 
-    python benchmarks/multilabel_cifar.py --data-dir ../shared/data/cifar10-jpeg --epochs 4
+    python benchmarks/multilabel_cifar.py --data-dir PATH/TO/cifar10-jpeg --epochs 4
     python benchmarks/multilabel_cifar.py --epochs 3 --train-samples 20000   # a few minutes on 2 CPU cores
 """
 
