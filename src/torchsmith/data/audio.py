@@ -178,7 +178,7 @@ class AudioOptions:
     `normalize` is "recording" (each clip on its own: removes loudness and level,
     which differ by speaker and microphone) or "dataset" (train mean and std).
     Validation is a seeded `val_fraction` of the training recordings. Features are
-    cached under `cache_dir` (default `~/.cache/torchsmith`).
+    cached under `cache_dir` (default `$TORCHSMITH_CACHE/audio`, else `~/.cache/torchsmith/audio`).
 
     Example:
         >>> AudioOptions(features=LogMel(n_mels=32), augment=None, seed=1)

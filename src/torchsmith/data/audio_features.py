@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import warnings
 import wave
 from dataclasses import asdict, dataclass, fields
@@ -21,7 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from torchsmith.errors import UsageError
+from torchsmith.data.disk_cache import FILE_MODE, cache_root, private_folder
+from torchsmith.errors import TorchsmithError, UsageError
+from torchsmith.io.files import DiskFull, save_safetensors
 
 FEATURE_VERSION = 1  # bump when the feature computation changes, to invalidate caches
 FSDD_PATTERN = r"(?P<label>\d)_(?P<speaker>[A-Za-z]+)_(?P<take>\d+)\.wav"
@@ -216,38 +217,47 @@ def log_mel(waveforms: torch.Tensor, settings: LogMel) -> torch.Tensor:
     return torch.log(mel + 1e-6)  # floor: exact silence maps to log(1e-6), about -13.8
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "torchsmith"
-
-
 def logmel_features(paths: list[Path], settings: LogMel, cache_dir: str | Path | None = None) -> torch.Tensor:
     """Log-mel features of every file, float16 (N, n_mels, frames), cached on disk.
 
-    The cache key hashes each file's path, size and modification time together with
-    the settings, so editing, adding or removing a file recomputes the features.
+    The cache key hashes each file's resolved path, size and modification time together
+    with the settings, so editing, adding or removing a file recomputes the features. A
+    cache file that cannot be read, or holds the wrong shape, is recomputed and replaced.
 
     Example:
         >>> logmel_features(sorted(Path("recordings").glob("*.wav")), LogMel()).shape
         torch.Size([3000, 40, 51])
     """
-    from safetensors.torch import load_file, save_file
-
     key = _cache_key(paths, settings)
-    cache_file = Path(cache_dir or default_cache_dir()) / "audio" / f"logmel-{key}.safetensors"
-    if cache_file.exists():
-        return load_file(cache_file)["features"]
+    cache_file = Path(cache_dir or cache_root()).resolve() / "audio" / f"logmel-{key}.safetensors"
+    cached = _read_cache(cache_file, (len(paths), settings.n_mels, settings.frames))
+    if cached is not None:
+        return cached
     waves = torch.stack([fixed_waveform(path, settings) for path in paths])  # (N, samples)
     # float16 halves memory and disk; log-mel values lie in about [-14, 15], where
     # float16 keeps about 3 significant digits, far finer than the augmentation noise
     features = torch.cat([log_mel(chunk, settings) for chunk in waves.split(256)]).half()
     try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        partial = cache_file.with_suffix(f".{os.getpid()}.tmp")
-        save_file({"features": features}, partial)
-        os.replace(partial, cache_file)  # atomic: a concurrent reader never sees half a file
-    except OSError as error:
+        private_folder(cache_file.parent)
+        save_safetensors({"features": features}, cache_file, mode=FILE_MODE)  # atomic, unique temporary
+    except DiskFull:
+        raise  # the run would fail at its first checkpoint anyway: say so now, clearly
+    except (OSError, TorchsmithError) as error:  # a read-only cache folder: the features still serve
         warnings.warn(f"could not write the feature cache {cache_file}: {error}", stacklevel=2)
     return features
+
+
+def _read_cache(cache_file: Path, shape: tuple[int, ...]) -> torch.Tensor | None:
+    """The cached features, or None when the file is absent, damaged or of another shape."""
+    from safetensors.torch import load_file
+
+    if not cache_file.exists():
+        return None
+    try:
+        features = load_file(cache_file)["features"]
+    except Exception:  # truncated, overwritten, not safetensors: recomputed, never trusted
+        return None
+    return features if tuple(features.shape) == shape and features.dtype == torch.float16 else None
 
 
 def _cache_key(paths: list[Path], settings: LogMel) -> str:

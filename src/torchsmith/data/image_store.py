@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from torchsmith.data.disk_cache import cache_root, open_private, private_folder, temporary_name
 from torchsmith.data.image_files import (
     GREY_MODES,
     BrokenImage,
@@ -37,8 +38,8 @@ from torchsmith.data.image_files import (
     read_header,
 )
 from torchsmith.errors import UsageError
+from torchsmith.io.files import write_failure
 
-DEFAULT_CACHE = Path(os.environ.get("TORCHSMITH_CACHE", Path.home() / ".cache" / "torchsmith"))
 FORMAT = 1  # bump when the shard layout changes: old caches are then ignored
 SHARD_BYTES = 256 << 20
 CHUNK_BYTES = 64 << 20  # decoded images held at once while writing the shards
@@ -171,10 +172,11 @@ class ImageStore:
 
 def open_store(files: list[str], options: ImageOptions, where: str) -> ImageStore:
     """The store of these files: from the cache, or decoded now (and cached)."""
+    files = [os.path.abspath(f) for f in files]  # the key and the store name files wherever run from
     requested = json.dumps([FORMAT, options.image_size, options.storage_size])
     key = hashlib.sha256((file_stamps(files) + requested).encode()).hexdigest()[:24]
-    folder = (options.cache_dir or DEFAULT_CACHE / "images") / key
-    cached = _read_cached(folder)
+    folder = Path(options.cache_dir or cache_root() / "images").resolve() / key
+    cached = _read_cached(folder, files)
     if cached is not None:
         _check_broken(cached, options, where)
         return cached
@@ -186,11 +188,13 @@ def open_store(files: list[str], options: ImageOptions, where: str) -> ImageStor
     return store
 
 
-def _read_cached(folder: Path) -> ImageStore | None:
+def _read_cached(folder: Path, files: list[str]) -> ImageStore | None:
     try:
         store = ImageStore.from_meta(folder, json.loads((folder / "meta.json").read_text(encoding="utf-8")))
         sizes = [p.stat().st_size for p in store.shard_paths()]
     except Exception:  # missing or damaged: rebuilt, never trusted
+        return None
+    if store.files != files:  # another file list under this key (a damaged or foreign entry)
         return None
     expected = [
         min(store.rows_per_shard, store.count - i * store.rows_per_shard) * store.row_bytes for i in range(len(sizes))
@@ -247,9 +251,8 @@ def _check_broken(store: ImageStore, options: ImageOptions, where: str) -> None:
 
 def _write_shards(store: ImageStore, headers: list[Any]) -> None:
     """Decode the files a chunk at a time (threads) and append their rows to the shards."""
-    tmp = store.folder.with_name(f"{store.folder.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = temporary_name(store.folder)
+    private_folder(tmp)
     bad = dict(store.failures)
     chunk = max(16, CHUNK_BYTES // store.row_bytes)
 
@@ -266,14 +269,27 @@ def _write_shards(store: ImageStore, headers: list[Any]) -> None:
                     bad[row] = str(image)
                 else:
                     block[row - rows[0]] = image.numpy()
-            with open(tmp / f"shard-{start // store.rows_per_shard:05d}.u8", "ab") as handle:
-                handle.write(block.tobytes())
+            _append(tmp / f"shard-{start // store.rows_per_shard:05d}.u8", block.tobytes(), store)
         store.failures = sorted(bad.items())
-        (tmp / "meta.json").write_text(json.dumps(store.to_meta(), ensure_ascii=False), encoding="utf-8")
+        _append(tmp / "meta.json", json.dumps(store.to_meta(), ensure_ascii=False).encode("utf-8"), store)
         shutil.rmtree(store.folder, ignore_errors=True)
-        os.replace(tmp, store.folder)
+        try:
+            os.replace(tmp, store.folder)
+        except OSError:  # another process finished the same entry first: theirs holds the same rows
+            if _read_cached(store.folder, store.files) is None:
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _append(path: Path, data: bytes, store: ImageStore) -> None:
+    """Append to a cache file (user-only permissions); a full disk is a DiskFull naming the
+    bytes the whole store needs (the caller removes the temporary folder)."""
+    try:
+        with open(open_private(path), "ab") as handle:
+            handle.write(data)
+    except OSError as error:
+        raise write_failure(store.folder, error, store.count * store.row_bytes) from None
 
 
 def _shard_chunks(store: ImageStore, chunk: int) -> Iterator[tuple[int, list[int]]]:

@@ -17,9 +17,10 @@ import numpy as np
 import torch
 
 from torchsmith.data.bundle import DataBundle, DataInfo
+from torchsmith.data.disk_cache import cache_root
 from torchsmith.data.image_files import IMAGE_SUFFIXES, list_image_files
 from torchsmith.data.image_sets import LabelledRows, check_classes, fixed_size, image_bundle, open_labelled
-from torchsmith.data.image_store import DEFAULT_CACHE, ImageOptions
+from torchsmith.data.image_store import ImageOptions
 from torchsmith.data.memory import ImageTensors, channel_stats, split_indices
 from torchsmith.errors import UsageError
 
@@ -82,7 +83,7 @@ def load_torchvision_digits(
     from torchvision import datasets
 
     cls = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST}[name]
-    root = Path(data_dir) if data_dir else DEFAULT_CACHE / "data"
+    root = Path(data_dir) if data_dir else cache_root() / "data"
     splits = []
     for train in (True, False):
         factory = partial(cls, str(root), train=train, download=data_dir is None)
@@ -123,7 +124,7 @@ def load_cifar10(
         return load_imagefolder(data_dir, val_fraction=val_fraction, seed=seed, augment=augment)
     from torchvision import datasets
 
-    root = Path(data_dir) if data_dir else DEFAULT_CACHE / "data"
+    root = Path(data_dir) if data_dir else cache_root() / "data"
     splits = []
     for train in (True, False):
         # torchvision verifies the MD5 of every batch file before unpickling it, so only

@@ -65,10 +65,11 @@ def write_failure(path: Path, error: BaseException, needed: int) -> TorchsmithEr
     return TorchsmithError(f"could not write {path}: {text}")
 
 
-def save_safetensors(tensors: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+def save_safetensors(tensors: dict[str, Any], path: str | os.PathLike[str], mode: int | None = None) -> Path:
     """Write a safetensors file atomically: a unique temporary file, fsynced, then renamed over
     `path`. A failed write (a full disk) removes the temporary file, leaves an older `path` as it
-    was, and raises DiskFull naming the bytes needed."""
+    was, and raises DiskFull naming the bytes needed. `mode` (such as 0o600) sets the file's
+    permissions before it is renamed into place."""
     from safetensors import SafetensorError
     from safetensors.torch import save_file
 
@@ -79,6 +80,8 @@ def save_safetensors(tensors: dict[str, Any], path: str | os.PathLike[str]) -> P
         save_file(tensors, str(temp))
         with open(temp, "rb+") as file:  # save_file does not fsync
             os.fsync(file.fileno())
+        if mode is not None:
+            os.chmod(temp, mode)
         os.replace(temp, path)
     except (OSError, SafetensorError) as error:
         temp.unlink(missing_ok=True)
