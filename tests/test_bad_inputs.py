@@ -17,6 +17,14 @@ BOMB = (
     + "".join(f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi", strict=True))
     + "train: *i\n"
 )
+MAPPING_BOMB = (  # a mapping that passes as data.options until something walks it
+    "a: &a {k0: x, k1: x, k2: x, k3: x, k4: x, k5: x, k6: x, k7: x, k8: x}\n"
+    + "".join(
+        f"{n}: &{n} {{{', '.join(f'k{i}: *{p}' for i in range(9))}}}\n"
+        for p, n in zip("abcdefgh", "bcdefghi", strict=True)
+    )
+    + "data:\n  options: *i\n"
+)
 
 # name -> (arguments, what the message must say); {tmp} is the module's folder of input files
 CASES: dict[str, tuple[list[str], str]] = {
@@ -37,7 +45,8 @@ CASES: dict[str, tuple[list[str], str]] = {
     "monitor-no-metric": (["train", "--set", "train.monitor=val_acc"], "Did you mean 'val_accuracy'?"),
     "key-misspelt-top-level": (["train", "--config", "{tmp}/epohcs.yaml"], "Did you mean 'train.max_epochs'?"),
     "key-wrong-level": (["train", "--config", "{tmp}/wrong-level.yaml"], "Did you mean 'optim.lr'?"),
-    "yaml-alias-bomb": (["train", "--config", "{tmp}/bomb.yaml"], "train must be a mapping"),
+    "yaml-alias-bomb": (["train", "--config", "{tmp}/bomb.yaml"], "write the values out without aliases"),
+    "yaml-alias-bomb-in-options": (["train", "--config", "{tmp}/bomb-options.yaml"], "more than the 100,000"),
     # earlier issues
     "batch-size-zero": (["train", "--batch-size", "0"], "must be a positive integer, got 0"),
     "unknown-model": (["train", "--model", "convnett"], "Did you mean 'convnet'?"),
@@ -64,6 +73,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, st
     (tmp / "epohcs.yaml").write_text("epohcs: 2\n")
     (tmp / "wrong-level.yaml").write_text("train:\n  lr: 0.1\n")
     (tmp / "bomb.yaml").write_text(BOMB)
+    (tmp / "bomb-options.yaml").write_text(MAPPING_BOMB)
     (tmp / "user-model.yaml").write_text("model:\n  name: nets.py:Net\n")
     (tmp / "ckpt-run" / "checkpoints").mkdir(parents=True)
     work = tmp_path_factory.mktemp("cwd")  # nothing a case writes lands in the repository

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from torchsmith.errors import UsageError, did_you_mean, short
+from torchsmith.yaml_text import load_yaml_text
 
 TTA_MODES = ("none", "flip", "flip-translate")  # test-time augmentation (train.tta)
 TASK_NAMES = (
@@ -350,7 +351,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise UsageError(f"config file {path} does not exist")
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+        values = load_yaml_text(path.read_text(encoding="utf-8"), str(path))
     except UnicodeDecodeError as error:
         raise UsageError(
             f"config file {path} is not UTF-8 text (byte {error.object[error.start]:#04x} at position "

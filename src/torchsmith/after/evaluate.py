@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from torchsmith.after.run_dir import Run, data_split
-from torchsmith.report.predictions import confusion_matrix, per_class_metrics
+from torchsmith.report.predictions import class_table_note, confusion_matrix, per_class_metrics
 from torchsmith.train.tasks import task_for_data
 from torchsmith.train.trainer import Trainer
 
@@ -42,8 +42,8 @@ class Evaluation:
     @property
     def confusion(self) -> torch.Tensor | None:
         """(C, C) counts, row = true class, column = predicted."""
-        if self.targets is None or self.predicted is None:
-            return None
+        if self.targets is None or self.predicted is None or class_table_note(len(self.class_names)):
+            return None  # past MAX_TABLE_CLASSES classes: skipped, with a note (to_dict, to_text)
         return confusion_matrix(self.targets, self.predicted, len(self.class_names))
 
     def per_class(self) -> list[dict[str, Any]]:
@@ -78,6 +78,8 @@ class Evaluation:
             confusion = self.confusion
             assert confusion is not None
             out["confusion_matrix"] = confusion.tolist()
+        elif self.targets is not None and (note := class_table_note(len(self.class_names))):
+            out["per_class_note"] = note
         return out
 
     def to_text(self) -> str:
@@ -97,6 +99,8 @@ class Evaluation:
                 )
             macro = sum(r["f1"] for r in rows) / len(rows)
             lines.append(f"{'macro F1':<{width}}  {'':9}  {'':6}  {macro:6.4f}")
+        elif self.targets is not None and (note := class_table_note(len(self.class_names))):
+            lines.append(note)
         return "\n".join(lines)
 
 

@@ -34,6 +34,7 @@ from typing import Any
 import yaml
 
 from torchsmith.errors import TorchsmithError, UsageError
+from torchsmith.yaml_text import load_yaml_text
 
 _CHUNK_BYTES = 1 << 20
 
@@ -180,7 +181,7 @@ def safe_load_yaml(source: str | os.PathLike[str]) -> Any:
         except (OSError, UnicodeDecodeError) as error:
             raise UsageError(f"cannot read YAML file {name}: {error}") from error
     try:
-        return yaml.safe_load(text)
+        return load_yaml_text(text, name)
     except yaml.YAMLError as error:
         raise UsageError(_describe_yaml_error(name, error)) from error
 

@@ -46,6 +46,7 @@ from torchsmith.io.files import read_json
 from torchsmith.report.plots import Series, example_png, line_chart_svg
 from torchsmith.report.predictions import (
     Predictions,
+    class_table_note,
     confusion_matrix,
     most_confident_mistakes,
     per_class_metrics,
@@ -215,13 +216,15 @@ def _prediction_sections(p: Predictions | None) -> list[str]:
             _section("mistakes", "Most confident mistakes", "", note),
         ]
     predicted = p.probabilities.argmax(dim=1)
-    cm = confusion_matrix(p.targets, predicted, len(p.class_names))
-    accuracy = float(cm.diag().sum()) / max(len(p.targets), 1)
-    html = (
-        f"<p>accuracy {accuracy:.4f} on {len(p.targets)} test samples</p>"
-        f"<h3>Confusion matrix</h3>{_confusion_table(cm, p.class_names)}"
-        f"<h3>Per-class metrics</h3>{_per_class_table(cm, p.class_names)}"
-    )
+    accuracy = float((predicted == p.targets).sum()) / max(len(p.targets), 1)
+    html = f"<p>accuracy {accuracy:.4f} on {len(p.targets)} test samples</p>"
+    too_many = class_table_note(len(p.class_names))
+    if too_many:
+        html += _note(too_many)
+    else:
+        cm = confusion_matrix(p.targets, predicted, len(p.class_names))
+        html += f"<h3>Confusion matrix</h3>{_confusion_table(cm, p.class_names)}"
+        html += f"<h3>Per-class metrics</h3>{_per_class_table(cm, p.class_names)}"
     return [_section("predictions", "Test predictions", html), _mistakes(p, predicted)]
 
 

@@ -89,6 +89,20 @@ def most_confident_mistakes(targets: torch.Tensor, probabilities: torch.Tensor, 
     return wrong[order[:k]].long()
 
 
+MAX_TABLE_CLASSES = 1000  # past this the (C, C) matrix and the per-class tables are skipped
+
+
+def class_table_note(num_classes: int) -> str | None:
+    """Why the confusion matrix and per-class table are left out, or None when they fit: past
+    MAX_TABLE_CLASSES classes the matrix alone would take C x C x 8 bytes (80 GB at 100,000)."""
+    if num_classes <= MAX_TABLE_CLASSES:
+        return None
+    return (
+        f"{num_classes:,} classes: the confusion matrix and per-class table are skipped "
+        f"(more than {MAX_TABLE_CLASSES:,} classes; they would take {num_classes**2 * 8:,} bytes)"
+    )
+
+
 def confusion_matrix(targets: torch.Tensor, predicted: torch.Tensor, num_classes: int) -> torch.Tensor:
     """(C, C) int64 counts: row = true class, column = predicted class.
 
