@@ -10,6 +10,7 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from conftest import write_image_tree
 from helpers import run_process
 
 BOMB = (
@@ -61,6 +62,15 @@ CASES: dict[str, tuple[list[str], str]] = {
     "run-dir-not-empty": (["train", "--run-dir", "{tmp}"], "is not empty"),
     "evaluate-no-run": (["evaluate", "{tmp}/nowhere"], "does not exist"),
     "user-code-from-config": (["train", "--config", "{tmp}/user-model.yaml"], "--trust-model-code"),
+    "label-id-column": (["train", "--data", "tsv:{tmp}/ids.tsv", "--model", "bow"], "it looks like an id column"),
+    "image-too-many-pixels": (
+        ["train", "--data", "imagefolder:{tmp}/photos", "--set", "data.options.max_pixels=100"],
+        "raise --set data.options.max_pixels=N",
+    ),
+    "max-pixels-not-int": (
+        ["train", "--data", "imagefolder:{tmp}/photos", "--set", "data.options.max_pixels=lots"],
+        "data.options.max_pixels must be a positive integer",
+    ),
 }
 
 
@@ -76,6 +86,8 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, st
     (tmp / "bomb-options.yaml").write_text(MAPPING_BOMB)
     (tmp / "user-model.yaml").write_text("model:\n  name: nets.py:Net\n")
     (tmp / "ckpt-run" / "checkpoints").mkdir(parents=True)
+    (tmp / "ids.tsv").write_text("sentence\tlabel\n" + "".join(f"word {i}\t{1_000_000 + i}\n" for i in range(20)))
+    write_image_tree(tmp / "photos", classes=2, per_class=2)  # 16x16: 256 pixels each
     work = tmp_path_factory.mktemp("cwd")  # nothing a case writes lands in the repository
 
     def run(args: list[str]) -> tuple[int, str]:

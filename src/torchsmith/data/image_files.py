@@ -69,22 +69,27 @@ def file_stamps(files: Iterable[str]) -> str:
     return "".join(parts)
 
 
-def read_header(path: str) -> Header:
-    """Size and mode from the file's header alone (no pixels decoded)."""
+def read_header(path: str, max_pixels: int = MAX_PIXELS) -> Header:
+    """Size and mode from the file's header alone (no pixels decoded); more than `max_pixels`
+    (`data.options.max_pixels`) is refused before any pixel is allocated."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
             width, height = image.size
+            # Checked before getexif: for a PNG that reads (and decodes) the pixel data to find
+            # an eXIf chunk after it.
+            if width * height > max_pixels or width <= 0 or height <= 0:
+                raise BrokenImage(
+                    f"its header declares {width}x{height} pixels (more than {max_pixels:,} refused; "
+                    f"raise --set data.options.max_pixels=N for larger images)"
+                )
             orientation = image.getexif().get(0x0112, 1)  # EXIF Orientation
-            header = Header(width, height, image.mode, image.format or "", orientation in (5, 6, 7, 8))
+            return Header(width, height, image.mode, image.format or "", orientation in (5, 6, 7, 8))
     except Image.DecompressionBombError as error:
         raise BrokenImage(f"declares a huge size ({error})") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
         raise BrokenImage(f"not a readable image ({type(error).__name__}: {error})") from None
-    if width * height > MAX_PIXELS or width <= 0 or height <= 0:
-        raise BrokenImage(f"its header declares {width}x{height} pixels (more than {MAX_PIXELS:,} refused)")
-    return header
 
 
 def oriented_size(header: Header) -> tuple[int, int]:

@@ -5,7 +5,7 @@ Shared by `imagefolder:` (labels from folder names) and `imagecsv:` (labels from
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -39,9 +39,7 @@ def open_labelled(files: list[str], labels: torch.Tensor, options: ImageOptions,
 
 def fixed_size(options: ImageOptions, like: LabelledRows) -> ImageOptions:
     """Options for another split of the same data: the sizes the training split chose."""
-    return ImageOptions(
-        like.store.image_size, like.store.storage, options.memory_limit, options.max_broken, options.cache_dir
-    )
+    return replace(options, image_size=like.store.image_size, storage_size=like.store.storage)
 
 
 def check_classes(class_names: list[str], where: str) -> None:

@@ -18,6 +18,7 @@ import shutil
 import statistics
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ import torch
 from torchsmith.data.disk_cache import cache_root, open_private, private_folder, temporary_name
 from torchsmith.data.image_files import (
     GREY_MODES,
+    MAX_PIXELS,
     BrokenImage,
     Header,
     decode_file,
@@ -37,7 +39,7 @@ from torchsmith.data.image_files import (
     parse_size,
     read_header,
 )
-from torchsmith.errors import UsageError
+from torchsmith.errors import UsageError, short
 from torchsmith.io.files import write_failure
 
 FORMAT = 1  # bump when the shard layout changes: old caches are then ignored
@@ -57,6 +59,7 @@ class ImageOptions:
     memory_limit: int | None = None
     max_broken: float = 0.1
     cache_dir: Path | None = None
+    max_pixels: int = MAX_PIXELS  # `data.options.max_pixels`: larger headers are refused unread
 
     @classmethod
     def from_options(cls, options: dict[str, Any], cache_dir: Path | None = None) -> ImageOptions:
@@ -70,7 +73,18 @@ class ImageOptions:
             memory_limit=None if limit is None else parse_bytes(limit),
             max_broken=max_broken,
             cache_dir=cache_dir,
+            max_pixels=_positive_int(options.get("max_pixels", MAX_PIXELS), "data.options.max_pixels"),
         )
+
+
+def _positive_int(value: object, name: str) -> int:
+    try:
+        number = int(str(value).replace("_", ""))
+    except ValueError:
+        number = 0
+    if number <= 0:
+        raise UsageError(f"{name} must be a positive integer (a pixel count such as 100000000), got {short(value)}")
+    return number
 
 
 def parse_bytes(value: object) -> int:
@@ -173,14 +187,14 @@ class ImageStore:
 def open_store(files: list[str], options: ImageOptions, where: str) -> ImageStore:
     """The store of these files: from the cache, or decoded now (and cached)."""
     files = [os.path.abspath(f) for f in files]  # the key and the store name files wherever run from
-    requested = json.dumps([FORMAT, options.image_size, options.storage_size])
+    requested = json.dumps([FORMAT, options.image_size, options.storage_size, options.max_pixels])
     key = hashlib.sha256((file_stamps(files) + requested).encode()).hexdigest()[:24]
     folder = Path(options.cache_dir or cache_root() / "images").resolve() / key
     cached = _read_cached(folder, files)
     if cached is not None:
         _check_broken(cached, options, where)
         return cached
-    headers = parallel(read_header, files)
+    headers = parallel(partial(read_header, max_pixels=options.max_pixels), files)
     store = _plan(folder, files, headers, options, where)
     _check_broken(store, options, where)
     _write_shards(store, headers)

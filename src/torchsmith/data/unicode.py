@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import codecs
+import os
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable
@@ -25,6 +26,7 @@ from typing import Literal
 from torchsmith.errors import UsageError
 
 NORMAL_FORM: Literal["NFKC"] = "NFKC"
+MEMORY_SHARE = 16  # a text file may take this fraction of the memory (1/16) as bytes on disk
 
 # Scripts written without spaces between words, as code-point ranges (Unicode blocks).
 UNSPACED_SCRIPTS: dict[str, tuple[tuple[int, int], ...]] = {
@@ -103,13 +105,31 @@ def script_profile(texts: Iterable[str], max_chars: int = 50_000) -> ScriptProfi
     return ScriptProfile(letters, dict(unspaced))
 
 
-def read_utf8(path: str | Path) -> str:
+def text_read_limit() -> int:
+    """The largest text file or table read whole: 1/MEMORY_SHARE of the physical memory (the text
+    as bytes, as str and as token ids is several times the file)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // MEMORY_SHARE
+    except (ValueError, OSError, AttributeError):  # no sysconf (Windows): 16 GB assumed
+        return (16 << 30) // MEMORY_SHARE
+
+
+def read_utf8(path: str | Path, limit: int | None = None) -> str:
     """The text of a UTF-8 file, without its byte-order mark; line endings as written.
 
     Any other encoding is refused with the line of the first byte that is not UTF-8 and
-    the encoding the bytes look like: a file is never decoded by guess.
+    the encoding the bytes look like: a file is never decoded by guess. A file larger
+    than `limit` bytes (default `text_read_limit()`) is refused before it is read.
     """
     path = Path(path)
+    limit = text_read_limit() if limit is None else limit
+    size = path.stat().st_size
+    if size > limit:
+        raise UsageError(
+            f"{path} is {size:,} bytes, more than the {limit:,} bytes read into memory (1/{MEMORY_SHARE} of this "
+            f"machine's memory: the text, its tokens and the batches take several times the file). Use a "
+            f"smaller file (or a sample of it), or a machine with more memory."
+        )
     data = path.read_bytes()
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         raise UsageError(f"{path} is UTF-16 text (it starts with a UTF-16 byte-order mark); re-save it as UTF-8")

@@ -33,6 +33,7 @@ from torchsmith.data.tokens import (  # noqa: F401  (PAD_ID, Subwords, subwords_
 from torchsmith.data.unicode import read_utf8
 from torchsmith.errors import UsageError, did_you_mean
 
+MAX_LABEL_GAP = 1000  # integer labels up to this many classes are taken as class numbers
 TEXT_COLUMNS = ("sentence", "text", "review")
 LABEL_COLUMNS = ("label", "labels", "class", "target")
 
@@ -173,6 +174,7 @@ def _parse_labels(
     numeric = [re.fullmatch(r"\d+", label) is not None for label in raw]
     if all(numeric):
         labels = [int(label) for label in raw]
+        _check_not_an_id(path, labels)
         return labels, [str(i) for i in range(max(labels) + 1)]
     if any(numeric) or "" in raw:
         # Mixed: report the first row that disagrees with the majority kind.
@@ -185,6 +187,19 @@ def _parse_labels(
     names = sorted(set(raw))
     index = {name: i for i, name in enumerate(names)}
     return [index[label] for label in raw], names
+
+
+def _check_not_an_id(path: Path, labels: list[int]) -> None:
+    """Integer labels are class numbers 0..C-1 (a class may be missing from a file); a largest
+    label far beyond the number of distinct ones is an id column, whose C classes would each
+    take a row of every per-class table and a model output."""
+    distinct, largest = len(set(labels)), max(labels)
+    if largest + 1 > max(MAX_LABEL_GAP, 10 * distinct):
+        raise UsageError(
+            f"{path}: the label column holds {distinct:,} distinct integers up to {largest:,}, which would "
+            f"make {largest + 1:,} classes: it looks like an id column, not class numbers 0..C-1. Choose "
+            f"the label column with --set data.options.label_column=NAME, or number the classes 0..C-1."
+        )
 
 
 def load_table_dataset(
