@@ -18,6 +18,8 @@ import torch
 from torch import nn
 
 from torchsmith import Trainer
+from torchsmith.errors import UsageError
+from torchsmith.io.rank import writer_first
 from torchsmith.state import TrainState
 from torchsmith.train.metrics import MetricAccumulator
 
@@ -75,6 +77,28 @@ def main(out: Path) -> None:
     # Vector sums (confusion counts, score histograms, per-output error sums) reduce exactly: each
     # task's metrics on two processes equal one process's over the whole data at once.
     results["task_metrics"] = task_metrics(inputs, targets)
+
+    # Data is prepared once: rank 0 first while rank 1 waits (longer than TIMEOUT_S), then rank 1
+    # reads what rank 0 wrote; an error on rank 0 is raised on both without rank 1 computing.
+    marker = out / "prepared.txt"
+
+    def prepare() -> bool:
+        if context.rank == 0:
+            time.sleep(TIMEOUT_S + 1)
+            marker.write_text("built by rank 0")
+        return marker.exists()
+
+    results["prepared_first"] = writer_first(prepare)
+
+    def refuse() -> int:
+        if context.rank == 0:
+            raise UsageError("no data on rank 0")
+        return 1
+
+    try:
+        results["prepare_error"] = writer_first(refuse)
+    except UsageError as error:
+        results["prepare_error"] = str(error)
 
     # Rank 1 stops answering: rank 0's next collective must fail within the configured timeout.
     if context.rank == 0:

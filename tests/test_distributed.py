@@ -317,6 +317,7 @@ def test_collectives_agree_count_once_and_time_out(tmp_path: Path) -> None:
         assert accuracy == expected
         assert result["loss"][0] == pytest.approx(result["loss"][1], rel=1e-6)
         assert result["collected_in_order"]
+        assert result["prepared_first"] is True and result["prepare_error"] == "no data on rank 0"
         assert result["pending"] == [9.0, 6, 6.0, 3.0 * (1 + result["rank"]), 3]  # losses 1 and 2, 3 samples each
         for spread, single in result["task_metrics"]:  # classification, multi-label, regression
             assert spread.keys() == single.keys() and len(spread) > 3

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from torchsmith.config import DataConfig
 from torchsmith.data.bundle import DataBundle
 from torchsmith.errors import UsageError, did_you_mean, short
+from torchsmith.io.rank import writer_first
 
 if TYPE_CHECKING:
     from torchsmith.data.audio import AudioOptions
@@ -236,7 +237,7 @@ def load_data(config: DataConfig, seed: int) -> DataBundle:
         raise UsageError(f"unknown dataset '{config.name}'.{hint} Known: {', '.join(DATASETS)}")
     if sep and not entry.takes_path:
         raise UsageError(f"dataset '{kind}' takes no path; use --data-dir for its location")
-    bundle = entry.load(config, path or None, seed)
+    bundle = writer_first(lambda: entry.load(config, path or None, seed))  # under torchrun: built once
     for split in ("train", "val", "test"):
         source = getattr(bundle, split)
         if source is not None and len(source) == 0:

@@ -1,7 +1,8 @@
 """Which process writes, and waiting for the others: the rank-aware helpers every writer uses.
 
-Under torchrun only rank 0 writes the run's files (`is_writer`); `barrier`, `from_writer`,
-`settle` and `shutdown` are no-ops in a single process.
+Under torchrun only rank 0 writes the run's files (`is_writer`) and prepares the data first
+(`writer_first`); `barrier`, `from_writer`, `writer_first`, `settle` and `shutdown` are no-ops in
+a single process.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ import contextlib
 import gc
 import os
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import torch.distributed as dist
 
 T = TypeVar("T")
+PREPARE_TIMEOUT = timedelta(hours=24)  # how long the other ranks wait for rank 0 to prepare the data
 
 
 def environment() -> tuple[int, int, int] | None:
@@ -85,6 +88,36 @@ def from_writer(compute: Callable[[], T]) -> T:
     if not done:
         raise value
     return value
+
+
+def writer_first(compute: Callable[[], T]) -> T:
+    """`compute` on rank 0 first while the other ranks wait, then on the others: data is downloaded
+    and its caches built once, and the other ranks read what rank 0 wrote (on a file system they
+    share; on another machine a rank builds its own copy, safely, under unique temporary names).
+    An error raised on rank 0 is raised on every rank, without the others computing."""
+    if not _active():
+        return compute()
+    # The wait may take hours (decoding a large folder): a group of its own, on the CPU, whose
+    # timeout is PREPARE_TIMEOUT rather than the run's train.dist_timeout_s (a few minutes).
+    group = dist.new_group(backend="gloo", timeout=PREPARE_TIMEOUT)
+    assert isinstance(group, dist.ProcessGroup)  # every rank is a member
+    box: list[Any] = [None]
+    try:
+        if dist.get_rank() == 0:
+            try:
+                result = compute()
+            except Exception as error:  # raised below on every rank, rank 0 included
+                box[0] = error
+            dist.broadcast_object_list(box, src=0, group=group)
+            if box[0] is not None:
+                raise box[0]
+            return result
+        dist.broadcast_object_list(box, src=0, group=group)  # waits until rank 0 has finished
+    finally:
+        dist.destroy_process_group(group)
+    if box[0] is not None:
+        raise box[0]
+    return compute()
 
 
 def restart_count() -> int:
