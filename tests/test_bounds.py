@@ -114,3 +114,13 @@ def test_a_text_file_over_the_read_limit_is_refused_naming_its_size(tmp_path: Pa
         read_utf8(path, limit=4096)
     assert read_utf8(path, limit=5000) == "x" * 5000
     assert text_read_limit() > 1 << 20
+
+
+def test_tables_are_checked_against_the_read_limit_before_reading(tmp_path: Path) -> None:
+    from torchsmith.data.unicode import check_read_size
+
+    path = tmp_path / "t.csv"
+    path.write_text("a,b\n" + "1,2\n" * 1000)
+    with pytest.raises(UsageError, match=r"t.csv is 4,004 bytes, more than the 1,000 bytes"):
+        check_read_size(path, 1000)
+    check_read_size(path)  # far below the default limit

@@ -21,6 +21,7 @@ from torchsmith.data.bundle import DataBundle
 from torchsmith.data.image_sets import check_classes, image_bundle, open_labelled
 from torchsmith.data.image_store import ImageOptions
 from torchsmith.data.memory import split_indices
+from torchsmith.data.unicode import check_read_size
 from torchsmith.errors import UsageError
 
 PATH_NAMES = ("path", "file", "filename", "file_name", "image", "image_path", "img", "fname")
@@ -31,6 +32,7 @@ def read_table(table: Path, options: dict[str, Any]) -> tuple[list[str], list[li
     """(absolute file paths, labels per row) from a CSV/TSV table."""
     if not table.is_file():
         raise UsageError(f"label table {table} does not exist; imagecsv:PATH names a CSV file of path,label rows")
+    check_read_size(table)
     text = table.read_text(encoding="utf-8-sig")
     dialect = "excel-tab" if table.suffix.lower() == ".tsv" else "excel"
     rows = list(csv.DictReader(text.splitlines(), dialect=dialect))

@@ -27,6 +27,7 @@ import torch
 
 from torchsmith.data.bundle import DataBundle, DataInfo
 from torchsmith.data.memory import TensorPairs, split_indices
+from torchsmith.data.unicode import check_read_size
 from torchsmith.errors import UsageError
 
 TARGET_NAMES = ("target", "label")
@@ -40,6 +41,7 @@ def read_rows(path: str | Path) -> tuple[list[str], Rows]:
         raise UsageError(f"table file {path} does not exist: --data table:PATH names a CSV file")
     if path.suffix.lower() not in (".csv", ".txt"):
         raise UsageError(f"{path}: tables are read from CSV files (.csv); convert other formats to CSV first")
+    check_read_size(path)
     with path.open(encoding="utf-8-sig", newline="") as file:
         reader = csv.DictReader(file)
         columns = list(reader.fieldnames or [])

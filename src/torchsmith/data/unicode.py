@@ -114,14 +114,9 @@ def text_read_limit() -> int:
         return (16 << 30) // MEMORY_SHARE
 
 
-def read_utf8(path: str | Path, limit: int | None = None) -> str:
-    """The text of a UTF-8 file, without its byte-order mark; line endings as written.
-
-    Any other encoding is refused with the line of the first byte that is not UTF-8 and
-    the encoding the bytes look like: a file is never decoded by guess. A file larger
-    than `limit` bytes (default `text_read_limit()`) is refused before it is read.
-    """
-    path = Path(path)
+def check_read_size(path: Path, limit: int | None = None) -> None:
+    """Refuse (UsageError, naming both sizes) a text file or table larger than `limit` bytes
+    (default `text_read_limit()`) before it is read: a clear error, not an out-of-memory kill."""
     limit = text_read_limit() if limit is None else limit
     size = path.stat().st_size
     if size > limit:
@@ -130,6 +125,17 @@ def read_utf8(path: str | Path, limit: int | None = None) -> str:
             f"machine's memory: the text, its tokens and the batches take several times the file). Use a "
             f"smaller file (or a sample of it), or a machine with more memory."
         )
+
+
+def read_utf8(path: str | Path, limit: int | None = None) -> str:
+    """The text of a UTF-8 file, without its byte-order mark; line endings as written.
+
+    Any other encoding is refused with the line of the first byte that is not UTF-8 and
+    the encoding the bytes look like: a file is never decoded by guess. A file larger
+    than `limit` bytes (default `text_read_limit()`) is refused before it is read.
+    """
+    path = Path(path)
+    check_read_size(path, limit)
     data = path.read_bytes()
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         raise UsageError(f"{path} is UTF-16 text (it starts with a UTF-16 byte-order mark); re-save it as UTF-8")
