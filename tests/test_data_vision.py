@@ -25,6 +25,9 @@ def test_validation_split_is_seeded_and_disjoint() -> None:
     assert torch.equal(a.val.labels, b.val.labels) and torch.equal(a.val.images, b.val.images)
     c = load_mnist_sample(seed=2)
     assert not torch.equal(a.val.images, c.val.images)
+    train_rows = {row.numpy().tobytes() for row in a.train.images.flatten(1)}
+    val_rows = [row.numpy().tobytes() for row in a.val.images.flatten(1)]
+    assert len(val_rows) > 1000 and not train_rows.intersection(val_rows)  # no validation digit is trained on
 
 
 def test_mnist_idx_files(mnist_root) -> None:
