@@ -21,7 +21,9 @@ from torchsmith.callbacks.base import (
     inference_weights,
     load_callback_states,
 )
+from torchsmith.callbacks.interrupt import PauseOnInterrupt
 from torchsmith.callbacks.progress import ProgressPrinter
+from torchsmith.callbacks.signals import StopOnSignal
 from torchsmith.config import OptimConfig, TrainConfig, with_options
 from torchsmith.data.loaders import make_batches
 from torchsmith.data.order import derive_seed
@@ -86,6 +88,8 @@ class Trainer:
             and not any(isinstance(c, ProgressPrinter) for c in callbacks)
         ):
             self.callbacks.append(ProgressPrinter(self.config.progress))
+        if not any(isinstance(c, (StopOnSignal, PauseOnInterrupt)) for c in callbacks):
+            self.callbacks.append(PauseOnInterrupt())  # Ctrl-C / a kernel interrupt: stop at a step, fit again goes on
         self.state = TrainState()
         self.forward_model: nn.Module = model  # compiled or DDP-wrapped view used for training
         self.eval_model: nn.Module = model  # compiled view for evaluation (never DDP: no collectives)
