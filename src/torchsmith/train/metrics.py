@@ -113,11 +113,13 @@ class MetricAccumulator:
 class TrainMetrics:
     """The training metrics of the current epoch: device-side sums of the open log interval
     (`meter`) and host sums of the intervals already read (`totals`), so `train_*` is the mean
-    over the epoch so far."""
+    over the epoch so far; `interval` holds the `train_*` means of the last interval read alone,
+    which is what a curve over steps plots (an epoch's running mean drops at every epoch start)."""
 
     def __init__(self, task: Task) -> None:
         self.meter = MetricAccumulator(task)
         self.totals: dict[str, float] = {}
+        self.interval: dict[str, float] = {}
 
     def update(self, loss: torch.Tensor, outputs: torch.Tensor, targets: torch.Tensor) -> None:
         self.meter.update(loss, outputs, targets)
@@ -129,6 +131,8 @@ class TrainMetrics:
             dist.reduce_meter(meter)
         count, values = meter.count, meter.compute()
         meter.reset()
+        if values:  # an empty interval (an epoch ending on a log step) keeps the last one's means
+            self.interval = {f"train_{k}": v for k, v in values.items()}
         for key, value in values.items():
             self.totals[key] = self.totals.get(key, 0.0) + value * count
         self.totals["_count"] = self.totals.get("_count", 0) + count
