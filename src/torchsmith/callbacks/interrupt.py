@@ -39,6 +39,8 @@ class PauseOnInterrupt(Callback):
         >>> trainer.fit(train_data)  # takes the remaining steps, as if never stopped  # doctest: +SKIP
     """
 
+    handles_sigint = True
+
     def __init__(self, stream: Any = None) -> None:
         self.stream = stream
         self.received = False

@@ -8,6 +8,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from torchsmith.callbacks.base import Callback
+from torchsmith.callbacks.live_curves import LiveCurves
 
 if TYPE_CHECKING:
     from torchsmith.train.trainer import Trainer
@@ -48,7 +49,8 @@ class ProgressPrinter(Callback):
     The bar is advanced per step (cheap: tqdm redraws at most every `mininterval`) and its
     loss text is refreshed only at log points, when the trainer has read its metrics anyway,
     so the bar adds no host-device sync. In a notebook one bar spans the whole fit (it stays
-    on the page, red if the fit was stopped early), and the epoch lines print below it.
+    on the page, red if the fit was stopped early), the epoch lines print below it, and below
+    them the headline and curves are redrawn in place (`LiveCurves`).
     """
 
     def __init__(self, mode: str = "auto", stream: Any = None) -> None:
@@ -58,6 +60,7 @@ class ProgressPrinter(Callback):
             mode = auto_mode(self.stream, in_notebook_kernel(), has_widgets)
         self.mode = mode
         self.bar: Any = None
+        self.curves = LiveCurves() if mode == "notebook" else None
 
     def on_fit_start(self, trainer: Trainer) -> None:
         if self.mode == "notebook":
@@ -72,6 +75,8 @@ class ProgressPrinter(Callback):
                 leave=True,
                 mininterval=NOTEBOOK_REFRESH_S,
             )
+        if self.curves is not None:
+            self.curves.on_fit_start(trainer)
 
     @staticmethod
     def _epoch_text(trainer: Trainer) -> str:
@@ -103,6 +108,8 @@ class ProgressPrinter(Callback):
                 rate = state.samples_seen / state.train_time_s if state.train_time_s > 0 else None
                 text = f"loss {state.last_loss:.4f}" + (f"  {rate:,.0f} samples/s" if rate else "")
                 self.bar.set_postfix_str(text, refresh=False)
+        if self.curves is not None:
+            self.curves.on_step_end(trainer)
 
     def on_epoch_end(self, trainer: Trainer) -> None:
         if self.mode == "bar" and self.bar is not None:
@@ -114,12 +121,18 @@ class ProgressPrinter(Callback):
         line = format_metrics(state.metrics, EPOCH_KEYS)
         seconds = state.metrics.get("epoch_time_s", 0.0)
         print(f"Epoch {state.epoch + 1}/{state.max_epochs}  {line}  {seconds:.1f} s", file=self.stream, flush=True)
+        if self.curves is not None:
+            self.curves.on_epoch_end(trainer)
 
     def on_fit_end(self, trainer: Trainer) -> None:
         self._close()  # a notebook's bar stays on the page; a terminal's bar of a stopped epoch goes
+        if self.curves is not None:
+            self.curves.on_fit_end(trainer)
 
     def on_exception(self, trainer: Trainer, error: BaseException) -> None:
         self._close()
+        if self.curves is not None:
+            self.curves.on_exception(trainer, error)
 
     def _close(self) -> None:
         if self.bar is not None:

@@ -86,7 +86,7 @@ def write_report(run_dir: str | Path) -> Path:
     """
     run = _require_run(Path(run_dir))
     summary = read_json(run / "summary.json")
-    rows = _read_metrics(run / "metrics.csv")
+    rows = read_metrics(run / "metrics.csv")
     groups: dict[str, list[str]] = {}  # "loss": ["train_loss", "val_loss"], ...
     for column in _union(k for row in rows for k in row):
         split, _, name = column.partition("_")
@@ -124,7 +124,7 @@ def write_comparison(run_dirs: list[Path], output: Path) -> Path:
     runs = [_require_run(Path(d)) for d in run_dirs]
     labels = [r.name for r in runs]
     labels = labels if len(set(labels)) == len(labels) else [str(r) for r in runs]
-    curves = [_read_metrics(r / "metrics.csv") for r in runs]
+    curves = [read_metrics(r / "metrics.csv") for r in runs]
     panels = {
         metric: [(n, *_series(rows, metric, "epoch")[1:]) for n, rows in zip(labels, curves, strict=True)]
         for metric in ("val_loss", "val_accuracy")
@@ -184,7 +184,7 @@ def _text(path: Path) -> str:
     return path.read_text(encoding="utf-8") if path.is_file() else ""
 
 
-def _read_metrics(path: Path) -> list[dict[str, float]]:
+def read_metrics(path: Path) -> list[dict[str, float]]:
     """Rows of metrics.csv as {column: value}, leaving out empty cells."""
     if not path.is_file():
         return []

@@ -22,8 +22,8 @@ from torchsmith.callbacks.base import (
     load_callback_states,
 )
 from torchsmith.callbacks.interrupt import PauseOnInterrupt
+from torchsmith.callbacks.live_curves import results_html
 from torchsmith.callbacks.progress import ProgressPrinter
-from torchsmith.callbacks.signals import StopOnSignal
 from torchsmith.config import OptimConfig, TrainConfig, with_options
 from torchsmith.data.loaders import make_batches
 from torchsmith.data.order import derive_seed
@@ -88,8 +88,7 @@ class Trainer:
             and not any(isinstance(c, ProgressPrinter) for c in callbacks)
         ):
             self.callbacks.append(ProgressPrinter(self.config.progress))
-        if not any(isinstance(c, (StopOnSignal, PauseOnInterrupt)) for c in callbacks):
-            self.callbacks.append(PauseOnInterrupt())  # Ctrl-C / a kernel interrupt: stop at a step, fit again goes on
+        self.callbacks += [] if any(getattr(c, "handles_sigint", False) for c in callbacks) else [PauseOnInterrupt()]
         self.state = TrainState()
         self.forward_model: nn.Module = model  # compiled or DDP-wrapped view used for training
         self.eval_model: nn.Module = model  # compiled view for evaluation (never DDP: no collectives)
@@ -392,6 +391,9 @@ class Trainer:
     def inference_weights(self) -> contextlib.AbstractContextManager[nn.Module]:
         """Within the block the model holds the weights evaluation uses (its own, or an EMA's)."""
         return inference_weights(self.callbacks, self.model)
+
+    def _repr_html_(self) -> str:  # a notebook shows a trainer as its results: headline and curves
+        return results_html(self.state)
 
     def _call(self, hook: str, *args: Any) -> None:
         for callback in self.callbacks:
