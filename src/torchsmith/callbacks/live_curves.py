@@ -112,9 +112,10 @@ class LiveCurves(Callback):
 
     def on_fit_end(self, trainer: Trainer) -> None:
         self._redraw(trainer, force=True)
+        self.handle = None  # the next fit draws in its own cell
 
     def on_exception(self, trainer: Trainer, error: BaseException) -> None:
-        self._redraw(trainer, force=True)
+        self.on_fit_end(trainer)
 
     def _redraw(self, trainer: Trainer, force: bool) -> None:
         now = time.monotonic()

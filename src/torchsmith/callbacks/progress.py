@@ -63,7 +63,7 @@ class ProgressPrinter(Callback):
         self.curves = LiveCurves() if mode == "notebook" else None
 
     def on_fit_start(self, trainer: Trainer) -> None:
-        if self.mode == "notebook":
+        if self.mode == "notebook" and not trainer.state.finished:  # `fit` after a complete fit shows nothing
             from tqdm.notebook import tqdm as notebook_tqdm
 
             state = trainer.state
