@@ -28,7 +28,7 @@ def curves_svg(rows: list[Row], nan_steps: list[int]) -> str:
     panels: dict[str, list[Series]] = {}
     loss = [_series(rows, key) for key in ("train_loss", "val_loss") if any(key in row for row in rows)]
     if loss:
-        panels["loss"] = loss + ([_events(rows, nan_steps)] if nan_steps else [])
+        panels["loss"] = loss + ([event_series(rows, nan_steps)] if nan_steps else [])
     metric = next((m for m in METRIC_ORDER if any(f"val_{m}" in r or f"train_{m}" in r for r in rows)), None)
     if metric is not None:
         keys = (f"train_{metric}", f"val_{metric}")
@@ -41,7 +41,7 @@ def _series(rows: list[Row], key: str) -> Series:
     return key, [x for x, _ in points], [y for _, y in points]
 
 
-def _events(rows: list[Row], steps: list[int]) -> Series:
+def event_series(rows: list[Row], steps: list[int]) -> Series:
     """One point per event at the train loss logged nearest it; NaN between points keeps them apart."""
     logged = [(row["step"], row["train_loss"]) for row in rows if math.isfinite(row.get("train_loss", math.nan))]
     xs: list[float] = []

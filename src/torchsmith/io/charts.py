@@ -129,3 +129,15 @@ def _line(x1: float, y1: float, x2: float, y2: float, colour: str, width: float 
 
 def _label(x: float, y: float, text: str, anchor: str) -> str:
     return f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}">{escape(text)}</text>'
+
+
+def smoothed(series: Series, weight: float = 0.6) -> Series:
+    """An exponential moving average of a series (TensorBoard's smoothing, debiased so the first
+    points are not pulled towards zero), labelled "<label> (smoothed)"; NaN and Inf are skipped."""
+    label, xs, ys = series
+    average, total, out = 0.0, 0.0, []
+    for y in ys:
+        if math.isfinite(y):
+            average, total = average * weight + (1 - weight) * y, total * weight + (1 - weight)
+        out.append(average / total if total else math.nan)
+    return f"{label} (smoothed)", list(xs), out

@@ -41,7 +41,9 @@ from typing import Any
 import torch
 import yaml
 
+from torchsmith.callbacks.live_curves import event_series
 from torchsmith.errors import UsageError
+from torchsmith.io.charts import smoothed
 from torchsmith.io.files import read_json
 from torchsmith.report.headline import HEADLINE_CSS, headline_html, text_mistakes_table
 from torchsmith.report.plots import Series, example_png, line_chart_svg
@@ -64,6 +66,7 @@ __all__ = [
 ]
 
 _MAX_MATRIX_CLASSES = 100  # above this the HTML confusion table is unreadable
+_SMOOTH_FROM = 20  # points in a training curve from which a smoothed line is drawn beside it
 _CSS = (
     """body{font-family:system-ui,sans-serif;max-width:1150px;margin:2rem auto;
 color:#222;padding:0 1rem}table{border-collapse:collapse;margin:.5rem 0}
@@ -94,12 +97,12 @@ def write_report(run_dir: str | Path) -> Path:
             groups.setdefault(name, []).append(column)
     order = sorted(groups, key=lambda g: (g != "loss", g != "accuracy", g))
     optim = {c: [c] for c in ("lr", "grad_norm") if any(c in row for row in rows)}
-    events = len(read_json(run / "doctor.json").get("events") or [])
+    events = read_json(run / "doctor.json").get("events") or []
     # The answer first (headline, curves, errors, per-class tables); the config and the
     # environment last, collapsed: they are for replaying the run, not for reading its result.
     sections = [
-        _section("overview", "Result", headline_html(summary, events)),
-        _plot_section(run, "curves", "Training curves", rows, {g: groups[g] for g in order}),
+        _section("overview", "Result", headline_html(summary, len(events))),
+        _plot_section(run, "curves", "Training curves", rows, {g: groups[g] for g in order}, events),
         _plot_section(run, "optimization", "Learning rate and gradient norm", rows, optim),
         *_prediction_sections(read_predictions(run)),
         _doctor(run / "doctor.json"),
@@ -293,15 +296,23 @@ def _plot_section(
     title: str,
     rows: list[dict[str, float]],
     panels: dict[str, list[str]],
+    events: list[dict[str, Any]] | None = None,
 ) -> str:
-    """One panel per `panels` entry (title -> columns); saved as plots/<name>.svg."""
+    """One panel per `panels` entry (title -> columns), training series of many points with a
+    smoothed line beside them, NaN doctor events marked on the loss; inlined in the page (so
+    points show their values on hover) and saved as plots/<name>.svg."""
     if not panels:
         return _section(name, title, "", f"No {title.lower()} in metrics.csv.")
     x_key = _x_key(rows, [c for columns in panels.values() for c in columns])
-    svg = _svg(line_chart_svg({t: [_series(rows, c, x_key) for c in cs] for t, cs in panels.items()}, x_key))
+    charts = {t: [_series(rows, c, x_key) for c in cs] for t, cs in panels.items()}
+    for series in charts.values():
+        series += [smoothed(s) for s in series if s[0].startswith("train_") and len(s[1]) >= _SMOOTH_FROM]
+    if events and x_key == "step" and "loss" in charts:
+        charts["loss"].append(event_series(rows, [int(e.get("step", 0)) for e in events]))
+    svg = line_chart_svg(charts, x_key)
     (run / "plots").mkdir(exist_ok=True)
-    (run / "plots" / f"{name}.svg").write_bytes(svg)
-    return _section(name, title, _img(svg, title, mime="image/svg+xml"))
+    (run / "plots" / f"{name}.svg").write_text(svg, encoding="utf-8")
+    return _section(name, title, svg)
 
 
 def _series(rows: list[dict[str, float]], column: str, x_key: str) -> Series:
