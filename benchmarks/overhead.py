@@ -8,6 +8,10 @@ The Trainer runs with its defaults, the NaN guard included (`--no-guard` turns i
 
     python benchmarks/overhead.py --data-dir ../shared/data/mnist --repeats 5
     python benchmarks/overhead.py --data-dir ../shared/data/mnist --track mlflow   # + MLflow against without
+    python benchmarks/overhead.py --progress bar   # the Trainer with its progress display on
+
+`benchmarks/notebook_overhead.py` runs this script inside a Jupyter kernel (`--progress auto`:
+the widget bar and the live curves) and in a terminal, and compares the two ratios.
 """
 
 from __future__ import annotations
@@ -63,7 +67,9 @@ def hand_written(
     return running_loss
 
 
-def with_trainer(x: torch.Tensor, y: torch.Tensor, epochs: int, guard: bool, model_name: str = "simplenet") -> float:
+def with_trainer(
+    x: torch.Tensor, y: torch.Tensor, epochs: int, guard: bool, model_name: str = "simplenet", progress: str = "none"
+) -> float:
     torch.manual_seed(0)
     model = MODELS[model_name]().to(x.device)
     trainer = Trainer(
@@ -72,7 +78,7 @@ def with_trainer(x: torch.Tensor, y: torch.Tensor, epochs: int, guard: bool, mod
         optimizer=torch.optim.SGD(model.parameters(), lr=0.01),
         max_epochs=epochs,
         batch_size=64,
-        progress="none",
+        progress=progress,
         nan_guard=guard,
         device=str(x.device),
     )
@@ -152,6 +158,12 @@ def main() -> None:
     parser.add_argument("--no-lightning", action="store_true")
     parser.add_argument("--device", default="cpu", help="cpu or cuda: where all three train (data included)")
     parser.add_argument(
+        "--progress",
+        default="none",
+        choices=["none", "auto", "bar", "lines"],
+        help="the Trainer's progress display (auto: a widget bar and live curves in a notebook)",
+    )
+    parser.add_argument(
         "--track", choices=["mlflow"], default=None, help="also time the Trainer with MLflow tracking against without"
     )
     args = parser.parse_args()
@@ -159,7 +171,7 @@ def main() -> None:
     x, y = x.to(args.device), y.to(args.device)
     runners = {
         "hand-written": lambda: hand_written(x, y, args.epochs),
-        "trainer": lambda: with_trainer(x, y, args.epochs, guard=True),
+        "trainer": lambda: with_trainer(x, y, args.epochs, guard=True, progress=args.progress),
         "trainer-no-guard": lambda: with_trainer(x, y, args.epochs, guard=False),
     }
     if not args.no_lightning:

@@ -21,7 +21,8 @@ STEP_KEYS = ("train_loss", "train_accuracy", "train_perplexity", "lr", "grad_nor
 
 
 class MetricsLogger(Callback):
-    """Appends a row per log point and per epoch to `metrics.csv`, and the same scalars to `tb/`.
+    """Appends a row per log point and per epoch to `metrics.csv`, and the same scalars to `tb/`;
+    `train_*` there is the mean over each log interval (an epoch's row: since the last log point).
 
     Rows are kept in memory and the CSV is rewritten atomically at each epoch end, so
     columns that first appear later (val_*) get a header without breaking readers.
@@ -46,14 +47,23 @@ class MetricsLogger(Callback):
         if state.metrics_updated:
             if state.train_time_s > 0:
                 state.metrics["samples_per_s"] = state.samples_seen / state.train_time_s
-            self._add({k: state.metrics[k] for k in STEP_KEYS if k in state.metrics}, trainer)
+            self._add(
+                self._with_interval({k: state.metrics[k] for k in STEP_KEYS if k in state.metrics}, trainer), trainer
+            )
         if state.evaluated:  # a mid-epoch evaluation (train.eval_every): its own row of val_* values
             self._add({k: v for k, v in state.metrics.items() if k.startswith("val_")}, trainer)
 
     def on_epoch_end(self, trainer: Trainer) -> None:
         metrics = {k: v for k, v in trainer.state.metrics.items() if k != "epoch_time_s"}
-        self._add(metrics, trainer)
+        self._add(self._with_interval(metrics, trainer), trainer)
         self.flush()
+
+    @staticmethod
+    def _with_interval(metrics: dict[str, float], trainer: Trainer) -> dict[str, float]:
+        """`train_*` as the mean over the log interval that just ended, not the epoch's running mean
+        (`state.metrics`, which the epoch lines and summary.json report), so the curve does not
+        drop at each epoch boundary."""
+        return {**metrics, **trainer.train_metrics.interval}
 
     def on_fit_end(self, trainer: Trainer) -> None:
         self.flush()
