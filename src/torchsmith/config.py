@@ -106,6 +106,7 @@ class TrainConfig:
     monitor: str = "val_loss"
     progress: str = "auto"  # auto | bar | lines | none
     dist_timeout_s: float = 120.0  # how long a collective waits for the other processes before failing
+    profile_startup: bool = False  # `torchsmith train` prints each phase's seconds (imports, data, ...) at the end
 
 
 def with_options(config: TrainConfig, options: dict[str, Any]) -> TrainConfig:
