@@ -120,3 +120,15 @@ def test_mnist_from_idx_files_does_not_import_torchvision(mnist_root) -> None:
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["600", "200", "[]"]
+
+
+def test_process_entry_freezes_the_heap_before_the_interpreter_shuts_down() -> None:
+    # What lives at the end dies with the process: frozen, the shutdown's collections skip it.
+    probe = (
+        "import gc, sys\nfrom torchsmith.cli.main import run\n"
+        "sys.argv = ['torchsmith', 'list', 'recipes']\ncode = run()\n"
+        "print('code', code, 'frozen', gc.get_freeze_count() > 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "code 0 frozen True"
