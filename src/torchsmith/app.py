@@ -21,7 +21,7 @@ from torchsmith.callbacks.signals import StopOnSignal
 from torchsmith.callbacks.trackers import Tracker, make_tracker
 from torchsmith.callbacks.trackers import require as require_tracker
 from torchsmith.config import RunConfig, save_yaml
-from torchsmith.data.bundle import DataBundle
+from torchsmith.data.bundle import DataBundle, MemorySource
 from torchsmith.data.registry import load_data
 from torchsmith.errors import (
     Interrupted,
@@ -41,6 +41,7 @@ from torchsmith.report.model_summary import summary as model_summary
 from torchsmith.report.predictions import most_confident_mistakes, save_predictions
 from torchsmith.run_summary import base_summary, finish
 from torchsmith.train import distributed
+from torchsmith.train.capture import decide as decide_capture
 from torchsmith.train.tasks import resolve_task, task_for_data
 from torchsmith.train.trainer import Trainer
 
@@ -133,6 +134,14 @@ def train_in(
             *callbacks,
         ],
     )
+    capture = decide_capture(
+        config.train,
+        device=trainer.device,
+        optimizer=start.optimizer or config.optim.name,
+        in_memory=isinstance(bundle.train, MemorySource),
+    )
+    if writer and not quiet and trainer.device.type == "cuda":  # on the CPU it is off, and obviously so
+        print(capture.to_text(), file=sys.stderr)
     clock.lap("model build")
     batch = first_batch(trainer, bundle)
     findings = preflight(trainer, bundle, batch, start.findings)
@@ -153,6 +162,7 @@ def train_in(
         summary["preflight"] = [f.to_dict() for f in findings]
     if start.report is not None:
         summary["start"] = start.summary()
+    summary["capture"] = capture.to_text()
     try:
         trainer.fit(bundle.train, bundle.val, resume=resume)
     except TorchsmithError as error:  # NaN guard, checkpoints: under DDP, the same on every rank

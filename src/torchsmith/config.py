@@ -106,6 +106,9 @@ class TrainConfig:
     monitor: str = "val_loss"
     progress: str = "auto"  # auto | bar | lines | none
     dist_timeout_s: float = 120.0  # how long a collective waits for the other processes before failing
+    # The step as a CUDA graph (train/capture.py): "auto" where it qualifies, true (an error where it
+    # cannot), false. Booleans, not on/off: YAML reads on/off as booleans anyway.
+    capture: bool | str = "auto"
     profile_startup: bool = False  # `torchsmith train` prints each phase's seconds (imports, data, ...) at the end
 
 
@@ -264,6 +267,8 @@ def validate(config: RunConfig) -> list[str]:
         errors.append("--pretrained and --init-from both give starting weights: choose one")
     if train.clip_grad_norm is not None and train.clip_grad_norm <= 0:
         errors.append(f"--clip-grad-norm must be positive, got {train.clip_grad_norm}")
+    if isinstance(train.capture, str) and train.capture != "auto":
+        errors.append(f"train.capture must be true, false or auto, got '{train.capture}'")
     if config.track.timeout_s is not None and config.track.timeout_s <= 0:
         errors.append(f"track.timeout_s must be positive, got {config.track.timeout_s}")
     for key, allowed in CHOICES.items():
