@@ -57,12 +57,13 @@ def parse_phases(stderr: str) -> dict[str, float]:
     if PHASES_HEADER not in stderr:
         return {}
     phases: dict[str, float] = {}
-    for line in stderr.split(PHASES_HEADER, 1)[1].splitlines()[1:]:
+    for line in stderr.split(PHASES_HEADER, 1)[1].splitlines()[2:]:
         words = line.split()
-        if not words or words[0] == "total":
-            break
         index = next(i for i, word in enumerate(words) if word[:1].isdigit())  # names hold no digits
-        phases["phase " + " ".join(words[:index])] = float(words[index])
+        name = " ".join(words[:index])
+        phases[f"phase {name}"], phases[f"cpu {name}"] = float(words[index]), float(words[index + 1])
+        if name == "total":
+            break
     return phases
 
 
@@ -110,9 +111,15 @@ def report(
                 ratio = median(r["whole"] / r["training"] for r in runs)
                 line += f"   training {median(r['training'] for r in runs):6.2f} s   whole/training {ratio:.2f}x"
             print(line)
-            phases = [key for key in runs[0] if key.startswith("phase ")]
-            if phases:
-                print("    " + ", ".join(f"{k[6:]} {median(r[k] for r in runs):.2f}" for k in phases))
+            for kind in ("phase", "cpu"):
+                keys = [key for key in runs[0] if key.startswith(kind + " ")]
+                if keys:
+                    clock = "wall" if kind == "phase" else "CPU"
+                    shown = ", ".join(f"{k.split(' ', 1)[1]} {median(r[k] for r in runs):.2f}" for k in keys)
+                    print(f"    {clock} seconds: {shown}")
+            if "cpu training" in runs[0]:
+                cpu = median(r["cpu total"] / r["cpu training"] for r in runs)
+                print(f"    CPU seconds, whole command / training phase: {cpu:.2f}x")
         if "old" in trees:
             pairs = zip(results[name, "new"], results[name, "old"], strict=True)
             paired = median(n["whole"] / o["whole"] for n, o in pairs)

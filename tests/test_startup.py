@@ -80,14 +80,15 @@ def test_phase_clock_books_laps_in_order_and_moves_a_part() -> None:
 
     clock = PhaseClock()
     clock.lap("imports")
-    clock.laps[-1] = ("imports", 2.0)  # fixed numbers: the arithmetic is what is checked
-    clock.laps.append(("training", 5.0))
+    clock.laps[-1] = ("imports", 2.0, 1.5)  # fixed numbers: the arithmetic is what is checked
+    clock.laps.append(("training", 5.0, 4.0))
     clock.move("training", "tensorboard", 0.5)
     clock.move("imports", "nothing", 1.0)  # not the last lap: left alone
-    assert clock.laps == [("imports", 2.0), ("training", 4.5), ("tensorboard", 0.5)]
-    assert clock.total() == 7.0
+    assert clock.laps == [("imports", 2.0, 1.5), ("training", 4.5, 3.5), ("tensorboard", 0.5, 0.5)]
+    assert clock.total() == 7.0 and clock.total(cpu=True) == 5.5
     text = clock.to_text(train_time_s=3.5)
-    assert "total" in text.splitlines()[-1] and "= 2.00x the training time (3.500 s)" in text
+    assert "wall: 2.00x the training time (3.500 s)" in text
+    assert f"cpu: {5.5 / 3.5:.2f}x the training phase's CPU seconds" in text
 
 
 def test_profile_startup_prints_every_phase(tmp_path) -> None:
@@ -99,12 +100,12 @@ def test_profile_startup_prints_every_phase(tmp_path) -> None:
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
-    table = done.stderr.split("startup profile (seconds, in order):", 1)[1].splitlines()[1:]
-    seconds = {line.split("  ")[1].strip(): float(line.split()[-3]) for line in table if "%" in line}
+    table = done.stderr.split("startup profile (seconds, in order):", 1)[1].splitlines()[2:]
+    seconds = {line[:24].strip(): float(line[24:].split()[0]) for line in table if line.endswith("%")}
     phases = ["imports", "data load", "model build", "pre-flight", "model summary", "training"]
     phases += ["tensorboard", "test evaluation", "report", "exit"]
     assert all(name in seconds for name in phases), seconds
-    total = float(table[-1].split()[1])
+    total = next(float(line.split()[1]) for line in table if line.split()[0] == "total")
     assert abs(sum(seconds.values()) - total) < 0.01
     assert seconds["training"] > 0 and seconds["imports"] > 0
 

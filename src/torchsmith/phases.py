@@ -1,13 +1,12 @@
 """Seconds per phase of one command: what `torchsmith train --profile-startup` prints.
 
 A `PhaseClock` is handed down by the caller (no global state); each `lap(name)` books the
-time since the previous lap under `name`. Work moved off the critical path (a background
-thread) is booked with `add(name, seconds)`, apart from the wall-clock laps.
+time since the previous lap under `name`.
 
 Example:
     >>> clock = PhaseClock()
     >>> clock.lap("config")
-    >>> [name for name, _ in clock.laps]
+    >>> [name for name, _, _ in clock.laps]
     ['config']
 """
 
@@ -33,49 +32,49 @@ def seconds_since_process_start() -> float | None:
 
 
 class PhaseClock:
-    """Wall-clock seconds per phase, in the order they ran."""
+    """Seconds per phase, in the order they ran: wall-clock, and this process's CPU seconds
+    (all its threads; on a machine busy with other work, CPU seconds still say what a phase costs)."""
 
     def __init__(self, *, from_process_start: bool = False) -> None:
-        self.laps: list[tuple[str, float]] = []
-        self.background: list[tuple[str, float]] = []
-        self._last = time.perf_counter()
+        self.laps: list[tuple[str, float, float]] = []  # (phase, wall seconds, CPU seconds)
+        self._last = (time.perf_counter(), time.process_time())
         started = seconds_since_process_start() if from_process_start else None
         if started is not None:
-            self.laps.append(("python start", started))
+            self.laps.append(("python start", started, self._last[1]))
 
     def lap(self, name: str) -> None:
         """Book the seconds since the last lap (or since the clock started) under `name`."""
-        now = time.perf_counter()
-        self.laps.append((name, now - self._last))
+        now = (time.perf_counter(), time.process_time())
+        self.laps.append((name, now[0] - self._last[0], now[1] - self._last[1]))
         self._last = now
 
     def move(self, source: str, name: str, seconds: float) -> None:
-        """Book `seconds` of the last `source` lap under `name` instead (a part timed inside it)."""
+        """Book `seconds` of the last `source` lap under `name` instead (a part timed inside it,
+        by the wall clock: its CPU seconds are taken to be the same)."""
         if seconds <= 0 or not self.laps or self.laps[-1][0] != source:
             return
-        self.laps[-1] = (source, self.laps[-1][1] - seconds)
-        self.laps.append((name, seconds))
+        _, wall, cpu = self.laps[-1]
+        self.laps[-1] = (source, wall - seconds, max(0.0, cpu - seconds))
+        self.laps.append((name, seconds, min(seconds, cpu)))
 
-    def add(self, name: str, seconds: float) -> None:
-        """Book work done off the critical path (in a background thread): shown apart, not summed."""
-        self.background.append((name, seconds))
+    def total(self, cpu: bool = False) -> float:
+        return sum(lap[2] if cpu else lap[1] for lap in self.laps)
 
-    def total(self) -> float:
-        return sum(seconds for _, seconds in self.laps)
-
-    def seconds(self, name: str) -> float:
-        return sum(seconds for lap, seconds in self.laps if lap == name)
+    def seconds(self, name: str, cpu: bool = False) -> float:
+        return sum(lap[2] if cpu else lap[1] for lap in self.laps if lap[0] == name)
 
     def to_text(self, train_time_s: float = 0.0) -> str:
-        """The table: one line per phase and its share; the total against the training time
-        (`train_time_s`: the Trainer's own clock, the time the result line reports)."""
-        total = self.total()
-        width = max([len(name) for name, _ in self.laps + self.background] + [5])
-        lines = ["startup profile (seconds, in order):"]
-        for name, seconds in self.laps:
-            lines.append(f"  {name:<{width}}  {seconds:7.3f}  {100 * seconds / total if total else 0:5.1f} %")
-        for name, seconds in self.background:
-            lines.append(f"  {name:<{width}}  {seconds:7.3f}  (in the background, during the phases after it)")
-        ratio = f" = {total / train_time_s:.2f}x the training time ({train_time_s:.3f} s)" if train_time_s else ""
-        lines.append(f"  {'total':<{width}}  {total:7.3f}{ratio}")
+        """The table: one line per phase, its wall and CPU seconds and its share of the wall time;
+        the totals against the training time (`train_time_s`: the Trainer's own clock, the time the
+        result line reports) and against the training phase's CPU seconds."""
+        total, total_cpu = self.total(), self.total(cpu=True)
+        width = max([len(lap[0]) for lap in self.laps] + [5])
+        lines = ["startup profile (seconds, in order):", f"  {'phase':<{width}}     wall      cpu   share"]
+        for name, wall, cpu in self.laps:
+            lines.append(f"  {name:<{width}}  {wall:7.3f}  {cpu:7.3f}  {100 * wall / total if total else 0:5.1f} %")
+        lines.append(f"  {'total':<{width}}  {total:7.3f}  {total_cpu:7.3f}")
+        if train_time_s:
+            lines.append(f"  wall: {total / train_time_s:.2f}x the training time ({train_time_s:.3f} s)")
+        if training_cpu := self.seconds("training", cpu=True):
+            lines.append(f"  cpu: {total_cpu / training_cpu:.2f}x the training phase's CPU seconds")
         return "\n".join(lines)
