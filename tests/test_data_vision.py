@@ -113,3 +113,19 @@ def test_real_cifar10_tree_reads_as_expected() -> None:
         "ship",
         "truck",
     ]
+
+
+def test_idx_reader_matches_the_file_and_refuses_a_wrong_header(mnist_root) -> None:
+    from torchsmith.data.idx import read_idx
+
+    raw = mnist_root / "MNIST" / "raw"
+    labels = read_idx(raw / "t10k-labels-idx1-ubyte", 1)
+    assert labels.shape == (200,) and labels.dtype == torch.uint8 and int(labels.max()) <= 9
+    images = read_idx(raw / "t10k-images-idx3-ubyte", 3)
+    assert images.shape == (200, 28, 28) and int(images.max()) == 255
+    with pytest.raises(ValueError, match="3 dimensions"):
+        read_idx(raw / "t10k-labels-idx1-ubyte", 3)  # a labels file where images are expected
+    path = raw / "t10k-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-1])
+    with pytest.raises(ValueError, match="bytes of data"):
+        read_idx(path, 3)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,12 +36,15 @@ class MetricsLogger(Callback):
         self.writer: Any = None
         self._written: set[str] = set()
         self._written_step = -1
+        self.tensorboard_s = 0.0  # seconds spent in TensorBoard's writer (`--profile-startup` shows them)
 
     def on_fit_start(self, trainer: Trainer) -> None:
         if self.tensorboard and self.writer is None and rank.is_writer():
+            start = time.perf_counter()
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.run_dir / "tb"))
+            self.tensorboard_s += time.perf_counter() - start
 
     def on_step_end(self, trainer: Trainer) -> None:
         state = trainer.state
@@ -68,8 +72,10 @@ class MetricsLogger(Callback):
     def on_fit_end(self, trainer: Trainer) -> None:
         self.flush()
         if self.writer is not None:
+            start = time.perf_counter()
             self.writer.close()
             self.writer = None
+            self.tensorboard_s += time.perf_counter() - start
 
     def on_exception(self, trainer: Trainer, error: BaseException) -> None:
         self.on_fit_end(trainer)
@@ -78,6 +84,7 @@ class MetricsLogger(Callback):
         state = trainer.state
         self.rows.append({"epoch": state.epoch + 1, "step": state.step, **metrics})
         if self.writer is not None:
+            start = time.perf_counter()
             # One point per scalar and step: an epoch's end that is also a log step adds
             # only what the log point did not already write.
             written = self._written if self._written_step == state.step else set()
@@ -85,6 +92,7 @@ class MetricsLogger(Callback):
                 if key not in written:
                     self.writer.add_scalar(key, value, state.step)
             self._written, self._written_step = written | set(metrics), state.step
+            self.tensorboard_s += time.perf_counter() - start
 
     def flush(self) -> None:
         if not rank.is_writer():
@@ -98,7 +106,9 @@ class MetricsLogger(Callback):
         writer.writerows(self.rows)
         atomic_write_text(self.run_dir / "metrics.csv", buffer.getvalue())
         if self.writer is not None:
+            start = time.perf_counter()
             self.writer.flush()
+            self.tensorboard_s += time.perf_counter() - start
 
     def state_dict(self) -> dict[str, Any]:
         return {"rows": self.rows}
