@@ -11,18 +11,22 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 
 
-def interleaved(runners: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+def interleaved(
+    runners: dict[str, Callable[[], object]], repeats: int, clock: Callable[[], float] = time.perf_counter
+) -> dict[str, list[float]]:
     """Run each runner once per round, rounds `repeats` times; seconds per run, per runner.
 
     Interleaving spreads machine noise (other processes, thermal state) over all runners.
+    `clock`: wall time by default; `time.process_time` counts this process's CPU seconds alone
+    (on a machine shared with other jobs, wall time measures the neighbours too).
     """
     times: dict[str, list[float]] = {name: [] for name in runners}
     for round_index in range(repeats):
         for name, runner in runners.items():
-            start = time.perf_counter()
+            start = clock()
             runner()
             _synchronize()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
         summary = "  ".join(f"{n} {t[-1]:.2f}s" for n, t in times.items())
         print(f"round {round_index + 1}/{repeats}: {summary}", flush=True)
     return times

@@ -8,17 +8,24 @@ The Trainer runs with its defaults, the NaN guard included (`--no-guard` turns i
 
     python benchmarks/overhead.py --data-dir ../shared/data/mnist --repeats 5
     python benchmarks/overhead.py --data-dir ../shared/data/mnist --track mlflow   # + MLflow against without
+    python benchmarks/overhead.py --progress bar   # the Trainer with its progress display on
+    python benchmarks/overhead.py --data-dir ../shared/data/mnist --loader         # both fed one DataLoader
+
+`benchmarks/notebook_overhead.py` runs this script inside a Jupyter kernel (`--progress auto`:
+the widget bar and the live curves) and in a terminal, and compares the two ratios.
 """
 
 from __future__ import annotations
 
 import argparse
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 from common import DEFAULT_DATA, device_name, interleaved, median, paired_ratio
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from torchsmith import Trainer
 from torchsmith.models.vision import ConvNet, SimpleNet
@@ -63,20 +70,55 @@ def hand_written(
     return running_loss
 
 
-def with_trainer(x: torch.Tensor, y: torch.Tensor, epochs: int, guard: bool, model_name: str = "simplenet") -> float:
+def hand_written_loader(loader: DataLoader, epochs: int, check: bool = False, model_name: str = "simplenet") -> float:
+    """The tutorial's loop over a DataLoader (the path a user's own Dataset takes); `check` as in
+    `hand_written`."""
     torch.manual_seed(0)
-    model = MODELS[model_name]().to(x.device)
+    model = MODELS[model_name]()
+    finite = FiniteCheck(list(model.parameters()), torch.device("cpu")) if check else None
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    criterion = nn.CrossEntropyLoss()
+    running_loss = 0.0
+    for _ in range(epochs):
+        for inputs, targets in loader:
+            optimizer.zero_grad(set_to_none=True)
+            loss = criterion(model(inputs), targets)
+            loss.backward()
+            if finite is not None and not finite.passes(loss.detach()):
+                raise RuntimeError("non-finite loss or gradient")
+            optimizer.step()
+            running_loss += loss.item()
+    return running_loss
+
+
+def make_loader(x: torch.Tensor, y: torch.Tensor) -> DataLoader:
+    """The same DataLoader for both sides: a TensorDataset, batch 64, reshuffled each epoch."""
+    return DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
+
+
+def with_trainer(
+    x: torch.Tensor | DataLoader,
+    y: torch.Tensor | None,
+    epochs: int,
+    guard: bool,
+    model_name: str = "simplenet",
+    progress: str = "none",
+) -> float:
+    """The Trainer on tensors `(x, y)`, or on the DataLoader `x` when `y` is None."""
+    torch.manual_seed(0)
+    device = "cpu" if y is None else str(x.device)
+    model = MODELS[model_name]().to(device)
     trainer = Trainer(
         model,
         loss=nn.CrossEntropyLoss(),
         optimizer=torch.optim.SGD(model.parameters(), lr=0.01),
         max_epochs=epochs,
         batch_size=64,
-        progress="none",
+        progress=progress,
         nan_guard=guard,
-        device=str(x.device),
+        device=device,
     )
-    trainer.fit((x, y))
+    trainer.fit(x if y is None else (x, y))
     return trainer.state.last_loss
 
 
@@ -115,7 +157,6 @@ def with_tracking(x: torch.Tensor, y: torch.Tensor, epochs: int, folder: Path, m
 
 def with_lightning(x: torch.Tensor, y: torch.Tensor, epochs: int) -> float:
     import lightning as L
-    from torch.utils.data import DataLoader, TensorDataset
 
     class Module(L.LightningModule):
         def __init__(self) -> None:
@@ -152,16 +193,44 @@ def main() -> None:
     parser.add_argument("--no-lightning", action="store_true")
     parser.add_argument("--device", default="cpu", help="cpu or cuda: where all three train (data included)")
     parser.add_argument(
+        "--progress",
+        default="none",
+        choices=["none", "auto", "bar", "lines"],
+        help="the Trainer's progress display (auto: a widget bar and live curves in a notebook)",
+    )
+    parser.add_argument(
+        "--loader",
+        action="store_true",
+        help="feed both the hand-written loop and the Trainer one DataLoader(TensorDataset) (CPU)",
+    )
+    parser.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="time by this process's CPU seconds, not wall time (a machine shared with other jobs)",
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument(
         "--track", choices=["mlflow"], default=None, help="also time the Trainer with MLflow tracking against without"
     )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     x, y = load_mnist(args.data_dir)
     x, y = x.to(args.device), y.to(args.device)
     runners = {
         "hand-written": lambda: hand_written(x, y, args.epochs),
-        "trainer": lambda: with_trainer(x, y, args.epochs, guard=True),
+        "trainer": lambda: with_trainer(x, y, args.epochs, guard=True, progress=args.progress),
         "trainer-no-guard": lambda: with_trainer(x, y, args.epochs, guard=False),
     }
+    if args.loader:  # the same job through one DataLoader on both sides
+        loader = make_loader(x, y)
+        runners = {
+            "hand-written": lambda: hand_written_loader(loader, args.epochs),
+            "trainer": lambda: with_trainer(loader, None, args.epochs, guard=True),
+            "trainer-no-guard": lambda: with_trainer(loader, None, args.epochs, guard=False),
+            "hand-written-check": lambda: hand_written_loader(loader, args.epochs, check=True),
+        }
+        args.no_lightning = True
     if not args.no_lightning:
         try:
             import lightning  # noqa: F401
@@ -173,10 +242,10 @@ def main() -> None:
     if args.track:
         runners["trainer-logger"] = lambda: with_tracking(x, y, args.epochs, folder, mlflow=False)
         runners["trainer-mlflow"] = lambda: with_tracking(x, y, args.epochs, folder, mlflow=True)
-    times = interleaved(runners, args.repeats)
+    times = interleaved(runners, args.repeats, time.process_time if args.cpu_time else time.perf_counter)
     print(
         f"torch {torch.__version__}, {device_name(args.device)}, {args.epochs} epochs, "
-        f"median of {args.repeats} interleaved repeats"
+        f"median of {args.repeats} interleaved repeats, {'CPU' if args.cpu_time else 'wall'} seconds"
     )
     print("ratios: median over rounds of (runner / hand-written in the same round)")
     for name, values in times.items():
@@ -187,7 +256,11 @@ def main() -> None:
         print(f"tracking cost: trainer-mlflow / trainer-logger (metrics.csv alone) = {tracking:.3f}")
     guard = paired_ratio(times, "trainer", "trainer-no-guard")
     print(f"guard cost: trainer / trainer-no-guard = {guard:.3f}")
-    print(f"overhead ratio (trainer / hand-written) = {paired_ratio(times, 'trainer', 'hand-written'):.3f}")
+    if args.loader:
+        check = paired_ratio(times, "hand-written-check", "hand-written")
+        print(f"the guard's finite check alone in the hand loop: hand-written-check / hand-written = {check:.3f}")
+    path = "DataLoader" if args.loader else "in-memory"
+    print(f"overhead ratio (trainer / hand-written, {path}) = {paired_ratio(times, 'trainer', 'hand-written'):.3f}")
 
 
 if __name__ == "__main__":

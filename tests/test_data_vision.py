@@ -25,6 +25,9 @@ def test_validation_split_is_seeded_and_disjoint() -> None:
     assert torch.equal(a.val.labels, b.val.labels) and torch.equal(a.val.images, b.val.images)
     c = load_mnist_sample(seed=2)
     assert not torch.equal(a.val.images, c.val.images)
+    train_rows = {row.numpy().tobytes() for row in a.train.images.flatten(1)}
+    val_rows = [row.numpy().tobytes() for row in a.val.images.flatten(1)]
+    assert len(val_rows) > 1000 and not train_rows.intersection(val_rows)  # no validation digit is trained on
 
 
 def test_mnist_idx_files(mnist_root) -> None:
@@ -110,3 +113,19 @@ def test_real_cifar10_tree_reads_as_expected() -> None:
         "ship",
         "truck",
     ]
+
+
+def test_idx_reader_matches_the_file_and_refuses_a_wrong_header(mnist_root) -> None:
+    from torchsmith.data.idx import read_idx
+
+    raw = mnist_root / "MNIST" / "raw"
+    labels = read_idx(raw / "t10k-labels-idx1-ubyte", 1)
+    assert labels.shape == (200,) and labels.dtype == torch.uint8 and int(labels.max()) <= 9
+    images = read_idx(raw / "t10k-images-idx3-ubyte", 3)
+    assert images.shape == (200, 28, 28) and int(images.max()) == 255
+    with pytest.raises(ValueError, match="3 dimensions"):
+        read_idx(raw / "t10k-labels-idx1-ubyte", 3)  # a labels file where images are expected
+    path = raw / "t10k-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-1])
+    with pytest.raises(ValueError, match="bytes of data"):
+        read_idx(path, 3)

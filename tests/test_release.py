@@ -115,7 +115,7 @@ def test_wheel_installs_and_trains_outside_the_checkout(tmp_path: Path) -> None:
         names = archive.namelist()
         entry_points = archive.read(f"torchsmith-{VERSION}.dist-info/entry_points.txt").decode()
     assert SAMPLE in names and "torchsmith/cli.py" in names
-    assert "torchsmith = torchsmith.cli:main" in entry_points
+    assert "torchsmith = torchsmith.cli.main:run" in entry_points
     with tarfile.open(sdist) as archive:
         assert f"torchsmith-{VERSION}/src/{SAMPLE}" in archive.getnames()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 from html.parser import HTMLParser
 from pathlib import Path
@@ -118,18 +117,20 @@ def image_run(tmp_path: Path) -> tuple[Path, Page]:
 
 def test_curves_are_embedded_and_saved_beside_the_report(image_run) -> None:
     run, page = image_run
+    html = (run / "report.html").read_text()
     for section in ("curves", "optimization"):
-        sources = [src for where, src in page.images if where == section]
-        assert len(sources) == 1
-        assert sources[0].startswith("data:image/svg+xml;base64,")
-        svg = base64.b64decode(sources[0].split(",", 1)[1])
-        assert svg == (run / f"plots/{section}.svg").read_bytes()
+        assert not [src for where, src in page.images if where == section]
+        svg = (run / f"plots/{section}.svg").read_text()
+        assert f'<section id="{section}"><h2>' in html and svg in html  # inline: values show on hover
         root = ElementTree.fromstring(svg)  # well-formed SVG
         assert root.tag == "{http://www.w3.org/2000/svg}svg"
     curves = ElementTree.fromstring((run / "plots/curves.svg").read_bytes())
     labels = [t.text for t in curves.iter("{http://www.w3.org/2000/svg}text")]
     assert {"train_loss", "val_loss", "loss", "accuracy", "val_accuracy"} <= set(labels)
+    assert "train_loss (smoothed)" in labels and "NaN/Inf step" in labels  # 20 train points; the event
     assert len(list(curves.iter("{http://www.w3.org/2000/svg}polyline"))) >= 2
+    hover = [t.text for t in curves.iter("{http://www.w3.org/2000/svg}title")]
+    assert "val_loss 8: 0.5" in hover  # epoch 2's validation loss, at step 8
 
 
 def test_confusion_matrix_and_per_class_metrics_match_hand_counts(image_run) -> None:
@@ -186,6 +187,29 @@ def test_report_is_self_contained_and_shows_every_input(image_run) -> None:
     assert "loss became NaN" in page.text["doctor"]
 
 
+def test_report_leads_with_the_answer(image_run) -> None:
+    run, page = image_run
+    (run / "summary.json").write_text(
+        json.dumps(
+            {
+                **json.loads((run / "summary.json").read_text()),
+                "best": {"epoch": 4, "step": 16, "val_loss": 0.25},
+                "train_time_s": 12.5,
+                "samples_per_s": 1000.0,
+            }
+        )
+    )
+    page = Page(write_report(run).read_text())
+    assert page.sections[0] == "overview" and page.sections[-2:] == ["config", "environment"]
+    facts = {row[0][1]: row[1][1] for row in page.tables["headline"]}
+    assert facts["test accuracy"] == "0.8900" and next(iter(facts)) == "test accuracy"
+    assert facts["best epoch"] == "4 of 5 (val_loss 0.2500)"
+    assert facts["time"] == "12.5 s (1,000 samples/s)"
+    assert facts["status"] == "completed" and facts["doctor events"] == "1 NaN/Inf step(s)"
+    html = (run / "report.html").read_text()
+    assert '<section id="config"><details>' in html and '<section id="environment"><details>' in html
+
+
 def test_missing_optional_inputs_leave_notes(tmp_path: Path) -> None:
     run = tmp_path / "bare"
     run.mkdir()
@@ -227,8 +251,14 @@ def test_text_and_audio_mistakes(tmp_path: Path) -> None:
         example_names=names,
     )
     text_page = Page(write_report(text_run).read_text())
-    assert text_page.figures.count("mistakes") == 4
-    assert all(t in text_page.text["mistakes"] for t in texts)
+    assert text_page.figures.count("mistakes") == 0  # a table, not image-sized tiles
+    header, *rows = text_page.tables["text-mistakes"]
+    assert [text for _, text in header] == ["sample", "text", "true", "predicted", "probability"]
+    predicted = probabilities.argmax(dim=1)
+    for row, text, index in zip(rows, texts, wrong.tolist(), strict=True):
+        guess = int(predicted[index])
+        expected = [f"#{index}", text, CLASS_NAMES[int(targets[index])], CLASS_NAMES[guess]]
+        assert [cell for _, cell in row] == [*expected, f"{float(probabilities[index, guess]):.2f}"]
     audio_page = Page(write_report(audio_run).read_text())
     assert len([s for s in audio_page.images if s[0] == "mistakes"]) == 4
     assert all(n in audio_page.text["mistakes"] for n in names)

@@ -73,3 +73,63 @@ def test_help_and_version_do_not_import_torch(argv: list[str]) -> None:
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "imported: []", done.stdout
+
+
+def test_phase_clock_books_laps_in_order_and_moves_a_part() -> None:
+    from torchsmith.phases import PhaseClock
+
+    clock = PhaseClock()
+    clock.lap("imports")
+    clock.laps[-1] = ("imports", 2.0, 1.5)  # fixed numbers: the arithmetic is what is checked
+    clock.laps.append(("training", 5.0, 4.0))
+    clock.move("training", "tensorboard", 0.5)
+    clock.move("imports", "nothing", 1.0)  # not the last lap: left alone
+    assert clock.laps == [("imports", 2.0, 1.5), ("training", 4.5, 3.5), ("tensorboard", 0.5, 0.5)]
+    assert clock.total() == 7.0 and clock.total(cpu=True) == 5.5
+    text = clock.to_text(train_time_s=3.5)
+    assert "wall: 2.00x the training time (3.500 s)" in text
+    assert f"cpu: {5.5 / 3.5:.2f}x the training phase's CPU seconds" in text
+
+
+def test_profile_startup_prints_every_phase(tmp_path) -> None:
+    argv = ["train", "--epochs", "1", "--max-steps", "3", "--quiet", "--profile-startup"]
+    done = subprocess.run(
+        [sys.executable, "-m", "torchsmith", *argv, "--run-dir", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    table = done.stderr.split("startup profile (seconds, in order):", 1)[1].splitlines()[2:]
+    seconds = {line[:24].strip(): float(line[24:].split()[0]) for line in table if line.endswith("%")}
+    phases = ["imports", "data load", "model build", "pre-flight", "model summary", "training"]
+    phases += ["tensorboard", "test evaluation", "report", "exit"]
+    assert all(name in seconds for name in phases), seconds
+    total = next(float(line.split()[1]) for line in table if line.split()[0] == "total")
+    assert abs(sum(seconds.values()) - total) < 0.01
+    assert seconds["training"] > 0 and seconds["imports"] > 0
+
+
+def test_mnist_from_idx_files_does_not_import_torchvision(mnist_root) -> None:
+    # `import torchvision` imports torch._dynamo (1.5 s or more); IDX files on disk need neither.
+    probe = (
+        "import sys\nfrom torchsmith.data.vision import load_torchvision_digits\n"
+        f"bundle = load_torchvision_digits('mnist', {str(mnist_root)!r}, val_fraction=0.0)\n"
+        "loaded = sorted(m for m in ('torchvision', 'torch._dynamo') if m in sys.modules)\n"
+        "print(len(bundle.train), len(bundle.test), loaded)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["600", "200", "[]"]
+
+
+def test_process_entry_freezes_the_heap_before_the_interpreter_shuts_down() -> None:
+    # What lives at the end dies with the process: frozen, the shutdown's collections skip it.
+    probe = (
+        "import gc, sys\nfrom torchsmith.cli.main import run\n"
+        "sys.argv = ['torchsmith', 'list', 'recipes']\ncode = run()\n"
+        "print('code', code, 'frozen', gc.get_freeze_count() > 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "code 0 frozen True"

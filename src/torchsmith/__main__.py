@@ -1,3 +1,3 @@
-from torchsmith.cli.main import main
+from torchsmith.cli.main import run
 
-raise SystemExit(main())
+raise SystemExit(run())

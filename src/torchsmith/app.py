@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import platform
 import re
 import sys
 import time
@@ -13,7 +12,6 @@ from typing import Any
 
 import torch
 
-from torchsmith._version import __version__
 from torchsmith.after.transfer import start_model
 from torchsmith.callbacks.base import Callback
 from torchsmith.callbacks.checkpointer import Checkpointer
@@ -23,7 +21,7 @@ from torchsmith.callbacks.signals import StopOnSignal
 from torchsmith.callbacks.trackers import Tracker, make_tracker
 from torchsmith.callbacks.trackers import require as require_tracker
 from torchsmith.config import RunConfig, save_yaml
-from torchsmith.data.bundle import DataBundle
+from torchsmith.data.bundle import DataBundle, MemorySource
 from torchsmith.data.registry import load_data
 from torchsmith.errors import (
     Interrupted,
@@ -33,16 +31,17 @@ from torchsmith.errors import (
     signal_exit_code,
 )
 from torchsmith.io import rank
-from torchsmith.io.checkpoint_format import plain_tensors
-from torchsmith.io.files import save_safetensors, write_json
+from torchsmith.io.files import write_json
 from torchsmith.io.run_lock import RunLock, claim_new_run_dir, claim_run_dir
 from torchsmith.models import trust
+from torchsmith.phases import PhaseClock
 from torchsmith.report.html import write_report
 from torchsmith.report.model_summary import summary as model_summary
 from torchsmith.report.predictions import most_confident_mistakes, save_predictions
 from torchsmith.report.regression import save_test_regression
-from torchsmith.state import lower_is_better
+from torchsmith.run_summary import base_summary, finish
 from torchsmith.train import distributed
+from torchsmith.train.capture import decide as decide_capture
 from torchsmith.train.tasks import task_for_data
 from torchsmith.train.trainer import Trainer
 
@@ -67,6 +66,7 @@ def train_run(
     resume: bool = False,
     overwrite: bool = False,
     callbacks: Sequence[Callback] = (),
+    clock: PhaseClock | None = None,
 ) -> RunResult:
     """Train as the config says and write the run directory; returns its summary.
 
@@ -74,7 +74,7 @@ def train_run(
     from its newest complete checkpoint) or `overwrite` (delete the old run first), and a lock
     held while training refuses a second process. Under torchrun every process runs this; rank 0
     alone writes the run directory. `callbacks` are added after the built-in ones (a sweep's
-    pruning callback, for one).
+    pruning callback, for one). `clock` books each phase's seconds (`--profile-startup`).
     """
     if config.track.backend != "none":
         require_tracker(config.track.backend)  # before any work: the pip command when it is missing
@@ -86,17 +86,26 @@ def train_run(
     else:  # a new default name: the next free one if another run took this second's
         run_dir = rank.from_writer(lambda: claim_new_run_dir(default_run_dir(config), lock))
     try:
-        return train_in(config, run_dir, resume=resume, quiet=quiet, callbacks=callbacks)
+        return train_in(config, run_dir, resume=resume, quiet=quiet, callbacks=callbacks, clock=clock)
     finally:
         lock.release()
 
 
 def train_in(
-    config: RunConfig, run_dir: Path, *, resume: bool, quiet: bool, callbacks: Sequence[Callback] = ()
+    config: RunConfig,
+    run_dir: Path,
+    *,
+    resume: bool,
+    quiet: bool,
+    callbacks: Sequence[Callback] = (),
+    clock: PhaseClock | None = None,
 ) -> RunResult:
     """The body of `train_run` once the run directory is claimed."""
     writer = rank.is_writer()
+    clock = clock or PhaseClock()
+    clock.lap("run directory")
     bundle = load_data(config.data, config.train.seed)
+    clock.lap("data load")
     if writer and not quiet:
         report_data_notes(bundle)
     choice = bundle.info.preprocessing.get("tokenizer_choice")
@@ -126,8 +135,18 @@ def train_in(
             *callbacks,
         ],
     )
+    capture = decide_capture(
+        config.train,
+        device=trainer.device,
+        optimizer=start.optimizer or config.optim.name,
+        in_memory=isinstance(bundle.train, MemorySource),
+    )
+    if writer and not quiet and trainer.device.type == "cuda":  # on the CPU it is off, and obviously so
+        print(capture.to_text(), file=sys.stderr)
+    clock.lap("model build")
     batch = first_batch(trainer, bundle)
     findings = preflight(trainer, bundle, batch, start.findings)
+    clock.lap("pre-flight")
     config.run_dir = str(run_dir)
     if writer:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -136,6 +155,7 @@ def train_in(
         if (source := trust.source_record(config.model.name)) is not None:
             write_json(run_dir / trust.SOURCE_FILE, source)  # the hash replays compare against
         write_model_summary(trainer, batch[0], run_dir, quiet)
+    clock.lap("model summary")
     summary = base_summary(config, trainer)
     if bundle.info.problems:
         summary["skipped_files"] = bundle.info.problems  # also in doctor.json
@@ -143,6 +163,7 @@ def train_in(
         summary["preflight"] = [f.to_dict() for f in findings]
     if start.report is not None:
         summary["start"] = start.summary()
+    summary["capture"] = capture.to_text()
     try:
         trainer.fit(bundle.train, bundle.val, resume=resume)
     except TorchsmithError as error:  # NaN guard, checkpoints: under DDP, the same on every rank
@@ -156,6 +177,8 @@ def train_in(
         raise TrainingFailure(
             f"training failed at step {trainer.state.step}: {type(error).__name__}: {error}"
         ) from error
+    clock.lap("training")
+    clock.move("training", "tensorboard", tensorboard_seconds(trainer))
     stop_signal = trainer.state.stop_signal  # under DDP: agreed, the same on every rank
     if stop_signal:
         finish(run_dir, trainer, summary, "stopped")
@@ -165,13 +188,22 @@ def train_in(
         raise Interrupted(stop_signal, signal_exit_code(stop_signal), step=trainer.state.step)
     if bundle.test is not None:
         summary["test"] = test_and_save_predictions(trainer, bundle, run_dir)
+    clock.lap("test evaluation")
     finish(run_dir, trainer, summary, trainer.state.status)
+    clock.lap("summary and weights")
     if writer:
         write_report(run_dir)
+    clock.lap("report")
     end_tracking(trainer, run_dir, summary, trainer.state.status)
     rank.settle()
     rank.shutdown()
     return RunResult(run_dir, summary, trainer)
+
+
+def tensorboard_seconds(trainer: Trainer) -> float:
+    """Seconds the run's MetricsLogger spent writing TensorBoard events (inside `fit`)."""
+    logger = next((c for c in trainer.callbacks if isinstance(c, MetricsLogger)), None)
+    return logger.tensorboard_s if logger is not None else 0.0
 
 
 def report_data_notes(bundle: DataBundle) -> None:
@@ -323,78 +355,3 @@ def info_dict(bundle: DataBundle) -> dict[str, Any]:
         "input_shape": list(info.input_shape),
         "preprocessing": info.preprocessing,
     }
-
-
-def base_summary(config: RunConfig, trainer: Trainer) -> dict[str, Any]:
-    return {
-        "status": "running",
-        "model": config.model.name,
-        "data": config.data.name,
-        "device": str(trainer.device),
-        "processes": trainer.dist.world_size if trainer.dist else 1,
-        "versions": {"torchsmith": __version__, "torch": torch.__version__, "python": platform.python_version()},
-    }
-
-
-def finish(run_dir: Path, trainer: Trainer, summary: dict[str, Any], status: str, error: str = "") -> None:
-    """Write summary.json and the final weights; nothing already in the run directory is removed."""
-    state = trainer.state
-    metrics = state.history[-1] if state.history else state.metrics
-    summary.update(
-        {
-            "status": status,
-            "epochs": state.epoch,
-            "steps": state.step,
-            "train": {k[6:]: v for k, v in metrics.items() if k.startswith("train_")},
-            "val": {k[4:]: v for k, v in metrics.items() if k.startswith("val_")},
-            "best": best_epoch(state.history, trainer.config.monitor),
-            "train_time_s": round(state.train_time_s, 3),
-            "samples_per_s": round(state.samples_seen / state.train_time_s, 1) if state.train_time_s else 0.0,
-        }
-    )
-    if error:
-        summary["error"] = error
-    if state.stop_reason:
-        summary["stop_reason"] = state.stop_reason
-    if state.nan_events:
-        summary["nan_events"] = state.nan_events
-        summary["skipped_steps"], summary["rollbacks"] = state.skipped_steps, state.rollbacks
-    if not rank.is_writer():
-        return
-    problems = summary.get("skipped_files", [])
-    if state.nan_events or summary.get("preflight") or problems:
-        doctor = {"events": state.nan_events, "preflight": summary.get("preflight", [])}
-        write_json(run_dir / "doctor.json", {**doctor, **({"skipped_files": problems} if problems else {})})
-    if status != "failed":
-        save_safetensors(plain_tensors(trainer.model.state_dict()), run_dir / "model.safetensors")  # atomic
-    write_json(run_dir / "summary.json", summary)
-
-
-def best_epoch(history: list[dict[str, float]], monitor: str) -> dict[str, float]:
-    scored = [row for row in history if monitor in row]
-    if not scored:
-        return {}
-    row = (min if lower_is_better(monitor) else max)(scored, key=lambda r: r[monitor])
-    return {"epoch": row["epoch"], "step": row["step"], monitor: row[monitor]}
-
-
-def result_line(summary: dict[str, Any]) -> str:
-    """The one-line result `train` prints last."""
-    split = "test" if summary.get("test") else "val"
-    metrics = summary.get(split, {})
-    parts = [f"{split}"]
-    if "accuracy" in metrics and "perplexity" not in metrics:
-        parts.append(f"accuracy {metrics['accuracy']:.4f} ")
-    for name in ("r2", "mae", "f1_macro", "map"):  # regression and multi-label runs
-        if name in metrics:
-            parts.append(f"{name} {metrics[name]:.4f} ")
-    if "loss" in metrics:
-        parts.append(f"loss {metrics['loss']:.4f} ")
-    if "perplexity" in metrics:
-        parts.append(f"perplexity {metrics['perplexity']:.3f} ")
-    if "bits_per_char" in metrics:
-        parts.append(f"bits/char {metrics['bits_per_char']:.4f} ")
-    tail = f"({summary['epochs']} epochs, {summary['train_time_s']:.1f} s)"
-    if summary["status"] != "completed":
-        tail += f"  [{summary['status']}]"
-    return " ".join(parts) + " " + tail

@@ -121,6 +121,10 @@ class TrainConfig:
     keep_best: int = 1  # checkpoints kept by train.monitor (best-1 ... best-K; `best` is the top one)
     progress: str = "auto"  # auto | bar | lines | none
     dist_timeout_s: float = 120.0  # how long a collective waits for the other processes before failing
+    # The step as a CUDA graph (train/capture.py): "auto" where it qualifies, true (an error where it
+    # cannot), false. Booleans, not on/off: YAML reads on/off as booleans anyway.
+    capture: bool | str = "auto"
+    profile_startup: bool = False  # `torchsmith train` prints each phase's seconds (imports, data, ...) at the end
 
 
 def with_options(config: TrainConfig, options: dict[str, Any]) -> TrainConfig:
@@ -286,6 +290,8 @@ def validate(config: RunConfig) -> list[str]:
         errors.append("--pretrained and --init-from both give starting weights: choose one")
     if train.clip_grad_norm is not None and train.clip_grad_norm <= 0:
         errors.append(f"--clip-grad-norm must be positive, got {train.clip_grad_norm}")
+    if isinstance(train.capture, str) and train.capture != "auto":
+        errors.append(f"train.capture must be true, false or auto, got '{train.capture}'")
     if config.track.timeout_s is not None and config.track.timeout_s <= 0:
         errors.append(f"track.timeout_s must be positive, got {config.track.timeout_s}")
     for key, allowed in CHOICES.items():

@@ -24,6 +24,7 @@ from torchsmith.data.image_files import BrokenImage, decode_file, fit_to, read_h
 from torchsmith.data.memory import ImageTensors
 from torchsmith.data.photo_ops import center_crop
 from torchsmith.errors import UsageError
+from torchsmith.report.inline import run_html
 from torchsmith.train.device import resolve_device
 from torchsmith.train.outputs import OutputSelector
 
@@ -96,6 +97,9 @@ class Predictor:
     @property
     def class_names(self) -> list[str]:
         return self.run.info.class_names
+
+    def _repr_html_(self) -> str:  # a notebook shows a loaded run as its results: headline and curves
+        return run_html(self.run.path, self.checkpoint)
 
     @property
     def preprocessing(self) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +22,8 @@ STEP_KEYS = ("train_loss", "train_accuracy", "train_perplexity", "lr", "grad_nor
 
 
 class MetricsLogger(Callback):
-    """Appends a row per log point and per epoch to `metrics.csv`, and the same scalars to `tb/`.
+    """Appends a row per log point and per epoch to `metrics.csv`, and the same scalars to `tb/`;
+    `train_*` there is the mean over each log interval (an epoch's row: since the last log point).
 
     Rows are kept in memory and the CSV is rewritten atomically at each epoch end, so
     columns that first appear later (val_*) get a header without breaking readers.
@@ -34,32 +36,46 @@ class MetricsLogger(Callback):
         self.writer: Any = None
         self._written: set[str] = set()
         self._written_step = -1
+        self.tensorboard_s = 0.0  # seconds spent in TensorBoard's writer (`--profile-startup` shows them)
 
     def on_fit_start(self, trainer: Trainer) -> None:
         if self.tensorboard and self.writer is None and rank.is_writer():
+            start = time.perf_counter()
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.run_dir / "tb"))
+            self.tensorboard_s += time.perf_counter() - start
 
     def on_step_end(self, trainer: Trainer) -> None:
         state = trainer.state
         if state.metrics_updated:
             if state.train_time_s > 0:
                 state.metrics["samples_per_s"] = state.samples_seen / state.train_time_s
-            self._add({k: state.metrics[k] for k in STEP_KEYS if k in state.metrics}, trainer)
+            self._add(
+                self._with_interval({k: state.metrics[k] for k in STEP_KEYS if k in state.metrics}, trainer), trainer
+            )
         if state.evaluated:  # a mid-epoch evaluation (train.eval_every): its own row of val_* values
             self._add({k: v for k, v in state.metrics.items() if k.startswith("val_")}, trainer)
 
     def on_epoch_end(self, trainer: Trainer) -> None:
         metrics = {k: v for k, v in trainer.state.metrics.items() if k != "epoch_time_s"}
-        self._add(metrics, trainer)
+        self._add(self._with_interval(metrics, trainer), trainer)
         self.flush()
+
+    @staticmethod
+    def _with_interval(metrics: dict[str, float], trainer: Trainer) -> dict[str, float]:
+        """`train_*` as the mean over the log interval that just ended, not the epoch's running mean
+        (`state.metrics`, which the epoch lines and summary.json report), so the curve does not
+        drop at each epoch boundary."""
+        return {**metrics, **trainer.train_metrics.interval}
 
     def on_fit_end(self, trainer: Trainer) -> None:
         self.flush()
         if self.writer is not None:
+            start = time.perf_counter()
             self.writer.close()
             self.writer = None
+            self.tensorboard_s += time.perf_counter() - start
 
     def on_exception(self, trainer: Trainer, error: BaseException) -> None:
         self.on_fit_end(trainer)
@@ -68,6 +84,7 @@ class MetricsLogger(Callback):
         state = trainer.state
         self.rows.append({"epoch": state.epoch + 1, "step": state.step, **metrics})
         if self.writer is not None:
+            start = time.perf_counter()
             # One point per scalar and step: an epoch's end that is also a log step adds
             # only what the log point did not already write.
             written = self._written if self._written_step == state.step else set()
@@ -75,6 +92,7 @@ class MetricsLogger(Callback):
                 if key not in written:
                     self.writer.add_scalar(key, value, state.step)
             self._written, self._written_step = written | set(metrics), state.step
+            self.tensorboard_s += time.perf_counter() - start
 
     def flush(self) -> None:
         if not rank.is_writer():
@@ -88,7 +106,9 @@ class MetricsLogger(Callback):
         writer.writerows(self.rows)
         atomic_write_text(self.run_dir / "metrics.csv", buffer.getvalue())
         if self.writer is not None:
+            start = time.perf_counter()
             self.writer.flush()
+            self.tensorboard_s += time.perf_counter() - start
 
     def state_dict(self) -> dict[str, Any]:
         return {"rows": self.rows}

@@ -18,6 +18,8 @@ class StopOnSignal(Callback):
     """SIGTERM/SIGINT only set a flag; the trainer stops at the next step boundary, and the
     Checkpointer saves there. A second SIGINT exits at once, touching no checkpoint."""
 
+    handles_sigint = True  # the Trainer then adds no PauseOnInterrupt of its own
+
     def __init__(self) -> None:
         self.received: str | None = None
         self.previous: dict[int, Any] = {}

@@ -142,6 +142,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         put(flags, "model.args", parse_model_args(args.model_args))
     if args.compile:
         put(flags, "train.compile", True)
+    if getattr(args, "profile_startup", None):
+        put(flags, "train.profile_startup", True)
     if args.pretrained is not None:
         put(flags, "model.pretrained", args.pretrained)
     if args.finetune:

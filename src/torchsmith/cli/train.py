@@ -23,6 +23,12 @@ def add_parsers(sub: Any) -> None:
     )
     train.add_argument("--quiet", action="store_true", help="no progress output, only the result line")
     train.add_argument("--debug", action="store_true", help="show tracebacks")
+    train.add_argument(
+        "--profile-startup",
+        action="store_true",
+        default=None,
+        help="print each phase's seconds (imports, data load, pre-flight, training, report, ...) to stderr",
+    )
     add_launch_arguments(train)
     listing = sub.add_parser("list", help="list built-in models, datasets or recipes")
     listing.add_argument("what", choices=["models", "data", "recipes"])
@@ -45,18 +51,27 @@ def add_lr_find_parser(sub: Any) -> None:
 
 
 def command_train(args: argparse.Namespace) -> int:
-    from torchsmith.app import default_run_dir, result_line, train_run
+    from torchsmith.phases import PhaseClock
+
+    clock = PhaseClock(from_process_start=True)
+    config = config_from_args(args)
+    clock.lap("parse and config")
+    from torchsmith.app import default_run_dir, train_run
     from torchsmith.cli import launch
     from torchsmith.io import rank
+    from torchsmith.run_summary import result_line
 
-    config = config_from_args(args)
+    clock.lap("imports")
     if args.nproc_per_node is not None and not launch.launched():
         run_dir = config.run_dir or str(default_run_dir(config))
         launch.launch(args.argv, args, run_dir, quiet=args.quiet)  # does not return
-    result = train_run(config, quiet=args.quiet, resume=args.resume, overwrite=args.overwrite)
+    result = train_run(config, quiet=args.quiet, resume=args.resume, overwrite=args.overwrite, clock=clock)
     if rank.is_writer():
         print(f"run directory: {result.run_dir}", file=sys.stderr)
         print(result_line(result.summary))
+        if config.train.profile_startup:
+            clock.lap("exit")
+            print(clock.to_text(train_time_s=result.summary.get("train_time_s", 0.0)), file=sys.stderr, flush=True)
     return 0
 
 

@@ -16,6 +16,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from torchsmith.data import idx
 from torchsmith.data.bundle import DataBundle, DataInfo
 from torchsmith.data.disk_cache import cache_root
 from torchsmith.data.image_files import IMAGE_SUFFIXES, list_image_files
@@ -79,11 +80,23 @@ def load_mnist_sample(val_fraction: float = 0.1, seed: int = 0, augment: str = "
 def load_torchvision_digits(
     name: str, data_dir: str | None, val_fraction: float = 0.1, seed: int = 0, augment: str = "none"
 ) -> DataBundle:
-    """MNIST or Fashion-MNIST through torchvision (IDX files; downloaded with checksums if absent)."""
+    """MNIST or Fashion-MNIST: the IDX files under `<root>/<MNIST|FashionMNIST>/raw/`, read
+    directly; through torchvision (downloaded with checksums) when they are not there."""
+    root = Path(data_dir) if data_dir else cache_root() / "data"
+    files = idx.raw_files(root / type_folder(name) / "raw")
+    if files is not None:
+        try:
+            train_split, test_split = (idx.read_split(*files[split]) for split in ("train", "test"))
+        except (ValueError, OSError) as error:
+            raise UsageError(
+                f"the {name} files under {root} are corrupt or truncated ({error}); delete them and download again"
+            ) from None
+        return make_bundle(
+            train_split, test_split, idx.CLASSES[name], val_fraction=val_fraction, seed=seed, augment=augment
+        )
     from torchvision import datasets
 
     cls = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST}[name]
-    root = Path(data_dir) if data_dir else cache_root() / "data"
     splits = []
     for train in (True, False):
         factory = partial(cls, str(root), train=train, download=data_dir is None)

@@ -41,8 +41,11 @@ from typing import Any
 import torch
 import yaml
 
+from torchsmith.callbacks.live_curves import event_series
 from torchsmith.errors import UsageError
+from torchsmith.io.charts import smoothed
 from torchsmith.io.files import read_json
+from torchsmith.report.headline import HEADLINE_CSS, headline_html, text_mistakes_table
 from torchsmith.report.plots import Series, example_png, line_chart_svg
 from torchsmith.report.predictions import (
     Predictions,
@@ -65,13 +68,18 @@ __all__ = [
 ]
 
 _MAX_MATRIX_CLASSES = 100  # above this the HTML confusion table is unreadable
-_CSS = """body{font-family:system-ui,sans-serif;max-width:1150px;margin:2rem auto;
+_SMOOTH_FROM = 20  # points in a training curve from which a smoothed line is drawn beside it
+_CSS = (
+    """body{font-family:system-ui,sans-serif;max-width:1150px;margin:2rem auto;
 color:#222;padding:0 1rem}table{border-collapse:collapse;margin:.5rem 0}
 th,td{border:1px solid #ccc;padding:.2rem .5rem;text-align:right}
 th:first-child,td:first-child{text-align:left}pre{background:#f5f5f5;padding:.8rem;
 overflow:auto}.note{color:#777;font-style:italic}img.plot{max-width:100%}
 .grid{display:flex;flex-wrap:wrap;gap:.8rem}figure.mistake{margin:0;width:150px;
-font-size:.8rem}figure.mistake img{width:140px;image-rendering:pixelated}"""
+font-size:.8rem}figure.mistake img{width:140px;image-rendering:pixelated}
+details>summary{cursor:pointer}details>summary h2{display:inline}"""
+    + HEADLINE_CSS
+)
 
 
 def write_report(run_dir: str | Path) -> Path:
@@ -83,7 +91,7 @@ def write_report(run_dir: str | Path) -> Path:
     """
     run = _require_run(Path(run_dir))
     summary = read_json(run / "summary.json")
-    rows = _read_metrics(run / "metrics.csv")
+    rows = read_metrics(run / "metrics.csv")
     groups: dict[str, list[str]] = {}  # "loss": ["train_loss", "val_loss"], ...
     for column in _union(k for row in rows for k in row):
         split, _, name = column.partition("_")
@@ -91,15 +99,18 @@ def write_report(run_dir: str | Path) -> Path:
             groups.setdefault(name, []).append(column)
     order = sorted(groups, key=lambda g: (g != "loss", g != "accuracy", g))
     optim = {c: [c] for c in ("lr", "grad_norm") if any(c in row for row in rows)}
+    events = read_json(run / "doctor.json").get("events") or []
+    # The answer first (headline, curves, errors, per-class tables); the config and the
+    # environment last, collapsed: they are for replaying the run, not for reading its result.
     sections = [
-        _overview(run, summary),
-        _section("config", "Config", _pre(run / "config.yaml")),
-        _environment(summary),
-        _plot_section(run, "curves", "Training curves", rows, {g: groups[g] for g in order}),
+        _section("overview", "Result", headline_html(summary, len(events))),
+        _plot_section(run, "curves", "Training curves", rows, {g: groups[g] for g in order}, events),
         _plot_section(run, "optimization", "Learning rate and gradient norm", rows, optim),
         *(regression_sections(run) or _prediction_sections(read_predictions(run))),
-        _section("model-summary", "Model summary", _pre(run / "model_summary.txt")),
         _doctor(run / "doctor.json"),
+        _section("model-summary", "Model summary", _pre(run / "model_summary.txt"), collapsed=True),
+        _section("config", "Config", _pre(run / "config.yaml"), collapsed=True),
+        _environment(summary),
     ]
     output = run / "report.html"
     output.write_text(_page(f"Report: {run.name}", sections), encoding="utf-8")
@@ -118,7 +129,7 @@ def write_comparison(run_dirs: list[Path], output: Path) -> Path:
     runs = [_require_run(Path(d)) for d in run_dirs]
     labels = [r.name for r in runs]
     labels = labels if len(set(labels)) == len(labels) else [str(r) for r in runs]
-    curves = [_read_metrics(r / "metrics.csv") for r in runs]
+    curves = [read_metrics(r / "metrics.csv") for r in runs]
     panels = {
         metric: [(n, *_series(rows, metric, "epoch")[1:]) for n, rows in zip(labels, curves, strict=True)]
         for metric in ("val_loss", "val_accuracy")
@@ -178,7 +189,7 @@ def _text(path: Path) -> str:
     return path.read_text(encoding="utf-8") if path.is_file() else ""
 
 
-def _read_metrics(path: Path) -> list[dict[str, float]]:
+def read_metrics(path: Path) -> list[dict[str, float]]:
     """Rows of metrics.csv as {column: value}, leaving out empty cells."""
     if not path.is_file():
         return []
@@ -193,19 +204,13 @@ def _read_metrics(path: Path) -> list[dict[str, float]]:
 # ---- sections ---------------------------------------------------------------------
 
 
-def _overview(run: Path, summary: dict[str, Any]) -> str:
-    facts = [f"{k} {_fmt(summary[k])}" for k in ("model", "data", "status") if k in summary]
-    facts += [f"test {k} {_fmt(v)}" for k, v in (summary.get("test") or {}).items()]
-    return _section("overview", "Overview", f"<p>{escape(', '.join(facts))}</p>")
-
-
 def _environment(summary: dict[str, Any]) -> str:
     flat = _flatten(summary)
     results = [[k, _fmt(v)] for k, v in flat.items() if k.split(".")[0] not in ("versions", "device")]
     environment = [["device", _fmt(summary.get("device", "unknown"))]]
     environment += [[k, _fmt(v)] for k, v in (summary.get("versions") or {}).items()]
     body = _table(["result", "value"], results) + _table(["environment", ""], environment)
-    return _section("environment", "Results and environment", body)
+    return _section("environment", "Results and environment", body, collapsed=True)
 
 
 def _prediction_sections(p: Predictions | None) -> list[str]:
@@ -260,6 +265,9 @@ def _mistakes(p: Predictions, predicted: torch.Tensor) -> str:
     indices = p.indices
     if indices is None:  # no inputs saved: still list which samples went wrong
         indices = most_confident_mistakes(p.targets, p.probabilities)
+    if p.texts and p.examples is None:  # sentences read as a table, not squeezed into image tiles
+        table = text_mistakes_table(p.texts, indices.tolist(), p.targets, p.probabilities, p.class_names)
+        return _section("mistakes", "Most confident mistakes", table)
     items = []
     for pos, index in enumerate(indices.tolist()):
         content = "" if p.examples is None else _img(example_png(p.examples[pos], p.modality), f"#{index}", "example")
@@ -292,15 +300,23 @@ def _plot_section(
     title: str,
     rows: list[dict[str, float]],
     panels: dict[str, list[str]],
+    events: list[dict[str, Any]] | None = None,
 ) -> str:
-    """One panel per `panels` entry (title -> columns); saved as plots/<name>.svg."""
+    """One panel per `panels` entry (title -> columns), training series of many points with a
+    smoothed line beside them, NaN doctor events marked on the loss; inlined in the page (so
+    points show their values on hover) and saved as plots/<name>.svg."""
     if not panels:
         return _section(name, title, "", f"No {title.lower()} in metrics.csv.")
     x_key = _x_key(rows, [c for columns in panels.values() for c in columns])
-    svg = _svg(line_chart_svg({t: [_series(rows, c, x_key) for c in cs] for t, cs in panels.items()}, x_key))
+    charts = {t: [_series(rows, c, x_key) for c in cs] for t, cs in panels.items()}
+    for series in charts.values():
+        series += [smoothed(s) for s in series if s[0].startswith("train_") and len(s[1]) >= _SMOOTH_FROM]
+    if events and x_key == "step" and "loss" in charts:
+        charts["loss"].append(event_series(rows, [int(e.get("step", 0)) for e in events]))
+    svg = line_chart_svg(charts, x_key)
     (run / "plots").mkdir(exist_ok=True)
-    (run / "plots" / f"{name}.svg").write_bytes(svg)
-    return _section(name, title, _img(svg, title, mime="image/svg+xml"))
+    (run / "plots" / f"{name}.svg").write_text(svg, encoding="utf-8")
+    return _section(name, title, svg)
 
 
 def _series(rows: list[dict[str, float]], column: str, x_key: str) -> Series:
@@ -327,9 +343,13 @@ def _img(content: bytes, alt: str, css_class: str = "plot", mime: str = "image/p
     return f'<img class="{css_class}" alt="{escape(alt)}" src="{uri}">'
 
 
-def _section(section_id: str, title: str, body: str, note: str = "") -> str:
-    """A titled section; an empty body shows `note` instead (a missing input)."""
+def _section(section_id: str, title: str, body: str, note: str = "", collapsed: bool = False) -> str:
+    """A titled section; an empty body shows `note` instead (a missing input); `collapsed` folds
+    it under its title (a click opens it)."""
     content = body or _note(note)
+    if collapsed:
+        folded = f"<details><summary><h2>{escape(title)}</h2></summary>{content}</details>"
+        return f'<section id="{section_id}">{folded}</section>\n'
     return f'<section id="{section_id}"><h2>{escape(title)}</h2>{content}</section>\n'
 
 

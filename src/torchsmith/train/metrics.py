@@ -119,11 +119,13 @@ def _host(value: Any) -> Any:
 class TrainMetrics:
     """The training metrics of the current epoch: device-side sums of the open log interval
     (`meter`) and host sums of the intervals already read (`totals`), so `train_*` is the mean
-    over the epoch so far."""
+    over the epoch so far; `interval` holds the `train_*` means of the last interval read alone,
+    which is what a curve over steps plots (an epoch's running mean drops at every epoch start)."""
 
     def __init__(self, task: Task) -> None:
         self.meter = MetricAccumulator(task)
         self.totals: dict[str, float] = {}
+        self.interval: dict[str, float] = {}
 
     def update(self, loss: torch.Tensor, outputs: torch.Tensor, targets: torch.Tensor) -> None:
         self.meter.update(loss, outputs, targets)
@@ -142,6 +144,8 @@ class TrainMetrics:
             for key, value in meter.totals.items():
                 epoch[key] = epoch[key] + _host(value) if key in epoch else _host(value)
         meter.reset()
+        if values:  # an empty interval (an epoch ending on a log step) keeps the last one's means
+            self.interval = {f"train_{k}": v for k, v in values.items()}
         return values
 
     def epoch_means(self) -> dict[str, float]:

@@ -22,12 +22,12 @@ from torchsmith.callbacks.base import (
     inference_weights,
     load_callback_states,
 )
-from torchsmith.callbacks.progress import ProgressPrinter
+from torchsmith.callbacks.defaults import default_callbacks
+from torchsmith.callbacks.live_curves import results_html
 from torchsmith.config import OptimConfig, TrainConfig, with_options
 from torchsmith.data.loaders import make_batches
 from torchsmith.data.order import derive_seed
 from torchsmith.errors import UsageError
-from torchsmith.io import rank
 from torchsmith.io.checkpoint import Checkpoint
 from torchsmith.io.rng import capture_rng_state, restore_rng_state
 from torchsmith.precision import autocast
@@ -88,10 +88,7 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
         self.scheduler_interval = "step"  # "step", "epoch" or "eval": when `scheduler.step()` is called
-        self.callbacks = list(callbacks)
-        shows_progress = self.config.progress != "none" and rank.is_writer()
-        if shows_progress and not any(isinstance(c, ProgressPrinter) for c in callbacks):
-            self.callbacks.append(ProgressPrinter(self.config.progress))
+        self.callbacks = [*callbacks, *default_callbacks(self.config.progress, callbacks)]
         self.state = TrainState()
         self.forward_model: nn.Module = model  # compiled or DDP-wrapped view used for training
         self.eval_model: nn.Module = model  # compiled view for evaluation (never DDP: no collectives)
@@ -393,6 +390,9 @@ class Trainer:
     def inference_weights(self) -> contextlib.AbstractContextManager[nn.Module]:
         """Within the block the model holds the weights evaluation uses (its own, or an EMA's)."""
         return inference_weights(self.callbacks, self.model)
+
+    def _repr_html_(self) -> str:  # a notebook shows a trainer as its results: headline and curves
+        return results_html(self.state)
 
     def _call(self, hook: str, *args: Any) -> None:
         for callback in self.callbacks:
