@@ -548,3 +548,26 @@ def test_fine_tuning_on_two_processes_matches_one(one_process: Path, tmp_path: P
     assert torch.equal(frozen["fc1.weight"], source["fc1.weight"])  # the body waited for the head
     assert not torch.equal(frozen["fc2.weight"], source["fc2.weight"])
     assert not torch.equal(weights(runs[2])["fc1.weight"], source["fc1.weight"])  # then trained
+
+
+@pytest.mark.distributed
+@needs_proc
+def test_sigterm_stops_every_rank_within_one_check_interval_of_the_on_device_guard(tmp_path: Path) -> None:
+    """With train.nan_check_every > 1 no step holds a reduction of the ranks' stop requests: they are
+    agreed at each check instead, so a SIGTERM to one rank stops both within one interval, not at the
+    epoch's end (step 225 of this job)."""
+    run_dir, interval = tmp_path / "run", 7
+    job = [
+        "--model", "convnet", "--optimizer", "adamw", "--max-steps", "400", "--batch-size", "64", "--val-fraction",
+        "0.1", "--device", "cpu", "--quiet", "--checkpoint-every", "10", "--set", f"train.nan_check_every={interval}",
+        "--set", "train.dist_timeout_s=20",
+    ]  # fmt: skip
+    command = torchrun(2, "-m", "torchsmith", "train", *job, "--run-dir", str(run_dir))
+    with started(command, tmp_path / "log.txt") as process:
+        wait_for(run_dir / "checkpoints" / "step-000010", process, tmp_path / "log.txt")
+        os.kill(worker(process.pid, rank=1), signal.SIGTERM)
+        process.wait(timeout=120)
+    stopped = summary(run_dir)
+    assert stopped["status"] == "stopped" and stopped["steps"] % interval == 0, stopped
+    assert 10 <= stopped["steps"] < 225  # within the first epoch: at a check, not at the epoch's end
+    assert json.loads((run_dir / "checkpoints" / "last" / "meta.json").read_text())["step"] == stopped["steps"]

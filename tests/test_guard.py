@@ -187,14 +187,22 @@ def test_rollback_finishes_and_skips_the_poisoned_batches(blobs, tmp_path: Path)
     assert trainer.evaluate((x, y))["accuracy"] >= clean.evaluate((x, y))["accuracy"] - 0.03
 
 
-def test_sync_free_guard_skips_the_step_on_the_device(blobs) -> None:
+FUSED = {
+    "sgd": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, fused=True),
+    "adamw": lambda p: torch.optim.AdamW(p, lr=0.01, fused=True),  # 0-dim step counters: a 0-dim flag
+    "adam": lambda p: torch.optim.Adam(p, lr=0.01, fused=True),
+}
+
+
+@pytest.mark.parametrize("optimizer", list(FUSED))
+def test_sync_free_guard_skips_the_step_on_the_device(blobs, optimizer: str) -> None:
     """With a fused optimizer and nan_check_every > 1 the flagged step never reaches the weights
     and the run stops at the next check, naming the step."""
     x, y = poisoned(blobs, [40])
     snapshots = Snapshots()
     trainer = Trainer(
         tiny_mlp(),
-        optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, fused=True),
+        optimizer=FUSED[optimizer],
         max_epochs=2,
         batch_size=32,
         progress="none",

@@ -162,7 +162,9 @@ class NanGuard:
         found = self.check.flag(loss)
         first = self.first_bad_step
         first.copy_(torch.where((first < 0) & (found[0] > 0), step, first))
-        return found
+        # 0-dim, as fused Adam/AdamW subtract it from their 0-dim step counters in place (a (1,)
+        # flag fails there); a view, so the flag stays the one the check writes.
+        return found.view(())
 
     def check_record(self, state: TrainState) -> None:
         """Read the on-device record (one sync per check interval); stop if a step was flagged."""

@@ -1,7 +1,6 @@
-"""The Trainer: fit, evaluate and predict for any nn.Module. `fit` reads top to bottom; every part
-of a step is in `_train_one`; the one override point is `train_step(model, batch)`. The NaN guard
-returns a verdict that `on_nonfinite` (train/nonfinite.py) applies; checkpoints use `state_dict` /
-`load_state_dict`.
+"""The Trainer: fit, evaluate and predict for any nn.Module. `fit` reads top to bottom; a step is in
+`_train_one`; the one override point is `train_step(model, batch)`. The NaN guard returns a verdict
+that `on_nonfinite` (train/nonfinite.py) applies; checkpoints use `state_dict` / `load_state_dict`.
 """
 
 from __future__ import annotations
@@ -188,6 +187,8 @@ class Trainer:
         state.metrics_updated = state.step % cfg.log_every == 0
         if guard.on_device and state.step % cfg.nan_check_every == 0:
             guard.check_record(state)
+            if self.dist:  # no per-step agreement in this mode: the ranks' stop requests, once an interval
+                self.dist.agree_stop(state)
         if state.metrics_updated:
             self._log_train()
         mid_epoch = state.position < len(self.train_batches) and self.val_batches is not None
