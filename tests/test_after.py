@@ -290,6 +290,18 @@ def test_other_export_formats(
     assert code == 0, err
     path = simplenet_run / "export" / f"model{suffix}"
     assert path.is_file() and Path(f"{path}.preprocessing.json").is_file() and str(path) in out
+    eager = torchsmith.load(simplenet_run, checkpoint="final").model.eval()  # what the export was made from
+    inputs = torch.randn(5, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    if format == "safetensors":  # the weights themselves
+        from safetensors.torch import load_file
+
+        saved = load_file(str(path))
+        assert saved.keys() == eager.state_dict().keys()
+        assert all(torch.equal(saved[k], v) for k, v in eager.state_dict().items())
+        return
+    loaded = torch.export.load(str(path)).module() if format == "exported-program" else torch.jit.load(str(path))
+    with torch.no_grad():
+        assert torch.allclose(loaded(inputs), eager(inputs), atol=1e-5)  # it computes what the model computes
 
 
 def test_parity_check_catches_a_batch_size_baked_into_the_export() -> None:

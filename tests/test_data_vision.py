@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from conftest import shared_dataset, write_image_tree
@@ -62,13 +64,24 @@ def test_imagefolder_cache_is_used_and_invalidated(tmp_path) -> None:
     root = write_image_tree(tmp_path / "tree", per_class=5)
     first = load_imagefolder(str(root), cache_dir=tmp_path / "cache")
     assert len(list((tmp_path / "cache").glob("*/meta.json"))) == 1
+    # Damage a file's bytes but keep its size and time (the cache key): only a cache hit still loads,
+    # with the pixels decoded the first time; decoding again would fail on the damaged file.
+    damaged = root / "class1" / "001.png"
+    stat = damaged.stat()
+    damaged.write_bytes(b"\0" * stat.st_size)
+    os.utime(damaged, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     again = load_imagefolder(str(root), cache_dir=tmp_path / "cache")
     assert torch.equal(first.train.images, again.train.images)
+    damaged.write_bytes(b"\0" * (stat.st_size + 1))  # a changed size: a new key, decoded, and skipped
+    assert "001.png" in str(load_imagefolder(str(root), cache_dir=tmp_path / "cache").info.problems)
+    write_image_tree(tmp_path / "tree", per_class=5)  # the tree as it was
+    load_imagefolder(str(root), cache_dir=tmp_path / "cache")
+    entries = len(list((tmp_path / "cache").glob("*/meta.json")))
     from torchvision.io import write_png
 
     write_png(torch.zeros(3, 16, 16, dtype=torch.uint8), str(root / "class0" / "000.png"))
     load_imagefolder(str(root), cache_dir=tmp_path / "cache")
-    assert len(list((tmp_path / "cache").glob("*/meta.json"))) == 2  # a changed file means a new key
+    assert len(list((tmp_path / "cache").glob("*/meta.json"))) == entries + 1  # a changed file means a new key
 
 
 def test_corrupt_image_names_the_file(tmp_path) -> None:
