@@ -25,6 +25,7 @@ import socket
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,38 +102,74 @@ def open_study(plan: SweepPlan) -> Any:
     }
     engine = {"connect_args": {"timeout": 60}} if plan.storage.startswith("sqlite") else None
     plan.folder.mkdir(parents=True, exist_ok=True)
-    storage = _open_storage(plan.storage, engine)
     sampler, pruner = samplers[plan.sampler](), pruners[plan.pruner]()
     direction = optuna.study.StudyDirection[plan.direction.upper()]
-    try:  # the process that creates the study queues the base trial; the others join it
-        study = optuna.create_study(
-            storage=storage, study_name=plan.study_name, sampler=sampler, pruner=pruner, direction=direction
-        )
-    except optuna.exceptions.DuplicatedStudyError:
-        return optuna.load_study(storage=storage, study_name=plan.study_name, sampler=sampler, pruner=pruner)
-    enqueue_base(study, plan)
-    return study
+
+    def create_or_join() -> Any:  # the process that creates the study queues the base trial; the others join it
+        storage = _open_storage(plan.storage, engine)
+        try:
+            study = optuna.create_study(
+                storage=storage, study_name=plan.study_name, sampler=sampler, pruner=pruner, direction=direction
+            )
+        except optuna.exceptions.DuplicatedStudyError:
+            return optuna.load_study(storage=storage, study_name=plan.study_name, sampler=sampler, pruner=pruner)
+        enqueue_base(study, plan)
+        return study
+
+    return _retry_while_racing(create_or_join)
 
 
 def _open_storage(url: str, engine: dict[str, Any] | None) -> Any:
-    """Optuna's RDB storage. Processes that start on one new database at the same moment race to
-    create its tables ("table studies already exists"); the loser retries and finds them made."""
+    """Optuna's RDB storage, with the heartbeats that find trials of killed processes."""
     import optuna
+
+    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.8; we rely on them
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=engine,
+            heartbeat_interval=HEARTBEAT_S,
+            grace_period=GRACE_S,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
+        )
+    if url.startswith("sqlite"):
+        serialize_sqlite(storage.engine)
+    return storage
+
+
+def serialize_sqlite(engine: Any) -> None:
+    """Make each SQLite transaction take the database's write lock when it begins.
+
+    Python's sqlite3 opens a transaction only at its first write, so Optuna's "take a waiting
+    trial" (read its state, then set RUNNING where it is still WAITING) is no atomic step there: two
+    processes could both take the queued base trial and run it twice, the second failing the first.
+    `BEGIN IMMEDIATE` (SQLAlchemy's recipe for pysqlite) makes the read and the write one step;
+    PostgreSQL and MySQL lock the row themselves.
+    """
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _connect(connection: Any, record: Any) -> None:
+        connection.isolation_level = None  # let the listener below say when a transaction begins
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened before the listeners: closed, the next ones get them
+
+
+def _retry_while_racing(step: Callable[[], Any], attempts: int = 8) -> Any:
+    """Processes that start on one new database at the same moment race to create its tables and
+    its study ("table studies already exists", "database is locked"): the loser waits and tries
+    again, and then finds them made."""
     import sqlalchemy.exc
 
-    for attempt in range(5):
+    for attempt in range(attempts):
         try:
-            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.8; we rely on them
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(
-                    url,
-                    engine_kwargs=engine,
-                    heartbeat_interval=HEARTBEAT_S,
-                    grace_period=GRACE_S,
-                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
-                )
-        except sqlalchemy.exc.OperationalError:
-            if attempt == 4:
+            return step()
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError):
+            if attempt == attempts - 1:
                 raise
             time.sleep(0.5 * (attempt + 1))
     raise AssertionError("unreachable")
