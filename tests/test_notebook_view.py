@@ -40,6 +40,7 @@ def test_nan_events_are_marked_and_counted() -> None:
 @pytest.fixture
 def ipython() -> Any:
     """An IPython shell in this process, so that `display` returns handles (a kernel has one)."""
+    pytest.importorskip("IPython", reason="live curves draw in IPython (pip install ipykernel)")
     from IPython.core.interactiveshell import InteractiveShell
 
     yield InteractiveShell.instance()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
+import pytest
 from conftest import tiny_mlp
 
 from torchsmith import Trainer
@@ -34,6 +35,7 @@ class KeepBar(ProgressPrinter):
 
 
 def test_the_notebook_bar_spans_the_fit_and_ends_full(blobs: Any) -> None:
+    pytest.importorskip("ipywidgets", reason="the notebook bar draws on ipywidgets (pip install ipywidgets)")
     stream = io.StringIO()
     printer = KeepBar("notebook", stream=stream)
     trainer = Trainer(tiny_mlp(), max_epochs=2, batch_size=32, log_every=4, callbacks=[printer])
