@@ -39,7 +39,8 @@ def run_once(argv: list[str], src: str, run_dir: Path | None) -> dict[str, float
     command = [sys.executable, "-m", "torchsmith", *argv]
     if run_dir is not None:
         command += ["--run-dir", str(run_dir)]
-        if "profile-startup" in (Path(src) / "torchsmith" / "cli" / "train.py").read_text():
+        train_cli = Path(src) / "torchsmith" / "cli" / "train.py"  # a tree from before the cli/ package has none
+        if train_cli.is_file() and "profile-startup" in train_cli.read_text():
             command.append("--profile-startup")
     start, used = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
