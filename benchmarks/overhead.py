@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -43,52 +44,48 @@ def load_mnist(data_dir: str) -> tuple[torch.Tensor, torch.Tensor]:
 MODELS = {"simplenet": lambda: SimpleNet(784, 10), "convnet": lambda: ConvNet((1, 28, 28), 10)}
 
 
+def hand_loop(
+    batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]], epochs: int, device: torch.device,
+    check: bool, model_name: str,
+) -> float:  # fmt: skip
+    """The tutorial's loop over `batches()` each epoch; `check` adds the NaN guard's finite check
+    (`FiniteCheck`, the same call the Trainer makes) before each step, without the rest of the Trainer."""
+    torch.manual_seed(0)
+    model = MODELS[model_name]().to(device)
+    finite = FiniteCheck(list(model.parameters()), device) if check else None
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    criterion = nn.CrossEntropyLoss()
+    running_loss = 0.0
+    for _ in range(epochs):
+        for inputs, targets in batches():
+            optimizer.zero_grad(set_to_none=True)
+            loss = criterion(model(inputs), targets)
+            loss.backward()
+            if finite is not None and not finite.passes(loss.detach()):
+                raise RuntimeError("non-finite loss or gradient")
+            optimizer.step()
+            running_loss += loss.item()
+    return running_loss
+
+
 def hand_written(
     x: torch.Tensor, y: torch.Tensor, epochs: int, check: bool = False, model_name: str = "simplenet"
 ) -> float:
-    """The tutorial's loop; `check` adds the NaN guard's finite check (`FiniteCheck`, the
-    same call the Trainer makes) before each step, without the rest of the Trainer."""
-    torch.manual_seed(0)
-    model = MODELS[model_name]().to(x.device)
-    finite = FiniteCheck(list(model.parameters()), x.device) if check else None
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    criterion = nn.CrossEntropyLoss()
+    """The tutorial's loop over tensors in memory, reshuffled each epoch, batch 64."""
     generator = torch.Generator().manual_seed(0)
-    running_loss = 0.0
-    for _ in range(epochs):
+
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = torch.randperm(len(x), generator=generator).to(x.device)
         for start in range(0, len(x), 64):
             index = order[start : start + 64]
-            inputs, targets = x[index], y[index]
-            optimizer.zero_grad(set_to_none=True)
-            loss = criterion(model(inputs), targets)
-            loss.backward()
-            if finite is not None and not finite.passes(loss.detach()):
-                raise RuntimeError("non-finite loss or gradient")
-            optimizer.step()
-            running_loss += loss.item()
-    return running_loss
+            yield x[index], y[index]
+
+    return hand_loop(batches, epochs, x.device, check, model_name)
 
 
 def hand_written_loader(loader: DataLoader, epochs: int, check: bool = False, model_name: str = "simplenet") -> float:
-    """The tutorial's loop over a DataLoader (the path a user's own Dataset takes); `check` as in
-    `hand_written`."""
-    torch.manual_seed(0)
-    model = MODELS[model_name]()
-    finite = FiniteCheck(list(model.parameters()), torch.device("cpu")) if check else None
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    criterion = nn.CrossEntropyLoss()
-    running_loss = 0.0
-    for _ in range(epochs):
-        for inputs, targets in loader:
-            optimizer.zero_grad(set_to_none=True)
-            loss = criterion(model(inputs), targets)
-            loss.backward()
-            if finite is not None and not finite.passes(loss.detach()):
-                raise RuntimeError("non-finite loss or gradient")
-            optimizer.step()
-            running_loss += loss.item()
-    return running_loss
+    """The tutorial's loop over a DataLoader (the path a user's own Dataset takes)."""
+    return hand_loop(lambda: loader, epochs, torch.device("cpu"), check, model_name)
 
 
 def make_loader(x: torch.Tensor, y: torch.Tensor) -> DataLoader:

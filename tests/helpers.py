@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +29,14 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
 
 
 def run_process(
-    args: list[str], cwd: Path | None = None, timeout: float = 120, **env: str
+    args: list[str],
+    cwd: Path | None = None,
+    timeout: float = 120,
+    preexec_fn: Callable[[], None] | None = None,
+    **env: str,
 ) -> subprocess.CompletedProcess[str]:
-    """`python -m torchsmith ARGS` as a real process (text output captured)."""
+    """`python -m torchsmith ARGS` as a real process (text output captured); `preexec_fn` runs in the
+    child before it starts (a resource limit, say)."""
     environment = {**os.environ, "PYTHONPATH": str(Path(torchsmith.__file__).parents[1]), **env}  # this code
     return subprocess.run(
         [sys.executable, "-m", "torchsmith", *args],
@@ -40,6 +45,7 @@ def run_process(
         cwd=cwd,
         env=environment,
         timeout=timeout,
+        preexec_fn=preexec_fn,
     )
 
 

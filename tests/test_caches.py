@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
 import sys
 import threading
 import wave
@@ -15,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import write_image_tree
+from helpers import run_process
 
-import torchsmith
 from torchsmith.data.audio_features import LogMel, logmel_features
 from torchsmith.data.image_store import ImageOptions, open_store
 from torchsmith.data.vision import load_imagefolder
@@ -150,16 +149,7 @@ def limited() -> None:  # runs in the child before exec: its files may not grow 
 
 def run_limited(args: list[str], cwd: Path, cache: Path) -> str:
     """`torchsmith ARGS` with files limited to LIMIT bytes; asserts exit 1 and a clear message."""
-    env = {**os.environ, "PYTHONPATH": str(Path(torchsmith.__file__).parents[1]), "TORCHSMITH_CACHE": str(cache)}
-    result = subprocess.run(
-        [sys.executable, "-m", "torchsmith", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-        preexec_fn=limited,
-        timeout=300,
-    )
+    result = run_process(args, cwd, timeout=300, preexec_fn=limited, TORCHSMITH_CACHE=str(cache))
     assert result.returncode == 1, result.stderr
     assert "no space left on" in result.stderr and "bytes needed" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
