@@ -15,7 +15,15 @@ from torch.nn import functional as F
 
 from torchsmith.callbacks.ema import EMACallback
 from torchsmith.callbacks.whitening import WhitenBiasFreeze
-from torchsmith.data.augment import augment_images, cutout, parse_policy, random_crop, random_flip, translate_batch
+from torchsmith.data.augment import (
+    augment_images,
+    cutout,
+    parse_policy,
+    random_crop,
+    random_crop_flip,
+    random_flip,
+    translate_batch,
+)
 from torchsmith.data.memory import ImageTensors
 from torchsmith.models.speednet import SpeedNet, init_whitening
 from torchsmith.state import TrainState
@@ -83,6 +91,20 @@ def test_flip_rate_is_one_half_per_sample():
     flipped = (out[..., 0] == x[..., 1]).flatten()
     assert 0.48 < flipped.float().mean().item() < 0.52
     assert torch.equal(out, random_flip(x, _gen(0)))
+
+
+@pytest.mark.parametrize("padding", [0, 1, 4])
+@pytest.mark.parametrize("shape", [(64, 3, 32, 32), (33, 1, 7, 12)])
+def test_fused_crop_flip_is_crop_then_flip_exactly(padding, shape):
+    # the in-memory batch path uses the fused op; it must give the pixels the two steps give
+    x = torch.randint(0, 256, shape, dtype=torch.uint8)
+    for seed in range(3):
+        g = _gen(seed)
+        expected = random_flip(random_crop(x, padding, g), g)
+        assert torch.equal(random_crop_flip(x, padding, _gen(seed)), expected)
+    fused = augment_images(x, "crop-flip", _gen(5), padding=padding)
+    g = _gen(5)
+    assert torch.equal(fused, random_flip(random_crop(x, padding, g), g))
 
 
 def test_cutout_fills_one_square_per_image_at_uniform_positions():
