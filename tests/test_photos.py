@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -137,6 +138,28 @@ def test_predict_applies_exactly_the_evaluation_transform(tmp_path: Path) -> Non
     expected, _ = bundle.test.get_batch(torch.arange(6), None, train=False)
     prepared = prepare_images([files[r] for r in rows], bundle.info.preprocessing, bundle.info)
     assert torch.equal(prepared, expected)
+
+
+def test_store_reads_rows_in_order_and_out_of_order_alike(tmp_path: Path) -> None:
+    # rows in order are read straight into the tensor; any other order goes through an index
+    root = write_photos(tmp_path / "photos", per_class=6)
+    options = ImageOptions(image_size=(16, 16), cache_dir=tmp_path / "cache")
+    files = sorted(str(p) for p in root.rglob("*.*") if p.suffix in (".png", ".jpg", ".bmp", ".gif", ".webp"))
+    full = open_labelled(files, torch.zeros(len(files), dtype=torch.int64), options, "photos")
+    store, rows = full.store, full.rows
+    store.rows_per_shard = 5  # several shards, so runs start and end inside them
+    shutil.rmtree(store.folder)
+    store.folder.mkdir(parents=True)
+    pixels = torch.randint(0, 256, (store.count, *store.row_shape), dtype=torch.uint8)
+    for shard, path in enumerate(store.shard_paths()):
+        path.write_bytes(pixels[shard * 5 : shard * 5 + 5].numpy().tobytes())
+    assert torch.equal(store.read_rows(rows), pixels[rows])
+    shuffled = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(0))]
+    assert torch.equal(store.read_rows(shuffled), pixels[shuffled])
+    assert torch.equal(store.read_rows(rows[3:9]), pixels[rows[3:9]])
+    store.shard_paths()[-1].write_bytes(b"")  # a cache file cut short is refused, not read as zeros
+    with pytest.raises(UsageError, match="shorter than its index"):
+        store.read_rows(rows[-1:])
 
 
 def write_table(tmp_path: Path, rows: list[tuple[str, str]]) -> Path:

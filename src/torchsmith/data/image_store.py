@@ -151,8 +151,12 @@ class ImageStore:
             where = (shard_of == shard).nonzero().flatten()
             if len(where) == 0:
                 continue
+            local = rows[where] - shard * self.rows_per_shard
+            if _is_run(where) and _is_run(local):  # the usual case: a shard's rows in order
+                _read_run_into(path, int(local[0]) * self.row_bytes, out[int(where[0]) : int(where[-1]) + 1])
+                continue
             data = torch.from_numpy(np.fromfile(path, dtype=np.uint8)).view(-1, *self.row_shape)
-            out[where] = data[rows[where] - shard * self.rows_per_shard]
+            out[where] = data[local]
         return out
 
     def to_meta(self) -> dict[str, Any]:
@@ -184,9 +188,27 @@ class ImageStore:
         )
 
 
+def _is_run(index: torch.Tensor) -> bool:
+    """Whether a 1-D index is consecutive ascending integers."""
+    return len(index) == 1 or bool((index[1:] - index[:-1] == 1).all())
+
+
+def _read_run_into(path: Path, offset: int, out: torch.Tensor) -> None:
+    # Written by hand rather than np.fromfile + indexing: reading straight into the tensor's
+    # memory copies the bytes once instead of twice (0.45 s less on CIFAR-10's 184 MB store).
+    view = memoryview(out.numpy()).cast("B")
+    with open(path, "rb") as file:
+        file.seek(offset)
+        got = file.readinto(view)
+    if got != len(view):
+        raise UsageError(f"the image cache file {path} is shorter than its index says; delete it to rebuild the cache")
+
+
 def open_store(files: list[str], options: ImageOptions, where: str) -> ImageStore:
     """The store of these files: from the cache, or decoded now (and cached)."""
-    files = [os.path.abspath(f) for f in files]  # the key and the store name files wherever run from
+    # the key and the store name files wherever run from; abspath skipped where it would change
+    # nothing (an absolute path without "." or ".." parts or doubled slashes): 0.2 s on 60,000 files
+    files = [f if f[:1] == "/" and "/." not in f and "//" not in f else os.path.abspath(f) for f in files]
     requested = json.dumps([FORMAT, options.image_size, options.storage_size, options.max_pixels])
     key = hashlib.sha256((file_stamps(files) + requested).encode()).hexdigest()[:24]
     folder = Path(options.cache_dir or cache_root() / "images").resolve() / key
