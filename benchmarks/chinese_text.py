@@ -56,6 +56,7 @@ From the project root (pip install snownlp scikit-learn, or torchsmith[bench]):
 from __future__ import annotations
 
 import argparse
+import csv
 import itertools
 import json
 import random
@@ -76,7 +77,18 @@ MODELS = {
         "--set", "data.options.max_len=1024",
     ],
 }  # fmt: skip
-COMMON = ["--set", "train.group_by_length=true", "--quiet"]
+COMMON = ["--set", "train.group_by_length=true"]
+# `--select train`: what `torchsmith sweep` searches for a model, each setting judged by its
+# accuracy on the validation carve of train.tsv; the best trial is then scored on dev.
+SWEEPS = {
+    "bow": [
+        "--search", "data.options.subwords=[{buckets: 100000, min_n: 2, max_n: 3, per_word: 2}, "
+                    "{buckets: 100000, min_n: 2, max_n: 4, per_word: 3}]",
+        "--search", "optim.lr=[0.001,0.003]",
+        "--sampler", "grid", "--pruner", "none", "--trials", "4", "--metric", "val_accuracy",
+    ],
+}  # fmt: skip
+CS = (1, 4, 16)  # the baseline's choices of C (inverse regularisation strength)
 
 
 def read_reviews() -> list[tuple[str, str]]:
@@ -110,24 +122,58 @@ def write_split(rows: list[tuple[str, str]], out: Path, dev_fraction: float, see
     return splits
 
 
+def columns(rows: list) -> tuple[list[str], list[str]]:
+    texts, labels = zip(*rows, strict=True)
+    return list(texts), list(labels)
+
+
+def tfidf_logreg(train: list, c: float, analyzer: object = "char", ngrams: tuple[int, int] = (1, 3)) -> object:
+    """TF-IDF over `train`'s (text, label) rows, then logistic regression at `c`: one fitted pipeline."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    vectorizer = TfidfVectorizer(analyzer=analyzer, ngram_range=ngrams, sublinear_tf=True)  # type: ignore[arg-type]
+    return make_pipeline(vectorizer, LogisticRegression(C=c, max_iter=3000)).fit(*columns(train))
+
+
 def baseline(
     splits: dict[str, list], analyzer: object = "char", ngrams: tuple[int, int] = (1, 3)
 ) -> tuple[float, float]:
     """Dev accuracy of TF-IDF + logistic regression at its best C on dev, and that C."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-
-    (train_texts, train_labels), (dev_texts, dev_labels) = (
-        [list(column) for column in zip(*splits[split], strict=True)] for split in ("train", "dev")
-    )
-    vectorizer = TfidfVectorizer(analyzer=analyzer, ngram_range=ngrams, sublinear_tf=True)  # type: ignore[arg-type]
-    train_x, dev_x = vectorizer.fit_transform(train_texts), vectorizer.transform(dev_texts)
-    scores = {
-        c: LogisticRegression(C=c, max_iter=3000).fit(train_x, train_labels).score(dev_x, dev_labels)
-        for c in (1, 4, 16)
-    }
+    scores = {c: tfidf_logreg(splits["train"], c, analyzer, ngrams).score(*columns(splits["dev"])) for c in CS}  # type: ignore[attr-defined]
     best = max(scores, key=lambda c: scores[c])
     return scores[best], best
+
+
+def baseline_on_train(splits: dict[str, list], val_fraction: float, seed: int) -> dict[str, tuple[float, float]]:
+    """The baseline with C chosen on train.tsv alone, two ways, each (dev accuracy, C):
+
+    - "carve": on the validation rows torchsmith carves from train.tsv with the same seed
+      (`validation_carve`), trained on the rest; then refitted on all of train.tsv
+      ("carve, refit"), or kept as trained on the rest, as torchsmith's models are ("carve");
+    - "cv": 5-fold cross-validation on train.tsv (scikit-learn's LogisticRegressionCV).
+    """
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegressionCV
+
+    from torchsmith.data.words import validation_carve
+
+    train, dev = splits["train"], columns(splits["dev"])
+    kept, carved = validation_carve(len(train), val_fraction, seed)
+    rest, val = [train[i] for i in kept], columns([train[i] for i in carved])
+    fitted = {c: tfidf_logreg(rest, c) for c in CS}
+    scores = {c: fitted[c].score(*val) for c in CS}  # type: ignore[attr-defined]
+    c = max(scores, key=lambda c: scores[c])
+    vectorizer = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True)
+    texts, labels = columns(train)
+    cv = LogisticRegressionCV(Cs=list(CS), cv=5, scoring="accuracy", max_iter=3000)
+    cv.fit(vectorizer.fit_transform(texts), labels)
+    return {
+        "carve": (fitted[c].score(*dev), c),  # type: ignore[attr-defined]
+        "carve, refit": (tfidf_logreg(train, c).score(*dev), c),  # type: ignore[attr-defined]
+        "cv": (cv.score(vectorizer.transform(dev[0]), dev[1]), float(cv.C_[0])),
+    }
 
 
 def jieba_words(text: str) -> list[str]:
@@ -145,13 +191,39 @@ def train_torchsmith(name: str, out: Path, seed: int) -> dict:
     run = out / "runs" / name
     start = time.perf_counter()
     code = torchsmith_main(
-        ["train", "--data", f"tsv:{out}", *MODELS[name], *COMMON, "--seed", str(seed), "--run-dir", str(run)]
+        ["train", "--data", f"tsv:{out}", *MODELS[name], *COMMON, "--quiet", "--seed", str(seed), "--run-dir", str(run)]
     )
     if code != 0:
         raise SystemExit(f"torchsmith train {name} failed with exit code {code}")
     summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
     summary["wall_s"] = time.perf_counter() - start
     return summary
+
+
+def sweep_torchsmith(name: str, out: Path, seed: int) -> dict:
+    """`torchsmith sweep` over SWEEPS[name]; the summary of the trial best on the validation
+    carve (the first of equals), with every trial's (settings, val accuracy, dev accuracy)."""
+    folder = out / "sweeps" / name
+    start = time.perf_counter()
+    code = torchsmith_main(
+        ["sweep", "--data", f"tsv:{out}", *MODELS[name], *COMMON, *SWEEPS[name], "--seed", str(seed),
+         "--run-dir", str(folder)]
+    )  # fmt: skip
+    if code != 0:
+        raise SystemExit(f"torchsmith sweep {name} failed with exit code {code}")
+    with (folder / "trials.csv").open(encoding="utf-8", newline="") as file:
+        rows = [row for row in csv.DictReader(file) if row["state"] == "completed"]
+    trials = []
+    for row in rows:
+        summary = json.loads((Path(row["run_dir"]) / "summary.json").read_text(encoding="utf-8"))
+        settings = {key: row[key] for key in row if key.startswith(("optim.", "data.", "model.", "train."))}
+        trials.append((settings, float(row["val_accuracy"]), summary))
+    if not trials:
+        raise SystemExit(f"torchsmith sweep {name}: no trial completed")
+    best = max(trials, key=lambda trial: trial[1])[2]
+    best["trials"] = [(settings, val, summary["test"]["accuracy"]) for settings, val, summary in trials]
+    best["wall_s"] = time.perf_counter() - start
+    return best
 
 
 def main() -> None:
@@ -162,6 +234,12 @@ def main() -> None:
     parser.add_argument(
         "--models", default="textcnn,bow", help="torchsmith models to train, comma-separated ('': the baseline only)"
     )
+    parser.add_argument(
+        "--select", choices=("dev", "train"), default="dev",
+        help="dev: the baseline's C picked on dev, torchsmith's settings fixed; train: both choose on train.tsv "
+             "alone (the baseline's C on torchsmith's validation carve and by 5-fold CV, torchsmith by a sweep "
+             "of SWEEPS on the carve) and are compared as chosen there",
+    )  # fmt: skip
     parser.add_argument("--jieba", action="store_true", help="also the baseline on jieba's words (pip install jieba)")
     args = parser.parse_args()
     out = Path(args.out)
@@ -170,8 +248,13 @@ def main() -> None:
     start = time.perf_counter()
     accuracy, c = baseline(splits)
     results = {"baseline": accuracy}
-    print(f"baseline (char 1-3-gram TF-IDF + logistic regression, C={c}): dev accuracy {accuracy:.4f} "
+    print(f"baseline (char 1-3-gram TF-IDF + logistic regression, C={c} picked on dev): dev accuracy {accuracy:.4f} "
           f"({time.perf_counter() - start:.0f} s)")  # fmt: skip
+    if args.select == "train":
+        chosen = baseline_on_train(splits, val_fraction=0.1, seed=args.seed)
+        for way, (accuracy, c) in chosen.items():
+            print(f"  the same, C={c:g} picked on train.tsv ({way}): dev accuracy {accuracy:.4f}")
+        results["baseline"] = chosen["carve, refit"][0]
     if args.jieba:
         import jieba
 
@@ -180,7 +263,12 @@ def main() -> None:
             accuracy, c = baseline(splits, analyzer, (1, 1))
             print(f"  the same on {label} (C={c}): dev accuracy {accuracy:.4f}")
     for name in [name for name in args.models.split(",") if name]:
-        summary = train_torchsmith(name, out, args.seed)
+        if args.select == "train" and name in SWEEPS:
+            summary = sweep_torchsmith(name, out, args.seed)
+            for settings, val, dev in summary["trials"]:
+                print(f"  sweep trial {settings}: val accuracy {val:.4f}, dev accuracy {dev:.4f}")
+        else:
+            summary = train_torchsmith(name, out, args.seed)
         results[name] = summary["test"]["accuracy"]
         print(f"torchsmith {name}: dev accuracy {results[name]:.4f} ({summary['epochs']} epochs, "
               f"{summary['train_time_s']:.0f} s training, {summary['wall_s']:.0f} s in all)")  # fmt: skip
