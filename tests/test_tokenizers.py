@@ -147,6 +147,38 @@ def test_the_default_tokenizer_follows_the_script() -> None:
         TokenizerOptions.from_options({"tokenizer": "jieba"})
 
 
+def test_character_four_grams_are_an_option() -> None:
+    options = {"subwords": {"buckets": 1000, "min_n": 2, "max_n": 4, "per_word": 3}}
+    tokenizer, choice = build_tokenizer(["这本书很好看", "这本书不好看"], TokenizerOptions.from_options(options))
+    assert "character 2-4-grams in 1000 buckets" in choice
+    ids, _, pieces = tokenizer.encode_compact(["好看吗呀"], max_len=8)
+    assert pieces is not None and pieces.shape[1] == 4  # the character, its bigram, trigram and 4-gram
+    first = pieces[ids[0, 0]].tolist()
+    offset = len(tokenizer)
+    assert first[1:] == [offset + zlib_crc(gram) % 1000 for gram in ("好看", "好看吗", "好看吗呀")]
+    assert pieces[ids[0, 2]].tolist()[3] == 0  # '吗' has no 4-gram left: padded
+
+
+def test_validation_carve_names_the_rows_a_word_bundle_validates_on() -> None:
+    from torchsmith.data.words import Table, build_word_bundle, validation_carve
+
+    texts = [f"第{i}条评论" for i in range(40)]
+    table = Table(texts, [i % 2 for i in range(40)], ["negative", "positive"], [])
+    bundle = build_word_bundle(table, None, None, max_len=8, val_fraction=0.25, seed=3)
+    kept, carved = validation_carve(40, 0.25, seed=3)
+    assert len(carved) == 10 and sorted(kept + carved) == list(range(40))
+    assert bundle.val is not None and bundle.train is not None
+    assert list(bundle.val.texts or []) == [texts[i] for i in carved]
+    assert list(bundle.train.texts or []) == [texts[i] for i in kept]
+    assert validation_carve(40, 0.25, seed=4)[1] != carved
+
+
+def zlib_crc(text: str) -> int:
+    import zlib
+
+    return zlib.crc32(text.encode("utf-8"))
+
+
 def test_a_word_tokenizer_saved_before_normalisation_reads_as_it_did() -> None:
     tokenizer = WordTokenizer.build(["ＧＲＥＡＴ film", "great film"])  # as runs were built before
     state = json.loads(json.dumps(tokenizer.state_dict()))

@@ -323,6 +323,19 @@ def unescape_ptb(text: str) -> str:
     return _PTB_PATTERN.sub(lambda match: PTB_ESCAPES[match.group(0).lower()], text)
 
 
+def validation_carve(num_rows: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(rows kept for training, rows carved for validation) of a training file of `num_rows`
+    rows, as `build_word_bundle` carves them: a seeded shuffle, at least one row each side.
+
+    Example:
+        >>> validation_carve(10, 0.2, seed=0)[1]
+        [4, 1]
+    """
+    order = torch.randperm(num_rows, generator=torch.Generator().manual_seed(seed)).tolist()
+    num_val = min(max(1, round(num_rows * val_fraction)), num_rows - 1)
+    return order[num_val:], order[:num_val]
+
+
 def build_word_bundle(
     train: Table,
     val: Table | None,
@@ -345,9 +358,8 @@ def build_word_bundle(
             raise UsageError(
                 f"need val_fraction in [0, 1) and at least 2 rows to carve a validation split, got {val_fraction}"
             )
-        order = torch.randperm(len(train.texts), generator=torch.Generator().manual_seed(seed)).tolist()
-        num_val = min(max(1, round(len(order) * val_fraction)), len(order) - 1)
-        train, val = train.subset(order[num_val:]), train.subset(order[:num_val])
+        kept, carved = validation_carve(len(train.texts), val_fraction, seed)
+        train, val = train.subset(kept), train.subset(carved)
     built, choice = build_tokenizer(train.texts, tokenizer or TokenizerOptions())
 
     def split(table: Table | None) -> TokenBatches | None:
