@@ -20,6 +20,7 @@ Prints the ratio of whole-command times and both test accuracies last.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import subprocess
@@ -66,6 +67,36 @@ with torch.no_grad():
     for x, y in DataLoader(test, batch_size=500, num_workers=2):
         correct += (model(x).argmax(1) == y).sum().item()
 print(json.dumps({"accuracy": correct / len(test)}))
+"""
+
+SPLIT = r"""
+import json, sys, time, torch
+from torch import nn
+from torchvision import datasets, transforms
+from torchsmith.data.bundle import DataInfo
+from torchsmith.models.registry import build_model
+root, batch = sys.argv[1], int(sys.argv[2])
+torch.manual_seed(0)
+model = build_model("convnet", DataInfo("image", 10, (3, 64, 64)), {})
+opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+x, y, loss_fn = torch.randn(batch, 3, 64, 64), torch.randint(0, 10, (batch,)), nn.CrossEntropyLoss()
+def step():
+    opt.zero_grad(set_to_none=True); loss_fn(model(x), y).backward(); opt.step()
+for _ in range(3):
+    step()
+cpu, wall = time.process_time(), time.perf_counter()
+for _ in range(10):
+    step()
+step_cpu, step_wall = (time.process_time() - cpu) / 10, (time.perf_counter() - wall) / 10
+tf = transforms.Compose([transforms.RandomResizedCrop(64, scale=(0.25, 1.0)), transforms.RandomHorizontalFlip(),
+                         transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.25] * 3)])
+ok = lambda p: p.lower().endswith(datasets.folder.IMG_EXTENSIONS) and not p.endswith("broken.jpg") and "/." not in p
+train = datasets.ImageFolder(root + "/train", tf, is_valid_file=ok)
+cpu, picks = time.process_time(), range(0, len(train), max(1, len(train) // 500))
+for i in picks:
+    train[i]
+print(json.dumps({"step_cpu": step_cpu, "step_wall": step_wall, "image_cpu": (time.process_time() - cpu) / len(picks),
+                  "images": len(train)}))
 """
 
 
@@ -117,6 +148,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--bound-only", action="store_true", help="only the model-step bound, no whole runs")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "photos"
@@ -126,6 +158,20 @@ def main() -> None:
         env = dict(os.environ, TORCHSMITH_CACHE=str(Path(tmp) / "cache"))
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
         common = [f"--epochs={args.epochs}", f"--batch-size={args.batch_size}", "--val-fraction=0"]
+        _, split_out = timed([sys.executable, "-c", SPLIT, str(root), str(args.batch_size)], env)
+        split = json.loads(split_out.strip().splitlines()[-1])
+        steps = args.epochs * -(-split["images"] // args.batch_size)
+        model_s, data_s = steps * split["step_cpu"], args.epochs * split["images"] * split["image_cpu"]
+        print(
+            f"split (CPU seconds, one process): the model's {steps} steps alone {model_s:.0f} s "
+            f"({split['step_cpu']:.3f} s a step, {split['step_wall']:.3f} s wall); the baseline's data "
+            f"(decode + RandomResizedCrop + ToTensor + Normalize) {data_s:.0f} s. Any loader that trains the same "
+            f"steps takes at least the model's time, so the baseline over it is at most "
+            f"{(model_s + data_s) / model_s:.2f}x here, before start-up",
+            flush=True,
+        )
+        if args.bound_only:
+            return
         ours_cmd = [sys.executable, "-m", "torchsmith", "train", "--model", "convnet", "--image-size", "64"]
         ours_cmd += ["--data", f"imagefolder:{root}", *common, f"--device={args.device}", "--quiet"]
         ours_cmd += ["--run-dir", str(Path(tmp) / "run")]
