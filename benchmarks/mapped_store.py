@@ -30,7 +30,8 @@ Measured on a 2-core CPU shared with other jobs (throughput figures are noisy th
 - Before (the store read through a memory map, madvise(MADV_DONTNEED) every quarter of
   the limit), `--per-class 2000`: from disk +548 MiB, RssFile +302 against +91 in the
   in-memory run of the same benchmark: about 210 MiB of mapped store pages stayed resident
-  against a 78 MiB limit (fault-around maps neighbouring cached pages on every fault).
+  against a 78 MiB limit (pages a map has touched count as resident until the kernel
+  reclaims them).
 """
 
 from __future__ import annotations

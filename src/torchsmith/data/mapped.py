@@ -1,4 +1,4 @@
-"""Image stores larger than memory: memory-mapped shards, each batch gathered ahead by a thread.
+"""Image stores larger than memory: shards on disk, each batch read ahead by a thread.
 
 `MappedImages` is an `ImageTensors` whose rows stay on disk: a batch's rows are read from
 the shard files straight into the batch's buffer (`os.preadv`, runs of consecutive rows in
