@@ -69,14 +69,14 @@ def image_bundle(
     limit = options.memory_limit if options.memory_limit is not None else default_memory_limit()
     mapped = total > limit
     multi = train.labels.dim() == 2
-    full = _source(train, augment, mapped, len(class_names), limit)
+    full = _source(train, augment, mapped, len(class_names))
     mean, std = histogram_stats(full.gather(chunk) for chunk in torch.arange(min(len(full), STATS_SAMPLES)).split(1024))
     full.set_normalization(mean, std)
     sources: dict[str, Any] = {}
     for name in ("val", "test"):
         part = parts.get(name)
         if part is not None:
-            sources[name] = _source(part, "none", mapped, len(class_names), limit)
+            sources[name] = _source(part, "none", mapped, len(class_names))
             sources[name].set_normalization(mean, std)
     if "val" in sources or val_fraction <= 0:
         sources["train"] = full
@@ -108,7 +108,7 @@ def image_bundle(
     return DataBundle(sources["train"], sources.get("val"), sources.get("test"), info)
 
 
-def _source(part: LabelledRows, augment: str, mapped: bool, num_classes: int, limit: int) -> ImageTensors:
+def _source(part: LabelledRows, augment: str, mapped: bool, num_classes: int) -> ImageTensors:
     channels = part.store.channels
     placeholder = ([0.0] * channels, [1.0] * channels)  # set from the training rows right after
     if mapped:
@@ -122,7 +122,6 @@ def _source(part: LabelledRows, augment: str, mapped: bool, num_classes: int, li
             augment=augment,
             image_size=part.store.image_size,
             num_classes=num_classes,
-            drop_bytes=max(1 << 20, min(64 << 20, limit // 4)),  # pages read are released well within the limit
         )
     images = part.store.read_rows(part.rows)
     return ImageTensors(

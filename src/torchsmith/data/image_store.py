@@ -5,7 +5,7 @@ A folder (or table) of image files is decoded once, in parallel, at one storage 
 raw uint8 shards of (rows, C, H, W) plus `meta.json`. The shards are the cache (keyed by
 the files' paths, sizes and mtimes and the requested sizes) and also the store itself:
 small sets are read whole into (device) memory, sets larger than the memory limit are
-memory-mapped and gathered batch by batch (`torchsmith.data.mapped`).
+read batch by batch from the shard files (`torchsmith.data.mapped`).
 """
 
 from __future__ import annotations

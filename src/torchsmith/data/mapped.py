@@ -1,23 +1,25 @@
-"""Image stores larger than memory: memory-mapped shards, each batch gathered ahead by a thread.
+"""Image stores larger than memory: shards on disk, each batch read ahead by a thread.
 
-`MappedImages` is an `ImageTensors` whose rows stay on disk: a batch's rows are gathered
-from the mapped shards (only those pages are read), then cropped, augmented and normalised
-exactly as in memory, so a run trains to the same weights and resumes at the same step.
-The pages read are dropped from this process every `drop_bytes` (madvise), which keeps
-the resident memory bounded by a few batches however large the store is.
+`MappedImages` is an `ImageTensors` whose rows stay on disk: a batch's rows are read from
+the shard files straight into the batch's buffer (`os.preadv`, runs of consecutive rows in
+one call), then cropped, augmented and normalised exactly as in memory, so a run trains to
+the same weights and resumes at the same step. Nothing is mapped into the process: the
+rows read live in the OS file cache (reclaimable, not this process's resident memory), so
+the resident memory stays bounded by the few batches in flight however large the store
+is. (A memory map would leave every page it touched resident, RssFile, until the kernel
+reclaims it, and maps neighbouring cached pages on each fault as well.)
 `PrefetchBatches` gathers the next batches in a background thread while the step runs.
 """
 
 from __future__ import annotations
 
 import copy
-import mmap
+import os
 import queue
 import threading
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import torch
 
 from torchsmith.data.image_store import ImageStore
@@ -85,12 +87,10 @@ class MappedImages(ImageTensors):
         augment: str = "none",
         image_size: tuple[int, int] | None = None,
         num_classes: int | None = None,
-        drop_bytes: int = 64 << 20,
     ) -> None:
-        self.store, self.rows, self.drop_bytes = store, rows.long(), drop_bytes
-        self._maps = [_map(path, store.row_shape) for path in store.shard_paths()]
-        self._read = 0
-        self._lock = threading.Lock()
+        self.store, self.rows = store, rows.long()
+        self.shards = [ShardFile(path, store.row_bytes) for path in store.shard_paths()]
+        self._lock = threading.Lock()  # one gather at a time: subsets share the shard files
         # A (1, C, H, W) stand-in keeps the stored size and dtype for the parent's checks.
         stand_in = torch.zeros((1, *store.row_shape), dtype=torch.uint8)
         super().__init__(stand_in, labels, mean, std, augment, image_size=image_size, num_classes=num_classes)
@@ -106,23 +106,14 @@ class MappedImages(ImageTensors):
         """The batch's stored rows read from the shards into memory (B, C, H, W) uint8 on the CPU."""
         rows = self.rows[indices.cpu()]
         out = torch.empty((len(rows), *self.store.row_shape), dtype=torch.uint8)
+        flat = out.numpy().reshape(len(rows), -1)
         per_shard = self.store.rows_per_shard
-        shard_of = rows // per_shard
         with self._lock:
-            for shard in shard_of.unique().tolist():
-                where = (shard_of == shard).nonzero().flatten()
-                out[where] = self._maps[shard][1].index_select(0, rows[where] - shard * per_shard)
-            self._read += out.numel()
-            if self._read >= self.drop_bytes:
-                self.drop_pages()
+            for position, row in sorted(enumerate(rows.tolist()), key=lambda pair: pair[1]):
+                self.shards[row // per_shard].add(row % per_shard, memoryview(flat[position]))
+            for shard in self.shards:
+                shard.flush()
         return out
-
-    def drop_pages(self) -> None:
-        """Release the mapped pages read so far from this process (they stay in the OS cache)."""
-        for handle, _ in self._maps:
-            if hasattr(handle, "madvise"):  # not on Windows, where the OS trims the working set itself
-                handle.madvise(mmap.MADV_DONTNEED)
-        self._read = 0
 
     def to(self, device: torch.device) -> MappedImages:
         self.labels = self.labels.to(device)
@@ -143,11 +134,49 @@ class MappedImages(ImageTensors):
         return out
 
 
-def _map(path: Any, row_shape: tuple[int, int, int]) -> tuple[mmap.mmap, torch.Tensor]:
-    with open(path, "rb") as handle:
-        # ACCESS_COPY (a private mapping): NumPy and torch see a writable buffer, nothing is written.
-        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
-    return mapped, torch.from_numpy(np.frombuffer(mapped, dtype=np.uint8)).view(-1, *row_shape)
+class ShardFile:
+    """One shard file read with `os.preadv`: rows queued with `add` in ascending order are read
+    by `flush`, each run of consecutive rows in one call scattered into its rows' buffers.
+    Hand-written because neither torch nor NumPy reads scattered rows of a file without
+    mapping it (or reading it whole)."""
+
+    def __init__(self, path: Any, row_bytes: int) -> None:
+        self.path, self.row_bytes = str(path), row_bytes
+        self.fd = -1
+        self.pending: list[tuple[int, memoryview]] = []
+
+    def add(self, row: int, buffer: memoryview) -> None:
+        self.pending.append((row, buffer))
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        if self.fd < 0:  # opened at the first read, in the process that reads (not pickled open)
+            self.fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        pending, self.pending, start = self.pending, [], 0
+        while start < len(pending):
+            end = start + 1
+            while end < len(pending) and end - start < 1024 and pending[end][0] == pending[end - 1][0] + 1:
+                end += 1  # a run of consecutive rows (at most IOV_MAX buffers)
+            self._read(pending[start][0], [buffer for _, buffer in pending[start:end]])
+            start = end
+
+    def _read(self, row: int, buffers: list[memoryview]) -> None:
+        offset, wanted = row * self.row_bytes, len(buffers) * self.row_bytes
+        if hasattr(os, "preadv"):
+            done = os.preadv(self.fd, buffers, offset)
+        else:  # Windows: one read of the run, then split
+            os.lseek(self.fd, offset, os.SEEK_SET)
+            data = os.read(self.fd, wanted)
+            done = len(data)
+            for index, buffer in enumerate(buffers):
+                buffer[:] = data[index * self.row_bytes : (index + 1) * self.row_bytes]
+        if done != wanted:
+            raise OSError(f"{self.path} is shorter than its rows ({done} of {wanted} bytes read at {offset})")
+
+    def __del__(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
 
 
 def _gather_ahead(source: MappedImages, plan: list[Any], ahead: queue.Queue[Any], stop: threading.Event) -> None:
