@@ -171,3 +171,17 @@ def test_bad_input_is_a_usage_error() -> None:
         summary(mlp(), "3x32x32")  # type: ignore[arg-type]
     with pytest.raises(UsageError, match="batch_size"):
         summary(mlp(), (1, 28, 28), batch_size=0)
+
+
+def test_preflight_and_summary_look_at_one_training_batch() -> None:
+    # not an evaluation batch (1,000 rows by default): pre-flight's two forward passes on one
+    # cost as much as ten training steps of a convnet on 64x64 photos
+    from torchsmith import Trainer
+    from torchsmith.app import first_batch
+    from torchsmith.data.bundle import DataBundle, DataInfo
+
+    data = (torch.randn(300, 4), torch.randint(0, 2, (300,)))
+    trainer = Trainer(nn.Linear(4, 2), batch_size=16, eval_batch_size=1000, progress="none", device="cpu")
+    inputs, targets = first_batch(trainer, DataBundle(data, None, None, DataInfo("table", 2, (4,))))
+    assert inputs.shape == (16, 4) and targets.shape == (16,)
+    assert torch.equal(inputs, data[0][:16])  # the first rows, in order and unaugmented

@@ -340,12 +340,12 @@ class Trainer:
         state.max_epochs, state.max_steps = self.config.max_epochs, self.config.max_steps
         state.steps_per_epoch = len(self.train_batches) if self.train_batches is not None else 0
 
-    def batches(self, data: Any, train: bool) -> Any:
-        """`data` (tensors, Dataset, DataLoader or in-memory source) as the Trainer iterates it."""
+    def batches(self, data: Any, train: bool, size: int | None = None) -> Any:
+        """`data` (tensors, Dataset, DataLoader, in-memory source) as the Trainer iterates it; `size`: other batches."""
         cfg, (rank_, world) = self.config, (self.dist.rank, self.dist.world_size) if self.dist else (0, 1)
-        size, grouped = (cfg.batch_size, cfg.group_by_length) if train else (cfg.eval_batch_size, False)
-        where: dict[str, Any] = {"device": self.device, "rank": rank_, "world_size": world}
-        return make_batches(data, batch_size=size, train=train, seed=cfg.seed, group_by_length=grouped, **where)
+        batch, grouped = (cfg.batch_size, cfg.group_by_length) if train else (cfg.eval_batch_size, False)
+        where: dict[str, Any] = {"device": self.device, "rank": rank_, "world_size": world, "group_by_length": grouped}
+        return make_batches(data, batch_size=size or batch, train=train, seed=cfg.seed, **where)
 
     def to_device(self, value: Any) -> Any:
         """A batch's inputs or targets (nested tensors too) on the training device, in its layout."""
