@@ -141,7 +141,7 @@ def test_predict_applies_exactly_the_evaluation_transform(tmp_path: Path) -> Non
 
 
 def test_store_reads_rows_in_order_and_out_of_order_alike(tmp_path: Path) -> None:
-    # rows in order are read straight into the tensor; any other order goes through an index
+    # rows in any order, runs of consecutive rows across shard boundaries, and a partial range
     root = write_photos(tmp_path / "photos", per_class=6)
     options = ImageOptions(image_size=(16, 16), cache_dir=tmp_path / "cache")
     files = sorted(str(p) for p in root.rglob("*.*") if p.suffix in (".png", ".jpg", ".bmp", ".gif", ".webp"))
@@ -297,5 +297,5 @@ def test_mapped_rows_are_read_exactly_across_shards_and_runs(tmp_path: Path) -> 
         assert torch.equal(source.gather(index), data[rows[index]])
     assert torch.equal(torch.cat(list(source.iter_rows(10, chunk=4))), data[rows])
     store.shard_paths()[1].write_bytes(b"\0" * 7)  # a damaged (short) shard is an error, not silent zeros
-    with pytest.raises(OSError, match="shorter"):
+    with pytest.raises(UsageError, match="shorter than its index"):
         source.gather(torch.tensor([4]))

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import unicodedata
+import zlib
 from pathlib import Path
 
 import pytest
@@ -174,8 +175,6 @@ def test_validation_carve_names_the_rows_a_word_bundle_validates_on() -> None:
 
 
 def zlib_crc(text: str) -> int:
-    import zlib
-
     return zlib.crc32(text.encode("utf-8"))
 
 

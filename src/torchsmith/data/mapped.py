@@ -14,7 +14,6 @@ reclaims it, and maps neighbouring cached pages on each fault as well.)
 from __future__ import annotations
 
 import copy
-import os
 import queue
 import threading
 from collections.abc import Iterator
@@ -89,7 +88,7 @@ class MappedImages(ImageTensors):
         num_classes: int | None = None,
     ) -> None:
         self.store, self.rows = store, rows.long()
-        self.shards = [ShardFile(path, store.row_bytes) for path in store.shard_paths()]
+        self.shards = store.open_shards()  # kept open: read batch after batch
         self._lock = threading.Lock()  # one gather at a time: subsets share the shard files
         # A (1, C, H, W) stand-in keeps the stored size and dtype for the parent's checks.
         stand_in = torch.zeros((1, *store.row_shape), dtype=torch.uint8)
@@ -104,16 +103,8 @@ class MappedImages(ImageTensors):
 
     def gather(self, indices: torch.Tensor) -> torch.Tensor:
         """The batch's stored rows read from the shards into memory (B, C, H, W) uint8 on the CPU."""
-        rows = self.rows[indices.cpu()]
-        out = torch.empty((len(rows), *self.store.row_shape), dtype=torch.uint8)
-        flat = out.numpy().reshape(len(rows), -1)
-        per_shard = self.store.rows_per_shard
         with self._lock:
-            for position, row in sorted(enumerate(rows.tolist()), key=lambda pair: pair[1]):
-                self.shards[row // per_shard].add(row % per_shard, memoryview(flat[position]))
-            for shard in self.shards:
-                shard.flush()
-        return out
+            return self.store.read_rows(self.rows[indices.cpu()], self.shards)
 
     def to(self, device: torch.device) -> MappedImages:
         self.labels = self.labels.to(device)
@@ -132,51 +123,6 @@ class MappedImages(ImageTensors):
         out.rows, out.labels = self.rows[indices], self.labels[indices]
         out.set_augment(self.augment if augment is None else augment)
         return out
-
-
-class ShardFile:
-    """One shard file read with `os.preadv`: rows queued with `add` in ascending order are read
-    by `flush`, each run of consecutive rows in one call scattered into its rows' buffers.
-    Hand-written because neither torch nor NumPy reads scattered rows of a file without
-    mapping it (or reading it whole)."""
-
-    def __init__(self, path: Any, row_bytes: int) -> None:
-        self.path, self.row_bytes = str(path), row_bytes
-        self.fd = -1
-        self.pending: list[tuple[int, memoryview]] = []
-
-    def add(self, row: int, buffer: memoryview) -> None:
-        self.pending.append((row, buffer))
-
-    def flush(self) -> None:
-        if not self.pending:
-            return
-        if self.fd < 0:  # opened at the first read, in the process that reads (not pickled open)
-            self.fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-        pending, self.pending, start = self.pending, [], 0
-        while start < len(pending):
-            end = start + 1
-            while end < len(pending) and end - start < 1024 and pending[end][0] == pending[end - 1][0] + 1:
-                end += 1  # a run of consecutive rows (at most IOV_MAX buffers)
-            self._read(pending[start][0], [buffer for _, buffer in pending[start:end]])
-            start = end
-
-    def _read(self, row: int, buffers: list[memoryview]) -> None:
-        offset, wanted = row * self.row_bytes, len(buffers) * self.row_bytes
-        if hasattr(os, "preadv"):
-            done = os.preadv(self.fd, buffers, offset)
-        else:  # Windows: one read of the run, then split
-            os.lseek(self.fd, offset, os.SEEK_SET)
-            data = os.read(self.fd, wanted)
-            done = len(data)
-            for index, buffer in enumerate(buffers):
-                buffer[:] = data[index * self.row_bytes : (index + 1) * self.row_bytes]
-        if done != wanted:
-            raise OSError(f"{self.path} is shorter than its rows ({done} of {wanted} bytes read at {offset})")
-
-    def __del__(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
 
 
 def _gather_ahead(source: MappedImages, plan: list[Any], ahead: queue.Queue[Any], stop: threading.Event) -> None:
