@@ -95,6 +95,14 @@ def test_sweep_writes_trials_pages_and_records_failures(mnist_root: Path, tmp_pa
     assert page.count("<svg") == 3  # one chart per setting, and the history
 
 
+def test_grid_sweep_runs_each_point_once_with_the_base_among_them(mnist_root: Path, tmp_path: Path) -> None:
+    # The base config's lr lies on the grid: queuing it as well used to run it twice and skip a point.
+    folder = tmp_path / "grid"
+    args = ["sweep", *base(mnist_root, epochs=1), "--lr", "0.01", "--run-dir", str(folder), "--sampler", "grid"]
+    assert main([*args, "--search", "optim.lr=[0.003,0.01,0.03]", "--trials", "3", "--pruner", "none"]) == 0
+    assert sorted(float(row["optim.lr"]) for row in read_trials(folder)) == [0.003, 0.01, 0.03]
+
+
 def sweep_command(mnist_root: Path, folder: Path, storage: str, trials: int, epochs: int = 2) -> list[str]:
     command = [sys.executable, "-m", "torchsmith", "sweep", *base(mnist_root, epochs), "--run-dir", str(folder)]
     command += ["--storage", storage, "--trials", str(trials), "--sampler", "random", "--pruner", "none"]

@@ -177,7 +177,11 @@ def _retry_while_racing(step: Callable[[], Any], attempts: int = 8) -> Any:
 
 def enqueue_base(study: Any, plan: SweepPlan) -> None:
     """The base config's own settings run first (once per study), when they lie inside the space:
-    the sweep then starts from what it is meant to beat."""
+    the sweep then starts from what it is meant to beat. Not with the grid sampler: the grid holds
+    the base's point already, and Optuna's grid does not count a queued trial as visiting it, so
+    that point would run twice and another not at all."""
+    if plan.sampler == "grid":
+        return
     values = {p.key: p.base_value(lookup(plan.base, p.key)) for p in plan.space}
     if all(value is not None for value in values.values()):
         study.enqueue_trial(values, user_attrs={"base": True}, skip_if_exists=True)
