@@ -96,16 +96,41 @@ def test_gpt_generation_crops_the_context_to_block_size() -> None:
         generate(model, prompt, 1, temperature=-1.0)
 
 
-def classifiers() -> list[torch.nn.Module]:
+def classifiers(as_built: bool = False) -> list[torch.nn.Module]:
     torch.manual_seed(0)
+    linear = BagOfWords(50, 3, embed_dim=0, pooling="sqrt")
+    if not as_built:  # it starts at zero; the padding tests need one whose ids have a say
+        torch.nn.init.normal_(linear.embedding.weight)
     return [
         BagOfWords(50, 3, embed_dim=16),
         TextCNN(50, 3, embed_dim=16, num_filters=8, kernel_sizes=(2, 3, 5)),
         BiLSTMClassifier(50, 3, embed_dim=16, hidden_dim=12, num_layers=2),
+        linear,
     ]
 
 
-@pytest.mark.parametrize("index", [0, 1, 2], ids=["BagOfWords", "TextCNN", "BiLSTM"])
+CLASSIFIERS = {"argvalues": [0, 1, 2, 3], "ids": ["BagOfWords", "TextCNN", "BiLSTM", "linear BagOfWords"]}
+
+
+def test_sqrt_bag_counts_each_id_once_over_the_root_of_their_number() -> None:
+    model = BagOfWords(50, 3, embed_dim=0, pooling="sqrt")
+    assert model(torch.tensor([[5, 7, 0]])).abs().max() == 0  # a linear bag starts with no say
+    torch.nn.init.normal_(model.embedding.weight)
+    with torch.no_grad():
+        model.head.bias.copy_(torch.tensor([0.5, -1.0, 2.0]))
+    weight, bias = model.embedding.weight.detach(), model.head.bias.detach()
+    expected = (weight[5] + weight[7] + weight[9]) / 3**0.5 + bias
+    for row in ([5, 7, 9], [9, 5, 7, 5, 5, 0, 0], [[7, 9], [5, 0], [9, 7]]):  # order, repeats, pieces
+        torch.testing.assert_close(model(torch.tensor([row])), expected[None], atol=1e-6, rtol=0)
+    mean = BagOfWords(50, 3, embed_dim=4)  # the mean counts repeats
+    ids = torch.tensor([[5, 5, 5, 7]])
+    features = (3 * mean.embedding.weight[5] + mean.embedding.weight[7]) / 4
+    torch.testing.assert_close(mean(ids), mean.head(features[None]), atol=1e-6, rtol=0)
+    with pytest.raises(UsageError, match="pooling"):
+        BagOfWords(50, 3, pooling="max")
+
+
+@pytest.mark.parametrize("index", **CLASSIFIERS)
 def test_extra_padding_does_not_change_classifier_logits(index: int) -> None:
     model = classifiers()[index].eval()
     lengths = torch.tensor([1, 4, 2, 6, 3])
@@ -123,7 +148,7 @@ def test_extra_padding_does_not_change_classifier_logits(index: int) -> None:
     assert (model(changed) - logits).abs().max() > 1e-4
 
 
-@pytest.mark.parametrize("index", [0, 1, 2], ids=["BagOfWords", "TextCNN", "BiLSTM"])
+@pytest.mark.parametrize("index", **CLASSIFIERS)
 def test_classifiers_learn_a_keyword_task(index: int) -> None:
     # Label = whether token 7 occurs anywhere in the row; rows have varied lengths.
     generator = torch.Generator().manual_seed(5)
@@ -132,8 +157,9 @@ def test_classifiers_learn_a_keyword_task(index: int) -> None:
     ids[has_key, torch.randint(0, 6, (int(has_key.sum()),), generator=generator)] = 7
     lengths = torch.randint(6, 13, (512,), generator=generator)
     ids[torch.arange(12) >= lengths[:, None]] = 0
-    model = classifiers()[index]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-2)
+    model = classifiers(as_built=True)[index]
+    # The linear bag starts at zero and Adam moves a weight about lr a step: 60 steps need a larger one.
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1 if index == 3 else 2e-2)
     for step in range(60):
         batch = torch.arange(step * 64, step * 64 + 64) % 384
         loss = F.cross_entropy(model(ids[batch]), has_key[batch].long())
@@ -193,7 +219,7 @@ def test_rotary_scores_depend_on_the_offset_only() -> None:
         CharGPT(VOCAB, block_size=8, num_layers=1, num_heads=2, embed_dim=30, positions="rotary")
 
 
-@pytest.mark.parametrize("index", [0, 1, 2], ids=["BagOfWords", "TextCNN", "BiLSTM"])
+@pytest.mark.parametrize("index", **CLASSIFIERS)
 def test_classifiers_take_subword_pieces_and_ignore_padding(index: int) -> None:
     # Tokens with pieces (B, L, P): the word id, then n-gram ids, 0-padded; padded tokens are all 0.
     model = classifiers()[index].eval()

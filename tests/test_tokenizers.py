@@ -326,3 +326,15 @@ def test_character_ngram_rows_start_at_zero() -> None:
         weight = build_model(name, info, {"embed_dim": 8}).embedding.weight
         assert weight.shape[0] == len(tokenizer) + 50
         assert weight[len(tokenizer) :].abs().sum() == 0 and weight[2 : len(tokenizer)].abs().sum() > 0
+
+
+def test_bow_linear_is_a_logistic_regression_over_the_bag_starting_at_zero() -> None:
+    from torchsmith.data.bundle import DataInfo
+    from torchsmith.models.registry import build_model
+
+    tokenizer, _ = build_tokenizer(POSITIVE + NEGATIVE, TokenizerOptions.from_options({"subwords": 50}))
+    info = DataInfo("text", 2, (16, 3), preprocessing={"kind": "words", "tokenizer": tokenizer.state_dict()})
+    model = build_model("bow-linear", info)
+    assert model.embedding.weight.shape == (len(tokenizer) + 50, 2)  # a score per class for each id
+    assert model.embedding.weight.abs().sum() == 0 and model.pooling == "sqrt"
+    assert build_model("bow-linear", info, {"pooling": "mean"}).pooling == "mean"  # its defaults can be changed

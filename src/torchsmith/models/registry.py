@@ -109,8 +109,10 @@ def _word_model(kind: str) -> Builder:
         from torchsmith.data.text import tokenizer_from_state
 
         tokenizer = tokenizer_from_state(info.preprocessing["tokenizer"])
-        cls = {"bow": text.BagOfWords, "textcnn": text.TextCNN, "bilstm": text.BiLSTMClassifier}[kind]
-        model = cls(**{"vocab_size": tokenizer.num_embeddings, "num_classes": info.num_classes, **args})
+        classes = {"bow": text.BagOfWords, "bow-linear": text.BagOfWords, "textcnn": text.TextCNN}
+        cls = classes.get(kind, text.BiLSTMClassifier)
+        defaults = {"embed_dim": 0, "pooling": "sqrt"} if kind == "bow-linear" else {}
+        model = cls(**{"vocab_size": tokenizer.num_embeddings, "num_classes": info.num_classes, **defaults, **args})
         if info.preprocessing["tokenizer"].get("kind") == "chars" and tokenizer.num_embeddings > len(tokenizer):
             # A character's bigram and trigram rows start at zero: they then carry only what
             # training put there, where random rows would drown the character's own vector
@@ -141,6 +143,11 @@ MODELS: dict[str, ModelEntry] = {
             _language_model("gpt"),
         ),
         ModelEntry("bow", "bag of words: mean of word embeddings, then linear", _word_model("bow")),
+        ModelEntry(
+            "bow-linear",
+            "logistic regression over the bag of words and n-grams, each once, scaled to unit length",
+            _word_model("bow-linear"),
+        ),
         ModelEntry(
             "textcnn", "parallel 1-D convolutions (3/4/5 words) with max-over-time pooling", _word_model("textcnn")
         ),

@@ -291,7 +291,15 @@ def _sample(
 
 
 class BagOfWords(nn.Module):
-    """Mean of the word embeddings of the non-pad tokens, then a linear layer.
+    """A bag of the text's word (and n-gram) embeddings pooled into one vector, then a linear layer.
+
+    `pooling="mean"` averages the embeddings of the non-pad tokens (fastText's bag).
+    `pooling="sqrt"` sums each distinct id once and divides by the root of their number: a
+    binary bag of unit length, as a linear model over TF-IDF features reads it, where the
+    mean scales every feature down by the text's length.
+
+    `embed_dim=0`: no embedding layer; each id's row holds its score for every class, all
+    starting at zero, so the model is a logistic regression over the bag.
 
     Example:
         >>> model = BagOfWords(vocab_size=1000, num_classes=2)
@@ -299,15 +307,46 @@ class BagOfWords(nn.Module):
         torch.Size([1, 2])
     """
 
-    def __init__(self, vocab_size: int, num_classes: int, embed_dim: int = 64) -> None:
+    def __init__(self, vocab_size: int, num_classes: int, embed_dim: int = 64, pooling: str = "mean") -> None:
         super().__init__()
-        # EmbeddingBag leaves padding_idx out of the mean (and out of the count).
-        self.embedding = nn.EmbeddingBag(vocab_size, embed_dim, mode="mean", padding_idx=PAD_ID)
-        self.head = nn.Linear(embed_dim, num_classes)
+        if pooling not in ("mean", "sqrt"):
+            raise UsageError(f"bow's pooling must be 'mean' or 'sqrt', got {pooling!r}")
+        if embed_dim < 0:
+            raise UsageError(f"bow's embed_dim must be 0 (a linear model) or more, got {embed_dim}")
+        self.pooling = pooling
+        # EmbeddingBag leaves padding_idx out of the bag (and out of the mean's count).
+        mode = "mean" if pooling == "mean" else "sum"
+        self.embedding = nn.EmbeddingBag(vocab_size, embed_dim or num_classes, mode=mode, padding_idx=PAD_ID)
+        self.head: nn.Module
+        if embed_dim:
+            self.head = nn.Linear(embed_dim, num_classes)
+        else:  # every feature starts with no say, as a logistic regression's weights do
+            nn.init.zeros_(self.embedding.weight)
+            self.head = Bias(num_classes)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         # With subword pieces (B, L, P) the bag is every word and n-gram id of the text.
-        return self.head(self.embedding(ids.flatten(1)))  # (B, E) -> (B, classes)
+        flat = ids.flatten(1)  # (B, N)
+        if self.pooling == "mean":
+            return self.head(self.embedding(flat))  # (B, E) -> (B, classes)
+        ordered = flat.sort(dim=1).values  # repeats of an id side by side
+        first = torch.ones_like(ordered, dtype=torch.bool)
+        first[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+        keep = first & (ordered != PAD_ID)
+        dtype = self.embedding.weight.dtype
+        weights = keep.to(dtype) / keep.sum(dim=1, keepdim=True).clamp(min=1).to(dtype).sqrt()
+        return self.head(self.embedding(ordered, per_sample_weights=weights))
+
+
+class Bias(nn.Module):
+    """Adds a learned bias to each class score (what is left of the head of a linear bag)."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.bias
 
 
 class TextCNN(nn.Module):
