@@ -18,7 +18,7 @@ from common import DEFAULT_DATA, interleaved, median, paired_ratio
 from torchsmith import Trainer
 from torchsmith.data.order import BatchOrder
 from torchsmith.data.text import Subwords, WordTokenizer, load_sst2
-from torchsmith.models.text import BiLSTMClassifier
+from torchsmith.models.text_classifiers import BiLSTMClassifier
 
 
 def padding_share(lengths: torch.Tensor, order: BatchOrder) -> float:

@@ -34,13 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchsmith.data.text import load_sst2, load_textfile
-from torchsmith.models.text import (
-    BagOfWords,
-    BiLSTMClassifier,
-    CharGPT,
-    CharLSTM,
-    TextCNN,
-)
+from torchsmith.models.text import CharGPT, CharLSTM
+from torchsmith.models.text_classifiers import BagOfWords, BiLSTMClassifier, TextCNN
 
 
 def learning_rate(progress: float, args: argparse.Namespace) -> float:

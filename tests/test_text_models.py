@@ -10,15 +10,8 @@ import torch.nn.functional as F
 
 from torchsmith.data.text import CharWindows
 from torchsmith.errors import UsageError
-from torchsmith.models.text import (
-    BagOfWords,
-    BiLSTMClassifier,
-    CharGPT,
-    CharLSTM,
-    TextCNN,
-    TokenEmbedding,
-    generate,
-)
+from torchsmith.models.text import CharGPT, CharLSTM, generate
+from torchsmith.models.text_classifiers import BagOfWords, BiLSTMClassifier, TextCNN, TokenEmbedding
 
 VOCAB = 23
 

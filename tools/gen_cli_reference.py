@@ -47,11 +47,8 @@ API: list[tuple[str, str, list[str]]] = [
     ("Image models", "torchsmith.models.vision", ["SimpleNet", "ConvNet", "ConvBNNet"]),
     ("Fast CIFAR-10 model", "torchsmith.models.speednet", ["SpeedNet"]),
     ("Speech model", "torchsmith.models.audio", ["AudioCNN"]),
-    (
-        "Text models",
-        "torchsmith.models.text",
-        ["LSTMLanguageModel", "GPT", "generate", "BagOfWords", "TextCNN", "BiLSTMClassifier"],
-    ),
+    ("Language models", "torchsmith.models.text", ["LSTMLanguageModel", "GPT", "generate"]),
+    ("Text classifiers", "torchsmith.models.text_classifiers", ["BagOfWords", "TextCNN", "BiLSTMClassifier"]),
     ("Models by name", "torchsmith.models.registry", ["build_model", "load_user_class"]),
     ("Data by name", "torchsmith.data.registry", ["load_data"]),
     ("Data containers", "torchsmith.data.bundle", ["DataBundle", "DataInfo", "MemorySource"]),

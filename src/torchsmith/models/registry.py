@@ -102,7 +102,7 @@ def _language_model(kind: str) -> Builder:
 
 def _word_model(kind: str) -> Builder:
     def build(info: DataInfo, args: dict[str, Any]) -> nn.Module:
-        from torchsmith.models import text
+        from torchsmith.models import text_classifiers as text
 
         if info.preprocessing.get("kind") != "words":
             raise UsageError(f"{kind} classifies token sequences: use it with sst2, tsv:PATH or csv:PATH data")
