@@ -109,9 +109,12 @@ def _word_model(kind: str) -> Builder:
         from torchsmith.data.text import tokenizer_from_state
 
         tokenizer = tokenizer_from_state(info.preprocessing["tokenizer"])
-        classes = {"bow": text.BagOfWords, "bow-linear": text.BagOfWords, "textcnn": text.TextCNN}
-        cls = classes.get(kind, text.BiLSTMClassifier)
-        defaults = {"embed_dim": 0, "pooling": "sqrt"} if kind == "bow-linear" else {}
+        cls, defaults = {
+            "bow": (text.BagOfWords, {}),
+            "bow-linear": (text.BagOfWords, {"embed_dim": 0, "pooling": "sqrt"}),
+            "textcnn": (text.TextCNN, {}),
+            "bilstm": (text.BiLSTMClassifier, {}),
+        }[kind]
         model = cls(**{"vocab_size": tokenizer.num_embeddings, "num_classes": info.num_classes, **defaults, **args})
         if info.preprocessing["tokenizer"].get("kind") == "chars" and tokenizer.num_embeddings > len(tokenizer):
             # A character's bigram and trigram rows start at zero: they then carry only what
